@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs the Debian packages agentd needs to build and test, and nothing else.
+# Runs `apt-get update` only when a package cannot be found in the current lists.
+set -eu
+PKGS="g++ cmake make pkg-config libboost-dev libboost-system-dev libcurl4-openssl-dev \
+nlohmann-json3-dev libsqlite3-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
+libsodium-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev curl procps"
+missing=""
+for p in $PKGS; do
+  if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing="$missing $p"
+  fi
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing:$missing"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+if ! $SUDO apt-get install -y --no-install-recommends $missing; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends $missing
+fi

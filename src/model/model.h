@@ -1,0 +1,80 @@
+// The model layer: one interface for every model provider.
+//
+// A provider makes exactly one attempt per call and classifies its failure; the engine owns
+// retries so that each attempt is journaled (model_call.failed) and can be cancelled.
+// Conversation items use agentd's canonical item format (docs/state-format.md):
+//   {"type":"message","role":"user"|"assistant","content":"text"}
+//   {"type":"function_call","call_id":"...","name":"...","arguments":"<JSON text>"}
+//   {"type":"function_call_output","call_id":"...","output":"<text>"}
+// Implementations are thread-safe: many sessions call one provider concurrently.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/json.h"
+#include "common/status.h"
+
+namespace agentd::model {
+
+struct ToolSpec {
+  std::string name;
+  std::string description;
+  Json parameters;  // JSON Schema of the arguments object
+};
+
+struct ModelRequest {
+  std::string model;     // provider's model name
+  std::string base_url;  // e.g. https://api.openai.com/v1 ("/chat/completions" is appended)
+  std::string api_key;   // may be empty (local servers); never logged or put in errors
+  std::string instructions;  // system prompt; may be empty
+  Json items = Json::array();  // the conversation, canonical items, oldest first
+  std::vector<ToolSpec> tools;
+  std::chrono::milliseconds timeout{120000};  // whole-call deadline
+  // Polled during the call; true aborts it (result: Cancelled).
+  std::function<bool()> should_abort;
+  // Called with each text delta as it streams in (optional).
+  std::function<void(std::string_view)> on_text_delta;
+};
+
+struct ToolCall {
+  std::string call_id;
+  std::string name;
+  std::string arguments;  // JSON text as the model produced it; may be malformed
+};
+
+struct Usage {
+  int64_t input_tokens = 0;
+  int64_t output_tokens = 0;
+  int64_t total_tokens = 0;
+};
+
+struct ModelResponse {
+  std::string text;                 // assistant text (may be empty when only tools are called)
+  std::vector<ToolCall> tool_calls;  // in the order the model gave them
+  std::string finish_reason;
+  Usage usage;
+};
+
+// The outcome of one attempt.
+struct ModelAttempt {
+  std::optional<ModelResponse> response;  // set on success
+  Status error;                           // set on failure: message safe to journal
+  bool retryable = false;                 // 429, 5xx, timeouts, refused/dropped connections
+  std::optional<std::chrono::milliseconds> retry_after;  // from the Retry-After header
+  int http_status = 0;                    // 0 when no HTTP response arrived
+};
+
+class ModelProvider {
+ public:
+  virtual ~ModelProvider() = default;
+  // One attempt. Blocking; runs on the caller's thread.
+  virtual ModelAttempt CallBlocking(const ModelRequest& request) = 0;
+};
+
+}  // namespace agentd::model
