@@ -1,0 +1,92 @@
+#include "daemon/config.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <regex>
+#include <set>
+
+namespace agentd::daemon {
+namespace {
+
+Status ReadInt(const YAML::Node& n, const std::string& key, int64_t min, int64_t max,
+               int64_t* out) {
+  try {
+    int64_t v = n.as<int64_t>();
+    if (v < min || v > max) {
+      return InvalidArgument(fmt::format("config key '{}' must be between {} and {}", key, min, max));
+    }
+    *out = v;
+    return Status::OK();
+  } catch (const std::exception&) {
+    return InvalidArgument(fmt::format("config key '{}' must be an integer", key));
+  }
+}
+
+Status ReadString(const YAML::Node& n, const std::string& key, std::string* out) {
+  if (!n.IsScalar()) return InvalidArgument(fmt::format("config key '{}' must be a string", key));
+  *out = n.as<std::string>();
+  return Status::OK();
+}
+
+}  // namespace
+
+Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
+  static const std::regex re(R"(^(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):([0-9]{1,5})$)");
+  std::smatch m;
+  if (!std::regex_match(listen, m, re)) {
+    return InvalidArgument(
+        fmt::format("listen address '{}' must be HOST:PORT, e.g. 127.0.0.1:8080", listen));
+  }
+  std::string h = m[1].str();
+  if (h == "localhost") h = "127.0.0.1";
+  if (h.front() == '[') h = h.substr(1, h.size() - 2);
+  int p = std::stoi(m[2].str());
+  if (p > 65535) return InvalidArgument(fmt::format("port {} is out of range", p));
+  *host = h;
+  *port = static_cast<uint16_t>(p);
+  return Status::OK();
+}
+
+Status LoadConfigFile(const std::string& path, Config* cfg) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return InvalidArgument(fmt::format("cannot read config file '{}'", path));
+  } catch (const YAML::Exception& e) {
+    return InvalidArgument(fmt::format("config file '{}' is not valid YAML: {}", path, e.what()));
+  }
+  if (root.IsNull()) return Status::OK();
+  if (!root.IsMap()) return InvalidArgument(fmt::format("config file '{}' must be a mapping", path));
+  for (const auto& kv : root) {
+    std::string key = kv.first.as<std::string>();
+    const YAML::Node& v = kv.second;
+    if (key == "listen") {
+      RETURN_IF_ERROR(ReadString(v, key, &cfg->listen));
+    } else if (key == "data_dir") {
+      RETURN_IF_ERROR(ReadString(v, key, &cfg->data_dir));
+    } else if (key == "log_level") {
+      RETURN_IF_ERROR(ReadString(v, key, &cfg->log_level));
+    } else if (key == "max_body_bytes") {
+      RETURN_IF_ERROR(ReadInt(v, key, 1024, 64 << 20, &cfg->max_body_bytes));
+    } else if (key == "io_threads") {
+      RETURN_IF_ERROR(ReadInt(v, key, 1, 64, &cfg->io_threads));
+    } else if (key == "snapshot_every") {
+      RETURN_IF_ERROR(ReadInt(v, key, 1, 1000000, &cfg->snapshot_every));
+    } else if (key == "max_workers") {
+      RETURN_IF_ERROR(ReadInt(v, key, 1, 100000, &cfg->max_workers));
+    } else if (key == "drain_timeout_ms") {
+      RETURN_IF_ERROR(ReadInt(v, key, 0, 3600000, &cfg->drain_timeout_ms));
+    } else {
+      return InvalidArgument(fmt::format("unknown config key '{}' in '{}'", key, path));
+    }
+  }
+  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error"};
+  if (!levels.count(cfg->log_level)) {
+    return InvalidArgument("config key 'log_level' must be one of trace, debug, info, warn, error");
+  }
+  return Status::OK();
+}
+
+}  // namespace agentd::daemon

@@ -1,0 +1,30 @@
+// agentd's configuration: defaults, the optional YAML file (--config) and flags, validated
+// as a whole at start-up. Unknown keys and bad values are errors that name the key.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace agentd::daemon {
+
+struct Config {
+  std::string listen = "127.0.0.1:8080";  // HOST:PORT of the API; loopback by default
+  std::string data_dir = "./var";         // SQLite database and lock file live here
+  std::string log_level = "info";         // trace|debug|info|warn|error
+  int64_t max_body_bytes = 1 << 20;       // larger request bodies get 413
+  int64_t io_threads = 2;                 // HTTP event-loop threads
+  int64_t snapshot_every = 100;           // journal events between session snapshots
+  int64_t max_workers = 512;              // sessions driven at the same time
+  int64_t drain_timeout_ms = 30000;       // SIGTERM: how long in-flight steps may finish
+  bool sync_full = true;                  // SQLite synchronous=FULL (false only for tests)
+};
+
+// Reads a YAML file into `cfg` (keys override defaults).
+Status LoadConfigFile(const std::string& path, Config* cfg);
+// Splits "HOST:PORT" ("[v6]:PORT" too).
+Status ParseListen(const std::string& listen, std::string* host, uint16_t* port);
+
+}  // namespace agentd::daemon

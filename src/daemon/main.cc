@@ -1,0 +1,140 @@
+// agentd: the daemon. Wires the store, model providers, engine and API together, resumes
+// unfinished work, serves until SIGTERM/SIGINT, then drains and exits 0.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "api/api.h"
+#include "api/http/server.h"
+#include "daemon/config.h"
+#include "engine/engine.h"
+#include "model/openai_chat/openai_chat.h"
+#include "store/sqlite/sqlite_store.h"
+
+using namespace agentd;
+
+namespace {
+
+int Fail(const std::string& msg) {
+  std::fprintf(stderr, "agentd: %s\n", msg.c_str());
+  return 2;
+}
+
+bool IsLoopback(const std::string& host) {
+  return host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"agentd: a stateful runtime for AI agents"};
+  std::string config_path, listen, data_dir, log_level;
+  bool no_sync = false;
+  app.add_option("--config", config_path, "YAML configuration file (optional)");
+  app.add_option("--listen", listen, "HOST:PORT to serve the API on (default 127.0.0.1:8080)");
+  app.add_option("--data-dir", data_dir, "directory for the database (default ./var)");
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error (default info)");
+  app.add_flag("--unsafe-no-fsync", no_sync,
+               "SQLite synchronous=NORMAL: faster, NOT durable on power loss (experiments only)");
+  CLI11_PARSE(app, argc, argv);
+
+  daemon::Config cfg;
+  if (!config_path.empty()) {
+    if (Status st = daemon::LoadConfigFile(config_path, &cfg); !st.ok()) return Fail(st.message());
+  }
+  if (!listen.empty()) cfg.listen = listen;
+  if (!data_dir.empty()) cfg.data_dir = data_dir;
+  if (!log_level.empty()) cfg.log_level = log_level;
+  if (no_sync) cfg.sync_full = false;
+
+  auto logger = spdlog::stderr_color_mt("agentd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  std::string host;
+  uint16_t port = 0;
+  if (Status st = daemon::ParseListen(cfg.listen, &host, &port); !st.ok()) return Fail(st.message());
+  if (!IsLoopback(host)) {
+    spdlog::warn("listening on non-loopback address {}: the API has no authentication yet; "
+                 "anyone who can reach it controls this agentd",
+                 host);
+  }
+
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.data_dir, ec);
+  if (ec) return Fail("cannot create data directory '" + cfg.data_dir + "': " + ec.message());
+  chmod(cfg.data_dir.c_str(), 0700);
+  std::string lock_path = cfg.data_dir + "/agentd.lock";
+  int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    return Fail("another agentd is using data directory '" + cfg.data_dir + "'");
+  }
+
+  // Signals are taken by sigwait in this thread only.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  store::sqlite::SqliteOptions so;
+  so.path = cfg.data_dir + "/agentd.db";
+  so.synchronous_full = cfg.sync_full;
+  auto store = store::sqlite::OpenSqliteStore(so);
+  if (!store.ok()) return Fail(store.status().message());
+
+  // Model providers, registered by name: the only place that knows the implementations.
+  model::openai_chat::OpenAIChatProvider openai_chat;
+  engine::ModelProviders providers = {{"openai-chat", &openai_chat}};
+
+  engine::EngineOptions eo;
+  eo.snapshot_every = static_cast<int>(cfg.snapshot_every);
+  eo.max_workers = static_cast<size_t>(cfg.max_workers);
+  eo.drain_timeout = std::chrono::milliseconds(cfg.drain_timeout_ms);
+  engine::Engine engine(eo, store->get(), providers, SystemClock::Default());
+
+  std::atomic<bool> ready{false};
+  std::atomic<size_t> resumed{0};
+  api::Api api({}, &engine, [&] {
+    return Json{{"ready", ready.load()},
+                {"store", "sqlite"},
+                {"resumed_sessions", resumed.load()},
+                {"resident_sessions", engine.ResidentSessions()}};
+  });
+  http::ServerOptions ho;
+  ho.host = host;
+  ho.port = port;
+  ho.io_threads = static_cast<int>(cfg.io_threads);
+  ho.max_body_bytes = static_cast<size_t>(cfg.max_body_bytes);
+  http::Server server(ho, [&](const http::Request& r, http::Exchange& ex) { api.Handle(r, ex); });
+  if (Status st = server.Start(); !st.ok()) return Fail(st.message());
+
+  auto recovered = engine.Recover();
+  if (!recovered.ok()) return Fail("recovery failed: " + recovered.status().message());
+  resumed = *recovered;
+  ready = true;
+  spdlog::info("agentd listening on http://{}:{} (data dir {}, sqlite synchronous={}); "
+               "resuming {} session(s)",
+               host, server.port(), cfg.data_dir, cfg.sync_full ? "FULL" : "NORMAL", *recovered);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  server.StopAccepting();
+  engine.DrainBlocking();
+  server.Stop();
+  (*store)->Close();
+  spdlog::info("drained; bye");
+  return 0;
+}

@@ -1,0 +1,190 @@
+#include "engine/agent_spec.h"
+
+#include <fmt/format.h>
+
+#include <regex>
+
+#include "common/clock.h"
+#include "tools/json_schema.h"
+
+namespace agentd::engine {
+namespace {
+
+bool ValidToolName(const std::string& n) {
+  static const std::regex re("^[A-Za-z0-9_-]{1,64}$");
+  return std::regex_match(n, re);
+}
+
+bool ValidEnvName(const std::string& n) {
+  static const std::regex re("^[A-Za-z_][A-Za-z0-9_]{0,127}$");
+  return std::regex_match(n, re);
+}
+
+bool ValidHttpUrl(const std::string& u) {
+  static const std::regex re("^https?://[^\\s/?#]+([/?#][^\\s]*)?$", std::regex::icase);
+  return u.size() <= 2048 && std::regex_match(u, re);
+}
+
+Status ParseModel(const Json& j, const std::set<std::string>& providers, ModelDef* m) {
+  FieldReader r(j, "model");
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("provider", &m->provider, true, 64));
+  if (!providers.count(m->provider)) {
+    std::string known;
+    for (const auto& p : providers) known += (known.empty() ? "" : ", ") + p;
+    return InvalidArgument(
+        fmt::format("'model.provider' '{}' is not supported (known: {})", m->provider, known));
+  }
+  RETURN_IF_ERROR(r.String("name", &m->name, true, 256));
+  if (m->name.empty()) return InvalidArgument("'model.name' must not be empty");
+  RETURN_IF_ERROR(r.String("base_url", &m->base_url, true, 2048));
+  if (!ValidHttpUrl(m->base_url)) {
+    return InvalidArgument("'model.base_url' must be an http:// or https:// URL");
+  }
+  RETURN_IF_ERROR(r.String("api_key_env", &m->api_key_env, false, 128));
+  if (!m->api_key_env.empty() && !ValidEnvName(m->api_key_env)) {
+    return InvalidArgument("'model.api_key_env' must be an environment variable name");
+  }
+  RETURN_IF_ERROR(r.Int("timeout_ms", &m->timeout_ms, false, 100, 3600000));
+  return r.NoUnknownKeys();
+}
+
+Status ParseTool(const Json& j, size_t index, ToolDef* t) {
+  std::string path = fmt::format("tools[{}]", index);
+  FieldReader r(j, path);
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("type", &t->type, true, 32));
+  if (t->type != "http" && t->type != "client") {
+    return InvalidArgument(
+        fmt::format("'{}.type' must be \"http\" or \"client\" (got \"{}\")", path, t->type));
+  }
+  RETURN_IF_ERROR(r.String("name", &t->name, true, 64));
+  if (!ValidToolName(t->name)) {
+    return InvalidArgument(fmt::format(
+        "'{}.name' must be 1-64 characters of letters, digits, '_' or '-'", path));
+  }
+  RETURN_IF_ERROR(r.String("description", &t->description, false, 4096));
+  const Json* params = nullptr;
+  RETURN_IF_ERROR(r.Value("parameters", &params, false));
+  t->parameters = params ? *params : Json{{"type", "object"}, {"properties", Json::object()}};
+  if (Status st = tools::CheckSchema(t->parameters); !st.ok()) {
+    return InvalidArgument(fmt::format("'{}.parameters': {}", path, st.message()));
+  }
+  if (t->type == "http") {
+    RETURN_IF_ERROR(r.String("url", &t->url, true, 2048));
+    if (!ValidHttpUrl(t->url)) {
+      return InvalidArgument(fmt::format("'{}.url' must be an http:// or https:// URL", path));
+    }
+    RETURN_IF_ERROR(r.Int("timeout_ms", &t->timeout_ms, false, 1, 3600000));
+    RETURN_IF_ERROR(r.Bool("idempotent", &t->idempotent, false));
+  }
+  return r.NoUnknownKeys();
+}
+
+Status ParseRetry(const Json& j, RetryPolicy* p) {
+  FieldReader r(j, "retry");
+  RETURN_IF_ERROR(r.CheckObject());
+  int64_t attempts = p->max_attempts;
+  RETURN_IF_ERROR(r.Int("max_attempts", &attempts, false, 1, 100));
+  p->max_attempts = static_cast<int>(attempts);
+  RETURN_IF_ERROR(r.Int("initial_backoff_ms", &p->initial_backoff_ms, false, 0, 3600000));
+  RETURN_IF_ERROR(r.Double("backoff_multiplier", &p->backoff_multiplier, false, 1.0, 100.0));
+  RETURN_IF_ERROR(r.Int("max_backoff_ms", &p->max_backoff_ms, false, 0, 3600000));
+  return r.NoUnknownKeys();
+}
+
+}  // namespace
+
+const ToolDef* AgentSpec::FindTool(const std::string& n) const {
+  for (const auto& t : tools) {
+    if (t.name == n) return &t;
+  }
+  return nullptr;
+}
+
+Json AgentSpec::ToJson() const {
+  Json tools_json = Json::array();
+  for (const auto& t : tools) {
+    Json tj = {{"type", t.type}, {"name", t.name}, {"description", t.description},
+               {"parameters", t.parameters}};
+    if (t.type == "http") {
+      tj["url"] = t.url;
+      tj["timeout_ms"] = t.timeout_ms;
+      tj["idempotent"] = t.idempotent;
+    }
+    tools_json.push_back(std::move(tj));
+  }
+  Json model_json = {{"provider", model.provider},
+                     {"name", model.name},
+                     {"base_url", model.base_url},
+                     {"timeout_ms", model.timeout_ms}};
+  if (!model.api_key_env.empty()) model_json["api_key_env"] = model.api_key_env;
+  return {{"object", "agent"},
+          {"id", id},
+          {"version", version},
+          {"name", name},
+          {"instructions", instructions},
+          {"model", model_json},
+          {"tools", tools_json},
+          {"retry",
+           {{"max_attempts", retry.max_attempts},
+            {"initial_backoff_ms", retry.initial_backoff_ms},
+            {"backoff_multiplier", retry.backoff_multiplier},
+            {"max_backoff_ms", retry.max_backoff_ms}}},
+          {"turn_policy", turn_policy},
+          {"created_at", FormatRfc3339(created_ms)}};
+}
+
+Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& providers) {
+  FieldReader r(body, "");
+  RETURN_IF_ERROR(r.CheckObject());
+  AgentSpec a;
+  RETURN_IF_ERROR(r.String("name", &a.name, true, 256));
+  if (a.name.empty()) return InvalidArgument("'name' must not be empty");
+  RETURN_IF_ERROR(r.String("instructions", &a.instructions, false, 256 * 1024));
+  const Json* model = nullptr;
+  RETURN_IF_ERROR(r.Value("model", &model, true));
+  RETURN_IF_ERROR(ParseModel(*model, providers, &a.model));
+  const Json* tools = nullptr;
+  RETURN_IF_ERROR(r.Value("tools", &tools, false));
+  if (tools) {
+    if (!tools->is_array()) return InvalidArgument("'tools' must be an array");
+    if (tools->size() > 128) return InvalidArgument("'tools' has more than 128 entries");
+    std::set<std::string> names;
+    for (size_t i = 0; i < tools->size(); ++i) {
+      ToolDef t;
+      RETURN_IF_ERROR(ParseTool((*tools)[i], i, &t));
+      if (!names.insert(t.name).second) {
+        return InvalidArgument(fmt::format("'tools[{}].name' '{}' is used twice", i, t.name));
+      }
+      a.tools.push_back(std::move(t));
+    }
+  }
+  const Json* retry = nullptr;
+  RETURN_IF_ERROR(r.Value("retry", &retry, false));
+  if (retry) RETURN_IF_ERROR(ParseRetry(*retry, &a.retry));
+  RETURN_IF_ERROR(r.String("turn_policy", &a.turn_policy, false, 16));
+  if (a.turn_policy != "enqueue" && a.turn_policy != "reject") {
+    return InvalidArgument("'turn_policy' must be \"enqueue\" or \"reject\"");
+  }
+  // Fields the server sets are accepted on input (so a fetched agent can be PUT back) but
+  // ignored.
+  for (const char* k : {"object", "id", "version", "created_at"}) {
+    const Json* ignored = nullptr;
+    RETURN_IF_ERROR(r.Value(k, &ignored, false));
+  }
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  return a;
+}
+
+Result<AgentSpec> AgentFromJson(const Json& stored) {
+  std::set<std::string> any = {stored.value("model", Json::object()).value("provider", "")};
+  auto parsed = ParseAgentSpec(stored, any);
+  if (!parsed.ok()) return Internal("stored agent is invalid: " + parsed.status().message());
+  AgentSpec a = std::move(parsed).value();
+  a.id = stored.value("id", "");
+  a.version = stored.value("version", int64_t{0});
+  return a;
+}
+
+}  // namespace agentd::engine

@@ -1,0 +1,56 @@
+// Agent definitions: parsing and validating what POST/PUT /v1/agents accept, and the
+// canonical agent object stored per version. Pure functions; thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/json.h"
+#include "common/retry.h"
+#include "common/status.h"
+
+namespace agentd::engine {
+
+struct ModelDef {
+  std::string provider;  // e.g. "openai-chat"
+  std::string name;
+  std::string base_url;
+  std::string api_key_env;  // name of agentd's environment variable holding the key
+  int64_t timeout_ms = 120000;
+};
+
+struct ToolDef {
+  std::string type;  // "http" | "client"
+  std::string name;
+  std::string description;
+  Json parameters;  // JSON Schema (object)
+  std::string url;  // http
+  int64_t timeout_ms = 30000;
+  bool idempotent = false;
+};
+
+struct AgentSpec {
+  std::string id;
+  int64_t version = 0;
+  std::string name;
+  std::string instructions;
+  ModelDef model;
+  std::vector<ToolDef> tools;
+  RetryPolicy retry;
+  std::string turn_policy = "enqueue";  // enqueue | reject
+  int64_t created_ms = 0;
+
+  const ToolDef* FindTool(const std::string& name) const;
+  Json ToJson() const;
+};
+
+// Validates a request body. `providers` are the registered model provider names. The
+// result has no id, version or created_ms yet. Errors name the offending field.
+Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& providers);
+// Reads a stored agent object back (trusted input written by ToJson()).
+Result<AgentSpec> AgentFromJson(const Json& stored);
+
+}  // namespace agentd::engine

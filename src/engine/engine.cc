@@ -1,0 +1,975 @@
+#include "engine/engine.h"
+
+#include <cstdlib>
+#include <future>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "common/ids.h"
+#include "journal/events.h"
+#include "journal/state.h"
+#include "memory/context.h"
+#include "tools/json_schema.h"
+#include "tools/tools.h"
+
+namespace agentd::engine {
+
+namespace ev = journal::ev;
+using journal::NextKind;
+using journal::SessionState;
+using journal::TurnState;
+
+struct Engine::Actor {
+  explicit Actor(std::string sid) : id(std::move(sid)) {}
+  const std::string id;
+  std::mutex mu;
+  std::condition_variable cv;  // wakes backoff sleeps on cancel or drain
+  bool loaded = false;
+  Status load_status;
+  SessionState state;  // guarded by mu; includes staged, uncommitted events
+  AgentSpec agent;     // guarded by mu; the version the session pinned
+  store::WriteBatch staged;  // guarded by mu; events and projections not yet committed
+  std::map<std::string, store::TurnRow> staged_turns;  // guarded by mu
+  int64_t events_since_snapshot = 0;  // guarded by mu
+  bool worker_active = false;         // guarded by mu
+  bool broken = false;                // guarded by mu; memory is ahead of a failed commit
+  bool deleted = false;               // guarded by mu
+  std::string cancel_turn;            // guarded by mu; cancellation requested for this turn
+  int pins = 0;                       // guarded by Engine::actors_mu_
+};
+
+struct Engine::Watch {
+  std::condition_variable cv;
+  int64_t seq = 0;  // highest durable seq seen
+  int waiters = 0;
+};
+
+namespace {
+
+Json ErrorJson(std::string_view code, const std::string& message) {
+  return {{"code", code}, {"message", message}};
+}
+
+Json EventToJson(const store::EventRecord& e) {
+  Json data;
+  try {
+    data = Json::parse(e.data);
+  } catch (const std::exception&) {
+    data = Json::object();
+  }
+  return {{"seq", e.seq},
+          {"type", e.type},
+          {"turn_id", e.turn_id.empty() ? Json() : Json(e.turn_id)},
+          {"time", FormatRfc3339(e.time_ms)},
+          {"data", std::move(data)}};
+}
+
+// Turn input: a string, or an array of message items.
+Result<Json> ParseInput(const Json& input, size_t max_items) {
+  if (input.is_string()) {
+    if (input.get_ref<const std::string&>().empty()) {
+      return InvalidArgument("'input' must not be empty");
+    }
+    return Json::array({{{"type", "message"}, {"role", "user"}, {"content", input}}});
+  }
+  if (!input.is_array()) return InvalidArgument("'input' must be a string or an array of items");
+  if (input.empty()) return InvalidArgument("'input' must not be empty");
+  if (input.size() > max_items) {
+    return InvalidArgument(fmt::format("'input' has more than {} items", max_items));
+  }
+  Json out = Json::array();
+  for (size_t i = 0; i < input.size(); ++i) {
+    FieldReader r(input[i], fmt::format("input[{}]", i));
+    RETURN_IF_ERROR(r.CheckObject());
+    std::string type = "message", role, content;
+    RETURN_IF_ERROR(r.String("type", &type, false, 32));
+    if (type != "message") {
+      return InvalidArgument(fmt::format("'input[{}].type' must be \"message\"", i));
+    }
+    RETURN_IF_ERROR(r.String("role", &role, true, 32));
+    if (role != "user" && role != "assistant" && role != "system" && role != "developer") {
+      return InvalidArgument(fmt::format(
+          "'input[{}].role' must be one of user, assistant, system, developer", i));
+    }
+    RETURN_IF_ERROR(r.String("content", &content, true));
+    RETURN_IF_ERROR(r.NoUnknownKeys());
+    out.push_back({{"type", "message"}, {"role", role}, {"content", content}});
+  }
+  return out;
+}
+
+std::string OutputText(const Json& output) {
+  return output.is_string() ? output.get<std::string>() : DumpJson(output);
+}
+
+}  // namespace
+
+Engine::Engine(EngineOptions options, store::Store* store, ModelProviders providers,
+               Clock* clock)
+    : options_(options),
+      store_(store),
+      providers_(std::move(providers)),
+      clock_(clock),
+      workers_("turns", 0, options.max_workers) {}
+
+Engine::~Engine() {
+  DrainBlocking();
+  workers_.Shutdown();
+}
+
+std::set<std::string> Engine::ProviderNames() const {
+  std::set<std::string> out;
+  for (const auto& [k, v] : providers_) out.insert(k);
+  return out;
+}
+
+size_t Engine::ResidentSessions() const {
+  std::lock_guard lock(actors_mu_);
+  return actors_.size();
+}
+
+// ---------------------------------------------------------------------------------------
+// Agents
+
+Result<Json> Engine::CreateAgent(const Json& body) {
+  ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
+  a.id = NewId("agt_");
+  a.version = 1;
+  a.created_ms = clock_->NowMillis();
+  Json j = a.ToJson();
+  store::WriteBatch b;
+  b.agents.push_back({a.id, a.version, a.name, DumpJson(j), a.created_ms});
+  RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  return j;
+}
+
+Result<Json> Engine::UpdateAgent(const std::string& id, const Json& body) {
+  ASSIGN_OR_RETURN(auto current, store_->GetAgent(id, 0));
+  if (!current) return NotFound(fmt::format("agent '{}' not found", id));
+  ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
+  a.id = id;
+  a.version = current->version + 1;
+  a.created_ms = clock_->NowMillis();
+  Json j = a.ToJson();
+  store::WriteBatch b;
+  b.agents.push_back({a.id, a.version, a.name, DumpJson(j), a.created_ms});
+  Status st = store_->CommitBlocking(std::move(b));
+  if (st.code() == StatusCode::kAlreadyExists) {
+    return Aborted(fmt::format("agent '{}' was updated concurrently; retry", id));
+  }
+  RETURN_IF_ERROR(st);
+  return j;
+}
+
+Result<Json> Engine::GetAgent(const std::string& id, int64_t version) {
+  ASSIGN_OR_RETURN(auto row, store_->GetAgent(id, version));
+  if (!row) return NotFound(fmt::format("agent '{}' not found", id));
+  return ParseJson(row->spec, "stored agent");
+}
+
+Result<Json> Engine::ListAgents(const store::Page& page) {
+  ASSIGN_OR_RETURN(auto rows, store_->ListAgents(page));
+  Json data = Json::array();
+  for (const auto& r : rows.first) {
+    ASSIGN_OR_RETURN(Json j, ParseJson(r.spec, "stored agent"));
+    data.push_back(std::move(j));
+  }
+  return Json{{"object", "list"},
+              {"data", data},
+              {"has_more", !rows.second.empty()},
+              {"next_cursor", rows.second.empty() ? Json() : Json(rows.second)}};
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+
+Json Engine::SessionObject(const store::SessionRow& r) const {
+  Json meta = Json::object();
+  try {
+    meta = Json::parse(r.metadata);
+  } catch (const std::exception&) {
+  }
+  return {{"object", "session"},
+          {"id", r.id},
+          {"agent_id", r.agent_id},
+          {"agent_version", r.agent_version},
+          {"status", r.status},
+          {"metadata", meta},
+          {"last_seq", r.last_seq},
+          {"created_at", FormatRfc3339(r.created_ms)},
+          {"updated_at", FormatRfc3339(r.updated_ms)}};
+}
+
+Result<Json> Engine::CreateSession(const Json& body) {
+  FieldReader r(body, "");
+  RETURN_IF_ERROR(r.CheckObject());
+  std::string agent_id;
+  RETURN_IF_ERROR(r.String("agent_id", &agent_id, true, 64));
+  const Json* metadata = nullptr;
+  RETURN_IF_ERROR(r.Value("metadata", &metadata, false));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  Json meta = metadata ? *metadata : Json::object();
+  if (!meta.is_object()) return InvalidArgument("'metadata' must be an object");
+  if (meta.size() > 64) return InvalidArgument("'metadata' has more than 64 keys");
+  for (const auto& [k, v] : meta.items()) {
+    if (k.size() > 64) return InvalidArgument("'metadata' keys must be at most 64 characters");
+    if (!v.is_string() || v.get_ref<const std::string&>().size() > 512) {
+      return InvalidArgument(
+          fmt::format("'metadata.{}' must be a string of at most 512 characters", k));
+    }
+  }
+  ASSIGN_OR_RETURN(auto agent, store_->GetAgent(agent_id, 0));
+  if (!agent) return NotFound(fmt::format("agent '{}' not found", agent_id));
+
+  std::string sid = NewId("ses_");
+  int64_t now = clock_->NowMillis();
+  store::EventRecord e{sid, 1, std::string(ev::kSessionCreated), "", now,
+                       DumpJson({{"agent_id", agent_id},
+                                 {"agent_version", agent->version},
+                                 {"metadata", meta}})};
+  store::SessionRow row{sid, agent_id, agent->version, "idle", DumpJson(meta), now, now, 1, false};
+  store::WriteBatch b;
+  b.events.push_back(e);
+  b.sessions.push_back(row);
+  RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  return SessionObject(row);
+}
+
+Result<Json> Engine::GetSession(const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetSession(id));
+  if (!row) return NotFound(fmt::format("session '{}' not found", id));
+  return SessionObject(*row);
+}
+
+Result<Json> Engine::ListSessions(const store::SessionFilter& filter, const store::Page& page) {
+  ASSIGN_OR_RETURN(auto rows, store_->ListSessions(filter, page));
+  Json data = Json::array();
+  for (const auto& r : rows.first) data.push_back(SessionObject(r));
+  return Json{{"object", "list"},
+              {"data", data},
+              {"has_more", !rows.second.empty()},
+              {"next_cursor", rows.second.empty() ? Json() : Json(rows.second)}};
+}
+
+Status Engine::DeleteSession(const std::string& id) {
+  ASSIGN_OR_RETURN(auto a, Acquire(id));
+  Status st;
+  {
+    std::unique_lock lock(a->mu);
+    a->deleted = true;
+    a->broken = true;  // nothing more may be staged for this session
+    a->cancel_turn = a->state.current_turn;
+    a->cv.notify_all();
+    a->staged = {};
+    a->staged_turns.clear();
+    store::WriteBatch b;
+    b.delete_sessions.push_back(id);
+    st = store_->CommitBlocking(std::move(b));
+  }
+  Release(a);
+  return st;
+}
+
+Result<Json> Engine::CancelSession(const std::string& id) {
+  ASSIGN_OR_RETURN(auto a, Acquire(id));
+  Status st;
+  {
+    std::unique_lock lock(a->mu);
+    if (a->state.current_turn.empty()) {
+      st = FailedPrecondition(fmt::format("session '{}' has no running turn", id));
+    } else if (a->worker_active) {
+      a->cancel_turn = a->state.current_turn;
+      a->cv.notify_all();
+    } else {
+      st = Stage(*a, ev::kTurnCancelled, a->state.current_turn,
+                 {{"reason", "cancelled by request"}});
+      if (st.ok()) st = FlushLocked(*a);
+      if (st.ok() && !a->state.queue.empty()) StartWorkerLocked(a);
+    }
+  }
+  Release(a);
+  RETURN_IF_ERROR(st);
+  return GetSession(id);
+}
+
+// ---------------------------------------------------------------------------------------
+// Actors
+
+Result<std::shared_ptr<Engine::Actor>> Engine::Acquire(const std::string& session_id) {
+  std::shared_ptr<Actor> a;
+  {
+    std::lock_guard lock(actors_mu_);
+    auto& slot = actors_[session_id];
+    if (!slot) slot = std::make_shared<Actor>(session_id);
+    a = slot;
+    ++a->pins;
+  }
+  std::unique_lock lock(a->mu);
+  if (!a->loaded) {
+    a->load_status = Load(*a);
+    a->loaded = true;
+  }
+  Status st = a->load_status;
+  if (st.ok() && (a->broken || a->deleted)) {
+    st = a->deleted ? NotFound(fmt::format("session '{}' not found", session_id))
+                    : Unavailable("session is being reloaded; retry");
+  }
+  lock.unlock();
+  if (!st.ok()) {
+    Release(a);
+    return st;
+  }
+  return a;
+}
+
+void Engine::Release(const std::shared_ptr<Actor>& a) {
+  std::lock_guard lock(actors_mu_);
+  if (--a->pins > 0) return;
+  auto it = actors_.find(a->id);
+  if (it != actors_.end() && it->second == a) actors_.erase(it);
+}
+
+Status Engine::Load(Actor& a) {
+  ASSIGN_OR_RETURN(auto row, store_->GetSession(a.id));
+  if (!row) return NotFound(fmt::format("session '{}' not found", a.id));
+  ASSIGN_OR_RETURN(auto snap, store_->GetSnapshot(a.id));
+  if (snap) {
+    ASSIGN_OR_RETURN(Json sj, ParseJson(snap->state, "snapshot"));
+    ASSIGN_OR_RETURN(a.state, journal::StateFromJson(sj));
+  }
+  while (true) {
+    ASSIGN_OR_RETURN(auto events, store_->ReadEvents(a.id, a.state.last_seq, 1000));
+    for (const auto& e : events) RETURN_IF_ERROR(journal::Apply(a.state, e));
+    if (events.size() < 1000) break;
+  }
+  a.events_since_snapshot = a.state.last_seq - (snap ? snap->seq : 0);
+  ASSIGN_OR_RETURN(auto agent_row, store_->GetAgent(a.state.agent_id, a.state.agent_version));
+  if (!agent_row) {
+    return Internal(fmt::format("agent '{}' version {} of session '{}' is missing",
+                                a.state.agent_id, a.state.agent_version, a.id));
+  }
+  ASSIGN_OR_RETURN(Json aj, ParseJson(agent_row->spec, "stored agent"));
+  ASSIGN_OR_RETURN(a.agent, AgentFromJson(aj));
+  return Status::OK();
+}
+
+Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data) {
+  if (a.broken) return Unavailable("session cannot record events");
+  store::EventRecord e{a.id, a.state.last_seq + 1, std::string(type), turn_id,
+                       clock_->NowMillis(), DumpJson(data)};
+  journal::ApplyEffect effect;
+  Status st = journal::Apply(a.state, e, &effect);
+  if (!st.ok()) {
+    // Our own event did not fit our own state: a bug, but never a crash.
+    spdlog::error("session {}: {}", a.id, st.ToString());
+    a.broken = true;
+    return Internal("internal state error");
+  }
+  if (effect.turn) {
+    const TurnState& t = *effect.turn;
+    a.staged_turns[t.id] = store::TurnRow{a.id, t.id, t.ordinal, t.status, t.idempotency_key,
+                                          DumpJson(journal::TurnObject(a.id, t))};
+  }
+  a.staged.events.push_back(std::move(e));
+  ++a.events_since_snapshot;
+  return Status::OK();
+}
+
+Status Engine::FlushLocked(Actor& a) {
+  if (a.staged.events.empty()) return Status::OK();
+  if (a.broken) return Unavailable("session cannot record events");
+  store::WriteBatch b = std::move(a.staged);
+  a.staged = {};
+  for (auto& [id, row] : a.staged_turns) b.turns.push_back(std::move(row));
+  a.staged_turns.clear();
+  const SessionState& s = a.state;
+  b.sessions.push_back({s.id, s.agent_id, s.agent_version, s.Status(), DumpJson(s.metadata),
+                        s.created_ms, s.updated_ms, s.last_seq, s.Active()});
+  if (a.events_since_snapshot >= options_.snapshot_every) {
+    b.snapshots.push_back({s.id, s.last_seq, DumpJson(journal::StateToJson(s))});
+    a.events_since_snapshot = 0;
+  }
+  int64_t seq = s.last_seq;
+  // The actor's mutex stays held until the commit is durable: batches of one session are
+  // committed strictly one after another, so a failed batch can never leave a gap that a
+  // later batch of the same session would skip over.
+  Status st = store_->CommitBlocking(std::move(b));
+  if (!st.ok()) {
+    spdlog::error("session {}: journal commit failed: {}", a.id, st.ToString());
+    a.broken = true;
+    std::lock_guard lock(actors_mu_);
+    auto it = actors_.find(a.id);
+    if (it != actors_.end() && it->second.get() == &a) actors_.erase(it);
+    return st;
+  }
+  Notify(a.id, seq);
+  return Status::OK();
+}
+
+void Engine::Notify(const std::string& session_id, int64_t seq) {
+  std::lock_guard lock(watch_mu_);
+  auto it = watches_.find(session_id);
+  if (it == watches_.end()) return;
+  it->second->seq = std::max(it->second->seq, seq);
+  it->second->cv.notify_all();
+}
+
+void Engine::WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
+                                   std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::shared_ptr<Watch> w;
+  {
+    std::lock_guard lock(watch_mu_);
+    auto& slot = watches_[session_id];
+    if (!slot) slot = std::make_shared<Watch>();
+    w = slot;
+    ++w->waiters;
+  }
+  // Read the durable position only after registering, so no notification is missed.
+  int64_t durable = 0;
+  if (auto row = store_->GetSession(session_id); row.ok() && *row) durable = (*row)->last_seq;
+  {
+    std::unique_lock lock(watch_mu_);
+    w->seq = std::max(w->seq, durable);
+    w->cv.wait_until(lock, deadline, [&] { return w->seq > after_seq || draining_.load(); });
+    if (--w->waiters == 0) watches_.erase(session_id);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Turns
+
+Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Json& input,
+                                        const std::string& idempotency_key) {
+  ASSIGN_OR_RETURN(Json items, ParseInput(input, options_.max_input_items));
+  if (idempotency_key.size() > 255) {
+    return InvalidArgument("Idempotency-Key header is longer than 255 characters");
+  }
+  if (draining_) return Unavailable("agentd is shutting down; retry on another instance");
+  ASSIGN_OR_RETURN(auto a, Acquire(session_id));
+  Result<SubmitResult> out = Internal("unreachable");
+  std::string existing;
+  {
+    std::unique_lock lock(a->mu);
+    SessionState& s = a->state;
+    auto it = idempotency_key.empty() ? s.idempotency.end() : s.idempotency.find(idempotency_key);
+    if (it != s.idempotency.end()) {
+      existing = it->second;
+      auto open = s.open_turns.find(existing);
+      if (open != s.open_turns.end()) {
+        if (open->second.input != items) {
+          out = InvalidArgument("Idempotency-Key was used before with a different input");
+        } else {
+          out = SubmitResult{journal::TurnObject(a->id, open->second), false};
+        }
+        existing.clear();
+      }
+    } else if (a->agent.turn_policy == "reject" && s.Active()) {
+      out = FailedPrecondition(
+          fmt::format("session '{}' already has a turn in progress (turn_policy: reject)",
+                      session_id));
+    } else {
+      std::string tid = NewId("trn_");
+      Json data = {{"input", items}};
+      if (!idempotency_key.empty()) data["idempotency_key"] = idempotency_key;
+      Status st = Stage(*a, ev::kTurnQueued, tid, std::move(data));
+      if (st.ok()) st = FlushLocked(*a);
+      if (st.ok()) {
+        out = SubmitResult{journal::TurnObject(a->id, a->state.open_turns.at(tid)), true,
+                           a->state.last_seq};
+        StartWorkerLocked(a);
+      } else {
+        out = st;
+      }
+    }
+  }
+  Release(a);
+  if (!existing.empty()) {
+    // The earlier turn has ended; its object lives in the turns projection.
+    ASSIGN_OR_RETURN(Json turn, TurnFromStore(session_id, existing));
+    if (turn.value("input", Json()) != items) {
+      return InvalidArgument("Idempotency-Key was used before with a different input");
+    }
+    return SubmitResult{turn, false};
+  }
+  return out;
+}
+
+Result<Json> Engine::SubmitToolOutputs(const std::string& session_id, const std::string& turn_id,
+                                       const Json& body) {
+  FieldReader r(body, "");
+  RETURN_IF_ERROR(r.CheckObject());
+  const Json* outputs = nullptr;
+  RETURN_IF_ERROR(r.Value("outputs", &outputs, true));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  if (!outputs->is_array() || outputs->empty()) {
+    return InvalidArgument("'outputs' must be a non-empty array");
+  }
+  std::vector<std::pair<std::string, std::string>> parsed;
+  for (size_t i = 0; i < outputs->size(); ++i) {
+    FieldReader o((*outputs)[i], fmt::format("outputs[{}]", i));
+    RETURN_IF_ERROR(o.CheckObject());
+    std::string call_id;
+    RETURN_IF_ERROR(o.String("call_id", &call_id, true, 256));
+    const Json* output = nullptr;
+    RETURN_IF_ERROR(o.Value("output", &output, true));
+    RETURN_IF_ERROR(o.NoUnknownKeys());
+    parsed.emplace_back(call_id, OutputText(*output));
+  }
+  ASSIGN_OR_RETURN(auto a, Acquire(session_id));
+  Result<Json> out = Internal("unreachable");
+  {
+    std::unique_lock lock(a->mu);
+    SessionState& s = a->state;
+    auto it = s.open_turns.find(turn_id);
+    if (it == s.open_turns.end()) {
+      lock.unlock();
+      Release(a);
+      ASSIGN_OR_RETURN(Json t, TurnFromStore(session_id, turn_id));
+      return FailedPrecondition(fmt::format("turn '{}' is {}; it takes no tool outputs", turn_id,
+                                            t.value("status", "")));
+    }
+    TurnState& t = it->second;
+    Status st;
+    if (t.status != "requires_action") {
+      st = FailedPrecondition(
+          fmt::format("turn '{}' is {}; it takes no tool outputs", turn_id, t.status));
+    }
+    std::set<std::string> seen;
+    for (const auto& [call_id, output] : parsed) {
+      if (!st.ok()) break;
+      bool pending = false;
+      for (const auto& p : t.pending_action) pending |= p.value("call_id", "") == call_id;
+      bool done = false;
+      for (const auto& c : t.calls) done |= (c.call_id == call_id && c.status == "done");
+      if (!pending || done || !seen.insert(call_id).second) {
+        st = InvalidArgument(fmt::format("'call_id' '{}' is not a pending call of turn '{}'",
+                                         call_id, turn_id));
+      }
+    }
+    for (const auto& [call_id, output] : parsed) {
+      if (!st.ok()) break;
+      st = Stage(*a, ev::kToolCallCompleted, turn_id,
+                 {{"call_id", call_id}, {"output", output}, {"is_error", false},
+                  {"source", "client"}});
+    }
+    if (st.ok()) st = FlushLocked(*a);
+    if (st.ok()) {
+      auto again = s.open_turns.find(turn_id);
+      out = journal::TurnObject(a->id, again->second);
+      if (again->second.status == "running") StartWorkerLocked(a);
+    } else {
+      out = st;
+    }
+  }
+  Release(a);
+  return out;
+}
+
+Result<Json> Engine::TurnFromStore(const std::string& session_id, const std::string& turn_id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetTurn(session_id, turn_id));
+  if (!row) {
+    return NotFound(fmt::format("turn '{}' not found in session '{}'", turn_id, session_id));
+  }
+  return ParseJson(row->body, "stored turn");
+}
+
+Result<Json> Engine::GetTurn(const std::string& session_id, const std::string& turn_id) {
+  ASSIGN_OR_RETURN(auto session, store_->GetSession(session_id));
+  if (!session) return NotFound(fmt::format("session '{}' not found", session_id));
+  return TurnFromStore(session_id, turn_id);
+}
+
+Result<Json> Engine::ListTurns(const std::string& session_id, const store::Page& page) {
+  ASSIGN_OR_RETURN(auto session, store_->GetSession(session_id));
+  if (!session) return NotFound(fmt::format("session '{}' not found", session_id));
+  ASSIGN_OR_RETURN(auto rows, store_->ListTurns(session_id, page));
+  Json data = Json::array();
+  for (const auto& r : rows.first) {
+    ASSIGN_OR_RETURN(Json j, ParseJson(r.body, "stored turn"));
+    data.push_back(std::move(j));
+  }
+  return Json{{"object", "list"},
+              {"data", data},
+              {"has_more", !rows.second.empty()},
+              {"next_cursor", rows.second.empty() ? Json() : Json(rows.second)}};
+}
+
+Result<Json> Engine::ReadEvents(const std::string& session_id, int64_t after_seq, int limit) {
+  ASSIGN_OR_RETURN(auto session, store_->GetSession(session_id));
+  if (!session) return NotFound(fmt::format("session '{}' not found", session_id));
+  ASSIGN_OR_RETURN(auto events, store_->ReadEvents(session_id, after_seq, limit + 1));
+  bool more = static_cast<int>(events.size()) > limit;
+  if (more) events.pop_back();
+  Json data = Json::array();
+  for (const auto& e : events) data.push_back(EventToJson(e));
+  return Json{{"object", "list"}, {"data", data}, {"has_more", more}};
+}
+
+// ---------------------------------------------------------------------------------------
+// The turn loop
+
+void Engine::StartWorkerLocked(const std::shared_ptr<Actor>& a) {
+  if (a->worker_active || draining_) return;
+  a->worker_active = true;
+  {
+    std::lock_guard lock(actors_mu_);
+    ++a->pins;  // the worker's pin, released when Drive ends
+  }
+  active_workers_.fetch_add(1);
+  workers_.Submit([this, a] { Drive(a); });
+}
+
+Result<size_t> Engine::Recover() {
+  ASSIGN_OR_RETURN(auto ids, store_->ListActiveSessions());
+  for (const auto& id : ids) {
+    workers_.Submit([this, id] {
+      auto a = Acquire(id);
+      if (!a.ok()) {
+        spdlog::error("cannot resume session {}: {}", id, a.status().ToString());
+        return;
+      }
+      {
+        std::unique_lock lock((*a)->mu);
+        StartWorkerLocked(*a);
+      }
+      Release(*a);
+    });
+  }
+  return ids.size();
+}
+
+void Engine::Drive(std::shared_ptr<Actor> a) {
+  {
+    std::unique_lock lock(a->mu);
+    while (StepLocked(a, lock)) {
+    }
+    if (!a->broken) FlushLocked(*a).IgnoreError();
+    a->worker_active = false;
+  }
+  Release(a);
+  if (active_workers_.fetch_sub(1) == 1) {
+    std::lock_guard lock(drain_mu_);
+    drain_cv_.notify_all();
+  }
+}
+
+bool Engine::ShouldAbort(const Actor& a) const {
+  return abandon_.load() || a.deleted || (!a.cancel_turn.empty());
+}
+
+bool Engine::SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock,
+                         std::chrono::milliseconds d) {
+  a.cv.wait_for(lock, d, [&] { return draining_.load() || !a.cancel_turn.empty() || a.deleted; });
+  return !(draining_.load() || !a.cancel_turn.empty() || a.deleted);
+}
+
+bool Engine::StepLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock) {
+  if (a->broken || a->deleted) return false;
+  SessionState& s = a->state;
+  if (!a->cancel_turn.empty()) {
+    std::string tid = std::move(a->cancel_turn);
+    a->cancel_turn.clear();
+    if (s.open_turns.count(tid)) {
+      if (!Stage(*a, ev::kTurnCancelled, tid, {{"reason", "cancelled by request"}}).ok()) {
+        return false;
+      }
+      return FlushLocked(*a).ok();
+    }
+    return true;
+  }
+  if (draining_) return false;
+  auto is_client = [&](const std::string& name) {
+    const ToolDef* t = a->agent.FindTool(name);
+    return t != nullptr && t->type == "client";
+  };
+  journal::NextAction next = journal::DecideNext(s, is_client);
+  switch (next.kind) {
+    case NextKind::kIdle:
+    case NextKind::kWait:
+      return false;
+    case NextKind::kStartTurn:
+      return Stage(*a, ev::kTurnStarted, next.turn_id, Json::object()).ok();
+    case NextKind::kCallModel:
+      CallModelLocked(a, lock);
+      return true;
+    case NextKind::kRunTool:
+      RunToolLocked(a, lock, next.call->call_id, false);
+      return true;
+    case NextKind::kRecoverTool:
+      RunToolLocked(a, lock, next.call->call_id, true);
+      return true;
+    case NextKind::kAwaitClient: {
+      Json pending = Json::array();
+      for (const auto& c : s.Current()->calls) {
+        if (c.status == "pending") {
+          pending.push_back({{"call_id", c.call_id}, {"name", c.name},
+                             {"arguments", c.arguments}, {"reason", "client_tool"}});
+        }
+      }
+      if (!Stage(*a, ev::kTurnRequiresAction, next.turn_id, {{"pending", pending}}).ok()) {
+        return false;
+      }
+      FlushLocked(*a).IgnoreError();
+      return false;
+    }
+    case NextKind::kCompleteTurn: {
+      const TurnState* t = s.Current();
+      Json data = {{"output_text", t->output_text},
+                   {"usage",
+                    {{"input_tokens", t->usage.input_tokens},
+                     {"output_tokens", t->usage.output_tokens},
+                     {"total_tokens", t->usage.total_tokens}}}};
+      if (!Stage(*a, ev::kTurnCompleted, next.turn_id, std::move(data)).ok()) return false;
+      return FlushLocked(*a).ok();
+    }
+  }
+  return false;
+}
+
+void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock) {
+  SessionState& s = a->state;
+  TurnState* t = s.Current();
+  const std::string turn_id = t->id;
+  const AgentSpec& agent = a->agent;
+  int attempt = t->model_attempt + 1;
+
+  auto provider_it = providers_.find(agent.model.provider);
+  std::string api_key;
+  Status pre;
+  if (provider_it == providers_.end()) {
+    pre = FailedPrecondition(
+        fmt::format("model provider '{}' is not available", agent.model.provider));
+  } else if (!agent.model.api_key_env.empty()) {
+    const char* v = std::getenv(agent.model.api_key_env.c_str());
+    if (v == nullptr || *v == '\0') {
+      pre = FailedPrecondition(fmt::format(
+          "environment variable '{}' (model.api_key_env) is not set for agentd",
+          agent.model.api_key_env));
+    } else {
+      api_key = v;
+    }
+  }
+  if (!pre.ok()) {
+    if (Stage(*a, ev::kTurnFailed, turn_id,
+              {{"error", ErrorJson("model_unavailable", pre.message())}})
+            .ok()) {
+      FlushLocked(*a).IgnoreError();
+    }
+    return;
+  }
+
+  if (!Stage(*a, ev::kModelCallStarted, turn_id,
+             {{"attempt", attempt}, {"model", agent.model.name}})
+           .ok()) {
+    return;
+  }
+  // Tool results (and the turn's start) become durable before the model sees them.
+  if (!FlushLocked(*a).ok()) return;
+
+  model::ModelRequest req;
+  req.model = agent.model.name;
+  req.base_url = agent.model.base_url;
+  req.api_key = std::move(api_key);
+  req.instructions = agent.instructions;
+  req.items = memory::AssembleContext(s.items);
+  req.timeout = std::chrono::milliseconds(agent.model.timeout_ms);
+  for (const auto& tool : agent.tools) {
+    req.tools.push_back({tool.name, tool.description, tool.parameters});
+  }
+  Actor* raw = a.get();
+  req.should_abort = [this, raw] { return ShouldAbort(*raw); };
+
+  lock.unlock();
+  model::ModelAttempt result = provider_it->second->CallBlocking(req);
+  lock.lock();
+
+  if (a->deleted || abandon_.load()) return;  // nothing is journaled; recovery re-runs it
+  if (!a->cancel_turn.empty()) return;        // the loop records the cancellation
+  if (result.response) {
+    const auto& r = *result.response;
+    Json calls = Json::array();
+    for (const auto& c : r.tool_calls) {
+      calls.push_back({{"call_id", c.call_id}, {"name", c.name}, {"arguments", c.arguments}});
+    }
+    Stage(*a, ev::kModelCallCompleted, turn_id,
+          {{"attempt", attempt},
+           {"text", r.text},
+           {"tool_calls", calls},
+           {"finish_reason", r.finish_reason},
+           {"usage",
+            {{"input_tokens", r.usage.input_tokens},
+             {"output_tokens", r.usage.output_tokens},
+             {"total_tokens", r.usage.total_tokens}}}})
+        .IgnoreError();
+    return;
+  }
+  bool will_retry = result.retryable && attempt < agent.retry.max_attempts;
+  auto wait = BackoffFor(agent.retry, attempt + 1, result.retry_after);
+  Json data = {{"attempt", attempt},
+               {"error", ErrorJson(StatusCodeName(result.error.code()), result.error.message())},
+               {"http_status", result.http_status},
+               {"retryable", result.retryable},
+               {"will_retry", will_retry}};
+  if (will_retry) data["retry_in_ms"] = wait.count();
+  if (!Stage(*a, ev::kModelCallFailed, turn_id, std::move(data)).ok()) return;
+  if (!will_retry) {
+    std::string msg = result.retryable
+                          ? fmt::format("model call failed after {} attempts: {}", attempt,
+                                        result.error.message())
+                          : fmt::format("model call failed: {}", result.error.message());
+    if (Stage(*a, ev::kTurnFailed, turn_id, {{"error", ErrorJson("model_error", msg)}}).ok()) {
+      FlushLocked(*a).IgnoreError();
+    }
+    return;
+  }
+  FlushLocked(*a).IgnoreError();
+  SleepLocked(*a, lock, wait);
+}
+
+void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock,
+                           const std::string& call_id, bool recovering) {
+  SessionState& s = a->state;
+  TurnState* t = s.Current();
+  const std::string turn_id = t->id;
+  const journal::ToolCallState* call = nullptr;
+  for (const auto& c : t->calls) {
+    if (c.call_id == call_id) call = &c;
+  }
+  const std::string name = call->name;
+  const std::string arguments = call->arguments;
+  const int attempt = call->attempts + 1;
+
+  // A result the model gets without the tool running: a refusal or a bad call.
+  auto give_error = [&](std::string_view code, const std::string& message) {
+    if (!Stage(*a, ev::kToolCallFailed, turn_id,
+               {{"call_id", call_id}, {"attempt", attempt},
+                {"error", ErrorJson(code, message)}, {"will_retry", false}})
+             .ok()) {
+      return;
+    }
+    Stage(*a, ev::kToolCallCompleted, turn_id,
+          {{"call_id", call_id}, {"output", "error: " + message}, {"is_error", true}})
+        .IgnoreError();
+  };
+
+  const ToolDef* tool = a->agent.FindTool(name);
+  if (tool == nullptr) {
+    give_error("unknown_tool", fmt::format("there is no tool named '{}'", name));
+    return;
+  }
+  if (recovering && !tool->idempotent) {
+    // At-most-once: the call may or may not have happened, and running it again could
+    // apply its effect twice. A person decides (tool_outputs with the real result, or cancel).
+    Json pending = Json::array({{{"call_id", call_id}, {"name", name}, {"arguments", arguments},
+                                 {"reason", "unknown_outcome"},
+                                 {"idempotency_key", call->idempotency_key}}});
+    if (Stage(*a, ev::kSessionNeedsAttention, turn_id,
+              {{"pending", pending},
+               {"reason", fmt::format("tool '{}' is not idempotent and agentd stopped while it "
+                                      "ran; its outcome is unknown",
+                                      name)}})
+            .ok()) {
+      FlushLocked(*a).IgnoreError();
+    }
+    return;
+  }
+  Json args;
+  try {
+    args = Json::parse(arguments);
+  } catch (const std::exception&) {
+    give_error("invalid_arguments", "the arguments are not valid JSON");
+    return;
+  }
+  if (Status st = tools::ValidateAgainstSchema(tool->parameters, args); !st.ok()) {
+    give_error("invalid_arguments",
+               fmt::format("the arguments do not match the tool's schema: {}", st.message()));
+    return;
+  }
+
+  std::string key = call->idempotency_key;
+  if (key.empty()) key = fmt::format("{}.{}", a->id, s.last_seq + 1);
+  if (!recovering || call->status != "started") {
+    if (!Stage(*a, ev::kToolCallStarted, turn_id,
+               {{"call_id", call_id}, {"name", name}, {"arguments", arguments},
+                {"attempt", attempt}, {"idempotency_key", key}})
+             .ok()) {
+      return;
+    }
+  }
+  // The model's answer and this intent are durable before the tool runs.
+  if (!FlushLocked(*a).ok()) return;
+
+  tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent};
+  Actor* raw = a.get();
+  lock.unlock();
+  tools::ToolOutcome out =
+      tools::CallHttpToolBlocking(spec, arguments, key, [this, raw] { return ShouldAbort(*raw); });
+  lock.lock();
+
+  if (a->deleted || abandon_.load()) return;  // unjournaled: recovery decides
+  if (!a->cancel_turn.empty()) return;        // turn.cancelled closes the call
+  using Kind = tools::ToolOutcome::Kind;
+  if (out.kind == Kind::kOk) {
+    Stage(*a, ev::kToolCallCompleted, turn_id,
+          {{"call_id", call_id}, {"output", out.output}, {"is_error", false},
+           {"http_status", out.http_status}})
+        .IgnoreError();
+    return;
+  }
+  if (out.kind == Kind::kToolError) {
+    give_error("tool_error", out.output);
+    return;
+  }
+  // Retryable. A tool that is not idempotent is retried only when the server said it did not
+  // process the request (429, 503) or no connection was made; anything else might have
+  // applied the effect.
+  bool safe = tool->idempotent || out.http_status == 429 || out.http_status == 503 ||
+              out.not_sent;
+  bool will_retry = safe && attempt < a->agent.retry.max_attempts;
+  auto wait = BackoffFor(a->agent.retry, attempt + 1, out.retry_after);
+  Json data = {{"call_id", call_id},
+               {"attempt", attempt},
+               {"error", ErrorJson("tool_unavailable", out.output)},
+               {"http_status", out.http_status},
+               {"will_retry", will_retry}};
+  if (will_retry) data["retry_in_ms"] = wait.count();
+  if (!Stage(*a, ev::kToolCallFailed, turn_id, std::move(data)).ok()) return;
+  if (!will_retry) {
+    std::string msg = safe ? fmt::format("tool failed after {} attempts: {}", attempt, out.output)
+                           : fmt::format("{} (not retried: the tool is not idempotent and the "
+                                         "call may have taken effect)",
+                                         out.output);
+    Stage(*a, ev::kToolCallCompleted, turn_id,
+          {{"call_id", call_id}, {"output", "error: " + msg}, {"is_error", true}})
+        .IgnoreError();
+    return;
+  }
+  FlushLocked(*a).IgnoreError();
+  SleepLocked(*a, lock, wait);
+}
+
+void Engine::DrainBlocking() {
+  draining_ = true;
+  {
+    std::lock_guard lock(actors_mu_);
+    for (auto& [id, a] : actors_) a->cv.notify_all();
+  }
+  {
+    std::lock_guard lock(watch_mu_);
+    for (auto& [id, w] : watches_) w->cv.notify_all();
+  }
+  std::unique_lock lock(drain_mu_);
+  if (!drain_cv_.wait_for(lock, options_.drain_timeout,
+                          [this] { return active_workers_.load() == 0; })) {
+    spdlog::warn("drain: {} step(s) still running after {} ms; abandoning them (they resume "
+                 "on the next start)",
+                 active_workers_.load(), options_.drain_timeout.count());
+    abandon_ = true;
+    drain_cv_.wait_for(lock, std::chrono::seconds(10),
+                       [this] { return active_workers_.load() == 0; });
+  }
+}
+
+}  // namespace agentd::engine

@@ -1,0 +1,138 @@
+// The engine: session actors and the turn loop (ARCHITECTURE.md, "Data flow of one turn").
+//
+// Each session that has work is an Actor: its state folded from the journal, the agent
+// version it pinned, and a buffer of events not yet committed. One worker at a time drives a
+// session (its "strand"); API calls that change a session take the actor's mutex, stage
+// events and commit them. Idle sessions are not kept in memory: an actor is loaded from the
+// session's snapshot plus the journal tail when needed and dropped when no one holds it.
+//
+// Durability: events are staged (folded into memory) and committed in one batch right before
+// every external effect, so a model's answer is durable before any tool call it asks for
+// runs, and a tool's result before the next model call; intents ride in the same commits.
+//
+// Thread-safe. Blocking calls say so; threading is described in docs/threading.md.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <unordered_map>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/status.h"
+#include "common/thread_pool.h"
+#include "engine/agent_spec.h"
+#include "model/model.h"
+#include "store/store.h"
+
+namespace agentd::engine {
+
+struct EngineOptions {
+  int snapshot_every = 100;       // events between snapshots of a session
+  size_t max_workers = 512;       // turn-worker threads (concurrently driven sessions)
+  size_t max_input_items = 1000;  // items in one turn input
+  std::chrono::milliseconds drain_timeout{30000};  // SIGTERM: wait for in-flight steps
+};
+
+using ModelProviders = std::map<std::string, model::ModelProvider*>;
+
+struct SubmitResult {
+  Json turn;
+  bool created = false;  // false: an earlier turn with the same Idempotency-Key
+  int64_t queued_seq = 0;  // seq of its turn.queued event (0 when not known)
+};
+
+class Engine {
+ public:
+  Engine(EngineOptions options, store::Store* store, ModelProviders providers, Clock* clock);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Schedules every session with unfinished work (after a restart). Returns how many.
+  Result<size_t> Recover();
+  // Stops starting new steps, lets in-flight steps finish (up to drain_timeout, then
+  // abandons them unjournaled, which recovery handles) and waits for workers. Blocking.
+  void DrainBlocking();
+  bool Draining() const { return draining_.load(); }
+
+  Result<Json> CreateAgent(const Json& body);
+  Result<Json> UpdateAgent(const std::string& id, const Json& body);
+  Result<Json> GetAgent(const std::string& id, int64_t version);
+  Result<Json> ListAgents(const store::Page& page);
+
+  Result<Json> CreateSession(const Json& body);
+  Result<Json> GetSession(const std::string& id);
+  Result<Json> ListSessions(const store::SessionFilter& filter, const store::Page& page);
+  Status DeleteSession(const std::string& id);
+  // Cancels the session's running turn.
+  Result<Json> CancelSession(const std::string& id);
+
+  // `input` is a string or an array of message items.
+  Result<SubmitResult> SubmitTurn(const std::string& session_id, const Json& input,
+                                  const std::string& idempotency_key);
+  Result<Json> SubmitToolOutputs(const std::string& session_id, const std::string& turn_id,
+                                 const Json& body);
+  Result<Json> GetTurn(const std::string& session_id, const std::string& turn_id);
+  Result<Json> ListTurns(const std::string& session_id, const store::Page& page);
+  // {data: [event], has_more}
+  Result<Json> ReadEvents(const std::string& session_id, int64_t after_seq, int limit);
+  // Blocks until an event after `after_seq` is durable, `timeout` passes or draining starts.
+  void WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
+                             std::chrono::milliseconds timeout);
+
+  std::set<std::string> ProviderNames() const;
+  size_t ResidentSessions() const;
+  size_t ActiveWorkers() const { return active_workers_.load(); }
+
+ private:
+  struct Actor;
+  struct Watch;
+
+  Result<std::shared_ptr<Actor>> Acquire(const std::string& session_id);
+  void Release(const std::shared_ptr<Actor>& a);
+  Status Load(Actor& a);
+
+  // Stage/flush require a->mu held.
+  Status Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data);
+  Status FlushLocked(Actor& a);
+  void StartWorkerLocked(const std::shared_ptr<Actor>& a);
+  void Drive(std::shared_ptr<Actor> a);
+  // One step of the turn loop; returns false when the worker should stop.
+  bool StepLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock);
+  void CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock);
+  void RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock,
+                     const std::string& call_id, bool recovering);
+  // Waits up to `d` unless cancel or drain interrupts; returns false when interrupted.
+  bool SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d);
+  bool ShouldAbort(const Actor& a) const;
+  void Notify(const std::string& session_id, int64_t seq);
+  Json SessionObject(const store::SessionRow& row) const;
+  Result<Json> TurnFromStore(const std::string& session_id, const std::string& turn_id);
+
+  const EngineOptions options_;
+  store::Store* const store_;
+  const ModelProviders providers_;
+  Clock* const clock_;
+  ThreadPool workers_;
+
+  mutable std::mutex actors_mu_;
+  std::unordered_map<std::string, std::shared_ptr<Actor>> actors_;  // guarded by actors_mu_
+
+  std::mutex watch_mu_;
+  std::unordered_map<std::string, std::shared_ptr<Watch>> watches_;  // guarded by watch_mu_
+
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> abandon_{false};  // drain timed out: abort in-flight calls
+  std::atomic<size_t> active_workers_{0};
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+};
+
+}  // namespace agentd::engine

@@ -1,0 +1,33 @@
+// Event types of the session journal: agentd's public state format, version 1.
+// The format is documented in docs/state-format.md; keep the two in step.
+#pragma once
+
+#include <string_view>
+
+namespace agentd::journal {
+
+inline constexpr int kStateFormatVersion = 1;
+
+namespace ev {
+inline constexpr std::string_view kSessionCreated = "session.created";
+inline constexpr std::string_view kTurnQueued = "turn.queued";
+inline constexpr std::string_view kTurnStarted = "turn.started";
+inline constexpr std::string_view kModelCallStarted = "model_call.started";
+inline constexpr std::string_view kModelCallCompleted = "model_call.completed";
+inline constexpr std::string_view kModelCallFailed = "model_call.failed";
+inline constexpr std::string_view kToolCallStarted = "tool_call.started";
+inline constexpr std::string_view kToolCallCompleted = "tool_call.completed";
+inline constexpr std::string_view kToolCallFailed = "tool_call.failed";
+inline constexpr std::string_view kTurnRequiresAction = "turn.requires_action";
+inline constexpr std::string_view kSessionNeedsAttention = "session.needs_attention";
+inline constexpr std::string_view kTurnCompleted = "turn.completed";
+inline constexpr std::string_view kTurnFailed = "turn.failed";
+inline constexpr std::string_view kTurnCancelled = "turn.cancelled";
+}  // namespace ev
+
+// True for the events that end a turn.
+inline bool IsTurnTerminal(std::string_view type) {
+  return type == ev::kTurnCompleted || type == ev::kTurnFailed || type == ev::kTurnCancelled;
+}
+
+}  // namespace agentd::journal

@@ -1,0 +1,574 @@
+#include "store/sqlite/sqlite_store.h"
+
+#include <sqlite3.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+namespace agentd::store::sqlite {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents(
+  id TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, PRIMARY KEY(id, version));
+CREATE TABLE IF NOT EXISTS sessions(
+  id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, agent_version INTEGER NOT NULL,
+  status TEXT NOT NULL, metadata TEXT NOT NULL, created_ms INTEGER NOT NULL,
+  updated_ms INTEGER NOT NULL, last_seq INTEGER NOT NULL, active INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sessions_active ON sessions(active) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS sessions_agent ON sessions(agent_id);
+CREATE TABLE IF NOT EXISTS events(
+  session_id TEXT NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL, turn_id TEXT NOT NULL,
+  time_ms INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY(session_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS turns(
+  session_id TEXT NOT NULL, id TEXT NOT NULL, ordinal INTEGER NOT NULL, status TEXT NOT NULL,
+  idempotency_key TEXT, body TEXT NOT NULL, PRIMARY KEY(session_id, id)) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS turns_ordinal ON turns(session_id, ordinal);
+CREATE UNIQUE INDEX IF NOT EXISTS turns_idem ON turns(session_id, idempotency_key)
+  WHERE idempotency_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS snapshots(
+  session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state TEXT NOT NULL) WITHOUT ROWID;
+)sql";
+
+// A prepared statement with RAII finalisation.
+class Stmt {
+ public:
+  Stmt() = default;
+  Stmt(sqlite3* db, const char* sql) {
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s_, nullptr) != SQLITE_OK) {
+      err_ = sqlite3_errmsg(db);
+      s_ = nullptr;
+    }
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  bool ok() const { return s_ != nullptr; }
+  const std::string& error() const { return err_; }
+  sqlite3_stmt* get() { return s_; }
+
+  void Reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  void Bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  }
+  void BindNullable(int i, const std::string& v) {
+    if (v.empty()) {
+      sqlite3_bind_null(s_, i);
+    } else {
+      Bind(i, v);
+    }
+  }
+  void Bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  int Step() { return sqlite3_step(s_); }
+  std::string Text(int i) {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, i));
+    return p ? std::string(p, sqlite3_column_bytes(s_, i)) : std::string();
+  }
+  int64_t Int(int i) { return sqlite3_column_int64(s_, i); }
+
+ private:
+  sqlite3_stmt* s_ = nullptr;
+  std::string err_;
+};
+
+Status SqlError(sqlite3* db, std::string_view what) {
+  int code = sqlite3_extended_errcode(db);
+  std::string msg = fmt::format("{}: {}", what, sqlite3_errmsg(db));
+  if (code == SQLITE_CONSTRAINT_PRIMARYKEY || code == SQLITE_CONSTRAINT_UNIQUE) {
+    return AlreadyExists(msg);
+  }
+  if (code == SQLITE_FULL) return ResourceExhausted(msg);
+  return Internal(msg);
+}
+
+Status Exec(sqlite3* db, const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string m = err ? err : "unknown";
+    sqlite3_free(err);
+    return Internal(fmt::format("sqlite: {} (in: {:.60})", m, sql));
+  }
+  return Status::OK();
+}
+
+Result<sqlite3*> OpenConnection(const std::string& path, bool readonly, bool full) {
+  sqlite3* db = nullptr;
+  int flags = SQLITE_OPEN_NOMUTEX | (readonly ? SQLITE_OPEN_READONLY
+                                              : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+    std::string m = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    return Unavailable(fmt::format("cannot open database {}: {}", path, m));
+  }
+  sqlite3_busy_timeout(db, 10000);
+  sqlite3_extended_result_codes(db, 1);
+  if (!readonly) {
+    RETURN_IF_ERROR(Exec(db, "PRAGMA journal_mode=WAL"));
+    RETURN_IF_ERROR(Exec(db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+  }
+  RETURN_IF_ERROR(Exec(db, "PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16000"));
+  return db;
+}
+
+// Statements of one connection, prepared once.
+class StmtCache {
+ public:
+  explicit StmtCache(sqlite3* db) : db_(db) {}
+  Stmt* Get(const char* sql) {
+    auto it = cache_.find(sql);
+    if (it == cache_.end()) {
+      it = cache_.emplace(sql, std::make_unique<Stmt>(db_, sql)).first;
+    }
+    it->second->Reset();
+    return it->second.get();
+  }
+
+ private:
+  sqlite3* db_;
+  std::unordered_map<const char*, std::unique_ptr<Stmt>> cache_;
+};
+
+struct ReadConn {
+  sqlite3* db = nullptr;
+  std::unique_ptr<StmtCache> stmts;
+  ~ReadConn() {
+    stmts.reset();
+    sqlite3_close(db);
+  }
+};
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(SqliteOptions o) : options_(std::move(o)) {}
+  ~SqliteStore() override {
+    Close();
+    write_stmts_.reset();
+    sqlite3_close(wdb_);
+  }
+
+  Status Open() {
+    ASSIGN_OR_RETURN(wdb_, OpenConnection(options_.path, false, options_.synchronous_full));
+    RETURN_IF_ERROR(Exec(wdb_, kSchema));
+    RETURN_IF_ERROR(Migrate());
+    write_stmts_ = std::make_unique<StmtCache>(wdb_);
+    writer_ = std::thread([this] { WriterLoop(); });
+    return Status::OK();
+  }
+
+  void Commit(WriteBatch batch, std::function<void(Status)> done) override {
+    {
+      std::lock_guard lock(mu_);
+      if (!closed_) {
+        queue_.push_back({std::move(batch), std::move(done)});
+        cv_.notify_one();
+        return;
+      }
+    }
+    done(Unavailable("store is closed"));
+  }
+
+  Result<std::vector<EventRecord>> ReadEvents(const std::string& session_id, int64_t after_seq,
+                                              int limit) override {
+    auto conn = Borrow();
+    if (!conn.ok()) return conn.status();
+    auto* s = (*conn)->stmts->Get(
+        "SELECT seq, type, turn_id, time_ms, data FROM events WHERE session_id=?1 AND seq>?2 "
+        "ORDER BY seq LIMIT ?3");
+    s->Bind(1, session_id);
+    s->Bind(2, after_seq);
+    s->Bind(3, static_cast<int64_t>(limit));
+    std::vector<EventRecord> out;
+    int rc;
+    while ((rc = s->Step()) == SQLITE_ROW) {
+      out.push_back({session_id, s->Int(0), s->Text(1), s->Text(2), s->Int(3), s->Text(4)});
+    }
+    Status st = rc == SQLITE_DONE ? Status::OK() : SqlError((*conn)->db, "read events");
+    s->Reset();
+    Return(std::move(*conn));
+    if (!st.ok()) return st;
+    return out;
+  }
+
+  Result<std::optional<SnapshotRow>> GetSnapshot(const std::string& session_id) override {
+    return ReadOne<SnapshotRow>(
+        "SELECT seq, state FROM snapshots WHERE session_id=?1", {session_id},
+        [&](Stmt* s) { return SnapshotRow{session_id, s->Int(0), s->Text(1)}; });
+  }
+
+  Result<std::optional<SessionRow>> GetSession(const std::string& id) override {
+    return ReadOne<SessionRow>(
+        "SELECT id, agent_id, agent_version, status, metadata, created_ms, updated_ms, "
+        "last_seq, active FROM sessions WHERE id=?1",
+        {id}, [](Stmt* s) { return SessionFrom(s); });
+  }
+
+  Result<std::pair<std::vector<SessionRow>, std::string>> ListSessions(
+      const SessionFilter& f, const Page& page) override {
+    int64_t after = CursorValue(page.cursor);
+    return ReadPage<SessionRow>(
+        "SELECT id, agent_id, agent_version, status, metadata, created_ms, updated_ms, last_seq, "
+        "active, rowid FROM sessions WHERE rowid>?1 AND (?2='' OR agent_id=?2) AND "
+        "(?3='' OR status=?3) ORDER BY rowid LIMIT ?4",
+        [&](Stmt* s) {
+          s->Bind(1, after);
+          s->Bind(2, f.agent_id);
+          s->Bind(3, f.status);
+          s->Bind(4, static_cast<int64_t>(page.limit + 1));
+        },
+        [](Stmt* s) { return SessionFrom(s); }, 9, page.limit);
+  }
+
+  Result<std::vector<std::string>> ListActiveSessions() override {
+    auto conn = Borrow();
+    if (!conn.ok()) return conn.status();
+    auto* s = (*conn)->stmts->Get("SELECT id FROM sessions WHERE active=1");
+    std::vector<std::string> out;
+    int rc;
+    while ((rc = s->Step()) == SQLITE_ROW) out.push_back(s->Text(0));
+    Status st = rc == SQLITE_DONE ? Status::OK() : SqlError((*conn)->db, "list active");
+    s->Reset();
+    Return(std::move(*conn));
+    if (!st.ok()) return st;
+    return out;
+  }
+
+  Result<std::optional<TurnRow>> GetTurn(const std::string& session_id,
+                                         const std::string& turn_id) override {
+    return ReadOne<TurnRow>(
+        "SELECT session_id, id, ordinal, status, idempotency_key, body FROM turns "
+        "WHERE session_id=?1 AND id=?2",
+        {session_id, turn_id}, [](Stmt* s) { return TurnFrom(s); });
+  }
+
+  Result<std::pair<std::vector<TurnRow>, std::string>> ListTurns(const std::string& session_id,
+                                                                 const Page& page) override {
+    int64_t after = CursorValue(page.cursor);
+    return ReadPage<TurnRow>(
+        "SELECT session_id, id, ordinal, status, idempotency_key, body, ordinal FROM turns "
+        "WHERE session_id=?1 AND ordinal>?2 ORDER BY ordinal LIMIT ?3",
+        [&](Stmt* s) {
+          s->Bind(1, session_id);
+          s->Bind(2, after);
+          s->Bind(3, static_cast<int64_t>(page.limit + 1));
+        },
+        [](Stmt* s) { return TurnFrom(s); }, 6, page.limit);
+  }
+
+  Result<std::optional<AgentRow>> GetAgent(const std::string& id, int64_t version) override {
+    if (version > 0) {
+      return ReadOne<AgentRow>(
+          "SELECT id, version, name, spec, created_ms FROM agents WHERE id=?1 AND version=?2",
+          {id, std::to_string(version)}, [](Stmt* s) { return AgentFrom(s); });
+    }
+    return ReadOne<AgentRow>(
+        "SELECT id, version, name, spec, created_ms FROM agents WHERE id=?1 "
+        "ORDER BY version DESC LIMIT 1",
+        {id}, [](Stmt* s) { return AgentFrom(s); });
+  }
+
+  Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(const Page& page) override {
+    int64_t after = CursorValue(page.cursor);
+    return ReadPage<AgentRow>(
+        "SELECT a.id, a.version, a.name, a.spec, a.created_ms, f.rowid FROM agents a "
+        "JOIN agents f ON f.id=a.id AND f.version=1 "
+        "WHERE f.rowid>?1 AND a.version=(SELECT MAX(version) FROM agents WHERE id=a.id) "
+        "ORDER BY f.rowid LIMIT ?2",
+        [&](Stmt* s) {
+          s->Bind(1, after);
+          s->Bind(2, static_cast<int64_t>(page.limit + 1));
+        },
+        [](Stmt* s) { return AgentFrom(s); }, 5, page.limit);
+  }
+
+  StoreStats Stats() const override {
+    return {commits_.load(), batches_.load(), events_.load()};
+  }
+
+  void Close() override {
+    {
+      std::lock_guard lock(mu_);
+      if (closed_) return;
+      closed_ = true;
+      cv_.notify_all();
+    }
+    if (writer_.joinable()) writer_.join();
+  }
+
+ private:
+  struct Pending {
+    WriteBatch batch;
+    std::function<void(Status)> done;
+  };
+
+  static SessionRow SessionFrom(Stmt* s) {
+    return SessionRow{s->Text(0), s->Text(1), s->Int(2), s->Text(3), s->Text(4),
+                      s->Int(5),  s->Int(6),  s->Int(7), s->Int(8) != 0};
+  }
+  static TurnRow TurnFrom(Stmt* s) {
+    return TurnRow{s->Text(0), s->Text(1), s->Int(2), s->Text(3), s->Text(4), s->Text(5)};
+  }
+  static AgentRow AgentFrom(Stmt* s) {
+    return AgentRow{s->Text(0), s->Int(1), s->Text(2), s->Text(3), s->Int(4)};
+  }
+  static int64_t CursorValue(const std::string& c) {
+    if (c.empty() || c.size() > 18) return 0;
+    int64_t v = 0;
+    for (char ch : c) {
+      if (ch < '0' || ch > '9') return 0;
+      v = v * 10 + (ch - '0');
+    }
+    return v;
+  }
+
+  Status Migrate() {
+    Stmt get(wdb_, "SELECT value FROM meta WHERE key='schema_version'");
+    if (!get.ok()) return Internal(get.error());
+    if (get.Step() == SQLITE_ROW) {
+      int v = std::atoi(get.Text(0).c_str());
+      if (v > kSchemaVersion) {
+        return FailedPrecondition(fmt::format(
+            "database schema version {} is newer than this agentd supports ({})", v,
+            kSchemaVersion));
+      }
+      return Status::OK();
+    }
+    return Exec(wdb_, "INSERT INTO meta(key, value) VALUES('schema_version', '1')");
+  }
+
+  Result<std::unique_ptr<ReadConn>> Borrow() {
+    {
+      std::lock_guard lock(pool_mu_);
+      if (!readers_.empty()) {
+        auto c = std::move(readers_.back());
+        readers_.pop_back();
+        return c;
+      }
+    }
+    auto c = std::make_unique<ReadConn>();
+    ASSIGN_OR_RETURN(c->db, OpenConnection(options_.path, true, options_.synchronous_full));
+    c->stmts = std::make_unique<StmtCache>(c->db);
+    return c;
+  }
+  void Return(std::unique_ptr<ReadConn> c) {
+    std::lock_guard lock(pool_mu_);
+    if (readers_.size() < 32) readers_.push_back(std::move(c));
+  }
+
+  template <typename T, typename F>
+  Result<std::optional<T>> ReadOne(const char* sql, std::vector<std::string> args, F from) {
+    auto conn = Borrow();
+    if (!conn.ok()) return conn.status();
+    auto* s = (*conn)->stmts->Get(sql);
+    for (size_t i = 0; i < args.size(); ++i) s->Bind(static_cast<int>(i + 1), args[i]);
+    std::optional<T> out;
+    int rc = s->Step();
+    if (rc == SQLITE_ROW) out = from(s);
+    Status st = (rc == SQLITE_ROW || rc == SQLITE_DONE) ? Status::OK()
+                                                        : SqlError((*conn)->db, "read");
+    s->Reset();
+    Return(std::move(*conn));
+    if (!st.ok()) return st;
+    return out;
+  }
+
+  template <typename T, typename B, typename F>
+  Result<std::pair<std::vector<T>, std::string>> ReadPage(const char* sql, B bind, F from,
+                                                          int cursor_col, int limit) {
+    auto conn = Borrow();
+    if (!conn.ok()) return conn.status();
+    auto* s = (*conn)->stmts->Get(sql);
+    bind(s);
+    std::vector<T> out;
+    std::string next;
+    int64_t last_cursor = 0;
+    int rc;
+    while ((rc = s->Step()) == SQLITE_ROW) {
+      if (static_cast<int>(out.size()) == limit) {
+        next = std::to_string(last_cursor);
+        break;
+      }
+      out.push_back(from(s));
+      last_cursor = s->Int(cursor_col);
+    }
+    Status st = (rc == SQLITE_ROW || rc == SQLITE_DONE) ? Status::OK()
+                                                        : SqlError((*conn)->db, "list");
+    s->Reset();
+    Return(std::move(*conn));
+    if (!st.ok()) return st;
+    return std::make_pair(std::move(out), next);
+  }
+
+  Status ApplyBatch(const WriteBatch& b) {
+    auto step = [&](Stmt* s, std::string_view what) -> Status {
+      if (!s->ok()) return Internal(s->error());
+      int rc = s->Step();
+      Status st = rc == SQLITE_DONE ? Status::OK() : SqlError(wdb_, what);
+      s->Reset();
+      return st;
+    };
+    for (const auto& id : b.delete_sessions) {
+      for (const char* sql : {"DELETE FROM events WHERE session_id=?1",
+                              "DELETE FROM turns WHERE session_id=?1",
+                              "DELETE FROM snapshots WHERE session_id=?1",
+                              "DELETE FROM sessions WHERE id=?1"}) {
+        auto* s = write_stmts_->Get(sql);
+        s->Bind(1, id);
+        RETURN_IF_ERROR(step(s, "delete session"));
+      }
+    }
+    for (const auto& a : b.agents) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO agents(id, version, name, spec, created_ms) VALUES(?1,?2,?3,?4,?5)");
+      s->Bind(1, a.id);
+      s->Bind(2, a.version);
+      s->Bind(3, a.name);
+      s->Bind(4, a.spec);
+      s->Bind(5, a.created_ms);
+      RETURN_IF_ERROR(step(s, "insert agent"));
+    }
+    for (const auto& e : b.events) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO events(session_id, seq, type, turn_id, time_ms, data) "
+          "VALUES(?1,?2,?3,?4,?5,?6)");
+      s->Bind(1, e.session_id);
+      s->Bind(2, e.seq);
+      s->Bind(3, e.type);
+      s->Bind(4, e.turn_id);
+      s->Bind(5, e.time_ms);
+      s->Bind(6, e.data);
+      RETURN_IF_ERROR(step(s, "append event"));
+    }
+    for (const auto& r : b.sessions) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO sessions(id, agent_id, agent_version, status, metadata, created_ms, "
+          "updated_ms, last_seq, active) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9) "
+          "ON CONFLICT(id) DO UPDATE SET status=excluded.status, updated_ms=excluded.updated_ms, "
+          "last_seq=excluded.last_seq, active=excluded.active");
+      s->Bind(1, r.id);
+      s->Bind(2, r.agent_id);
+      s->Bind(3, r.agent_version);
+      s->Bind(4, r.status);
+      s->Bind(5, r.metadata);
+      s->Bind(6, r.created_ms);
+      s->Bind(7, r.updated_ms);
+      s->Bind(8, r.last_seq);
+      s->Bind(9, static_cast<int64_t>(r.active ? 1 : 0));
+      RETURN_IF_ERROR(step(s, "upsert session"));
+    }
+    for (const auto& t : b.turns) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO turns(session_id, id, ordinal, status, idempotency_key, body) "
+          "VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(session_id, id) DO UPDATE SET "
+          "status=excluded.status, body=excluded.body");
+      s->Bind(1, t.session_id);
+      s->Bind(2, t.id);
+      s->Bind(3, t.ordinal);
+      s->Bind(4, t.status);
+      s->BindNullable(5, t.idempotency_key);
+      s->Bind(6, t.body);
+      RETURN_IF_ERROR(step(s, "upsert turn"));
+    }
+    for (const auto& snap : b.snapshots) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO snapshots(session_id, seq, state) VALUES(?1,?2,?3) "
+          "ON CONFLICT(session_id) DO UPDATE SET seq=excluded.seq, state=excluded.state");
+      s->Bind(1, snap.session_id);
+      s->Bind(2, snap.seq);
+      s->Bind(3, snap.state);
+      RETURN_IF_ERROR(step(s, "write snapshot"));
+    }
+    return Status::OK();
+  }
+
+  void WriterLoop() {
+    std::vector<Pending> work;
+    std::vector<Status> results;
+    while (true) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty() || closed_; });
+        if (queue_.empty() && closed_) return;
+        size_t n = std::min<size_t>(queue_.size(), options_.max_batches_per_commit);
+        for (size_t i = 0; i < n; ++i) {
+          work.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+      }
+      results.assign(work.size(), Status::OK());
+      Status txn = Exec(wdb_, "BEGIN IMMEDIATE");
+      int64_t events = 0;
+      if (txn.ok()) {
+        for (size_t i = 0; i < work.size(); ++i) {
+          if (work[i].batch.empty()) continue;
+          // A savepoint per batch keeps batches atomic and independent of each other.
+          Status sp = Exec(wdb_, "SAVEPOINT b");
+          if (!sp.ok()) {
+            results[i] = sp;
+            continue;
+          }
+          Status st = ApplyBatch(work[i].batch);
+          if (st.ok()) {
+            events += static_cast<int64_t>(work[i].batch.events.size());
+            Exec(wdb_, "RELEASE b").IgnoreError();
+          } else {
+            results[i] = st;
+            Exec(wdb_, "ROLLBACK TO b; RELEASE b").IgnoreError();
+          }
+        }
+        txn = Exec(wdb_, "COMMIT");  // the fsync (synchronous=FULL) happens here
+        if (!txn.ok()) Exec(wdb_, "ROLLBACK").IgnoreError();
+      }
+      if (!txn.ok()) {
+        spdlog::error("journal commit failed: {}", txn.ToString());
+        for (auto& r : results) r = Unavailable("commit failed: " + txn.message());
+      } else {
+        commits_.fetch_add(1, std::memory_order_relaxed);
+        batches_.fetch_add(static_cast<int64_t>(work.size()), std::memory_order_relaxed);
+        events_.fetch_add(events, std::memory_order_relaxed);
+      }
+      for (size_t i = 0; i < work.size(); ++i) work[i].done(results[i]);
+      work.clear();
+    }
+  }
+
+  SqliteOptions options_;
+  sqlite3* wdb_ = nullptr;  // owned by the writer thread after Open()
+  std::unique_ptr<StmtCache> write_stmts_;
+  std::thread writer_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;  // guarded by mu_
+  bool closed_ = false;        // guarded by mu_
+
+  std::mutex pool_mu_;
+  std::vector<std::unique_ptr<ReadConn>> readers_;  // guarded by pool_mu_
+
+  std::atomic<int64_t> commits_{0}, batches_{0}, events_{0};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteOptions& options) {
+  auto s = std::make_unique<SqliteStore>(options);
+  RETURN_IF_ERROR(s->Open());
+  return std::unique_ptr<Store>(std::move(s));
+}
+
+}  // namespace agentd::store::sqlite

@@ -1,0 +1,21 @@
+// The embedded SQLite backend of Store: one database file, WAL, synchronous=FULL.
+// One writer thread owns the write connection and group-commits; readers use a small pool
+// of read-only connections. See store/store.h for the contract.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "store/store.h"
+
+namespace agentd::store::sqlite {
+
+struct SqliteOptions {
+  std::string path;                 // database file; created when missing
+  bool synchronous_full = true;     // synchronous=FULL (NORMAL only for experiments)
+  int max_batches_per_commit = 4096;  // cap on batches gathered into one transaction
+};
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const SqliteOptions& options);
+
+}  // namespace agentd::store::sqlite

@@ -1,0 +1,132 @@
+// The Store: agentd's durable state behind one interface (ARCHITECTURE.md, "Storage").
+//
+// The journal (`events`) is the truth; `sessions`, `turns` and `snapshots` are projections
+// of it, written in the same atomic batch as the events they derive from, so they are never
+// ahead of or behind the journal on disk. Agents are versioned definitions.
+//
+// Writes are group-committed: Commit() calls from every thread are gathered by one writer
+// into one transaction (one fsync), and a caller learns its batch is written only after that
+// fsync. Each batch is atomic on its own: a batch that fails (say, a duplicate seq) is rolled
+// back alone and the others in the transaction still commit. Thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace agentd::store {
+
+struct EventRecord {
+  std::string session_id;
+  int64_t seq = 0;  // dense per session: 1, 2, 3, ...
+  std::string type;
+  std::string turn_id;  // empty for session-level events
+  int64_t time_ms = 0;
+  std::string data;  // JSON object text
+};
+
+struct SessionRow {
+  std::string id;
+  std::string agent_id;
+  int64_t agent_version = 0;
+  std::string status;    // idle | running | requires_action | needs_attention
+  std::string metadata;  // JSON object text
+  int64_t created_ms = 0;
+  int64_t updated_ms = 0;
+  int64_t last_seq = 0;
+  bool active = false;  // has a queued or unfinished turn the engine must drive
+};
+
+struct TurnRow {
+  std::string session_id;
+  std::string id;
+  int64_t ordinal = 0;  // 1 for the session's first turn
+  std::string status;
+  std::string idempotency_key;  // empty when none
+  std::string body;             // the turn object as served by the API (JSON text)
+};
+
+struct SnapshotRow {
+  std::string session_id;
+  int64_t seq = 0;  // state folded through this event
+  std::string state;  // JSON text (docs/state-format.md)
+};
+
+struct AgentRow {
+  std::string id;
+  int64_t version = 0;
+  std::string name;
+  std::string spec;  // the full agent object (JSON text)
+  int64_t created_ms = 0;
+};
+
+// One atomic unit of writes.
+struct WriteBatch {
+  std::vector<EventRecord> events;
+  std::vector<SessionRow> sessions;  // upserts
+  std::vector<TurnRow> turns;        // upserts
+  std::vector<SnapshotRow> snapshots;  // replace the session's snapshot
+  std::vector<AgentRow> agents;        // inserts; an existing (id, version) is AlreadyExists
+  std::vector<std::string> delete_sessions;  // removes a session and everything derived
+
+  bool empty() const {
+    return events.empty() && sessions.empty() && turns.empty() && snapshots.empty() &&
+           agents.empty() && delete_sessions.empty();
+  }
+};
+
+struct Page {
+  std::string cursor;  // opaque; empty for the first page
+  int limit = 50;
+};
+
+struct SessionFilter {
+  std::string agent_id;  // empty: any
+  std::string status;    // empty: any
+};
+
+struct StoreStats {
+  int64_t commits = 0;  // transactions (fsyncs)
+  int64_t batches = 0;  // batches inside them
+  int64_t events = 0;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // Queues `batch`; `done` runs on the writer thread after the fsync that covers it (or
+  // with the error that rolled it back). `done` must be quick and must not call Commit.
+  virtual void Commit(WriteBatch batch, std::function<void(Status)> done) = 0;
+  // Commit() and wait. Blocking.
+  Status CommitBlocking(WriteBatch batch);
+
+  virtual Result<std::vector<EventRecord>> ReadEvents(const std::string& session_id,
+                                                      int64_t after_seq, int limit) = 0;
+  virtual Result<std::optional<SnapshotRow>> GetSnapshot(const std::string& session_id) = 0;
+  virtual Result<std::optional<SessionRow>> GetSession(const std::string& id) = 0;
+  // Returns up to page.limit rows and the cursor of the next page (empty when none).
+  virtual Result<std::pair<std::vector<SessionRow>, std::string>> ListSessions(
+      const SessionFilter& filter, const Page& page) = 0;
+  // Ids of sessions with work to drive after a restart.
+  virtual Result<std::vector<std::string>> ListActiveSessions() = 0;
+  virtual Result<std::optional<TurnRow>> GetTurn(const std::string& session_id,
+                                                 const std::string& turn_id) = 0;
+  virtual Result<std::pair<std::vector<TurnRow>, std::string>> ListTurns(
+      const std::string& session_id, const Page& page) = 0;
+  // version 0 means the latest.
+  virtual Result<std::optional<AgentRow>> GetAgent(const std::string& id, int64_t version) = 0;
+  // Latest version of each agent.
+  virtual Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(const Page& page) = 0;
+
+  virtual StoreStats Stats() const = 0;
+  // Finishes queued commits and stops the writer. Later Commit calls fail with Unavailable.
+  virtual void Close() = 0;
+};
+
+}  // namespace agentd::store

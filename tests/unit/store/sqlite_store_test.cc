@@ -1,0 +1,205 @@
+// Conformance tests of the Store interface, run against the SQLite backend.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <filesystem>
+#include <thread>
+
+#include "store/sqlite/sqlite_store.h"
+
+namespace agentd::store {
+namespace {
+
+class SqliteStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("agentd_store_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    Reopen();
+  }
+  void TearDown() override {
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void Reopen() {
+    store_.reset();
+    auto s = sqlite::OpenSqliteStore({(dir_ / "db").string()});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = std::move(s).value();
+  }
+  static EventRecord Ev(const std::string& sid, int64_t seq) {
+    return {sid, seq, "test.event", "", 1000 + seq, "{\"n\":" + std::to_string(seq) + "}"};
+  }
+  static SessionRow Row(const std::string& sid, int64_t last_seq, bool active) {
+    return {sid, "agt_a", 1, active ? "running" : "idle", "{}", 1, 2, last_seq, active};
+  }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<Store> store_;
+};
+
+TEST_F(SqliteStoreTest, EventsAreDurableAcrossReopen) {
+  WriteBatch b;
+  for (int i = 1; i <= 5; ++i) b.events.push_back(Ev("ses_1", i));
+  b.sessions.push_back(Row("ses_1", 5, true));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  Reopen();
+  auto events = store_->ReadEvents("ses_1", 2, 100);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 3u);
+  EXPECT_EQ((*events)[0].seq, 3);
+  EXPECT_EQ((*events)[2].data, "{\"n\":5}");
+  auto active = store_->ListActiveSessions();
+  ASSERT_TRUE(active.ok());
+  EXPECT_EQ(*active, std::vector<std::string>{"ses_1"});
+}
+
+TEST_F(SqliteStoreTest, DuplicateSeqRollsBackOnlyThatBatch) {
+  WriteBatch a;
+  a.events.push_back(Ev("ses_1", 1));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(a)).ok());
+  // A batch with a duplicate seq fails as a whole: its other rows are not written.
+  WriteBatch dup;
+  dup.events.push_back(Ev("ses_1", 2));
+  dup.events.push_back(Ev("ses_1", 1));
+  dup.sessions.push_back(Row("ses_1", 2, false));
+  Status st = store_->CommitBlocking(std::move(dup));
+  EXPECT_EQ(st.code(), StatusCode::kAlreadyExists);
+  auto events = store_->ReadEvents("ses_1", 0, 100);
+  ASSERT_TRUE(events.ok());
+  EXPECT_EQ(events->size(), 1u);
+  auto row = store_->GetSession("ses_1");
+  ASSERT_TRUE(row.ok());
+  EXPECT_FALSE(row->has_value());
+}
+
+TEST_F(SqliteStoreTest, ConcurrentCommitsAreGroupedAndAllDurable) {
+  constexpr int kThreads = 16, kPerThread = 50;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::string sid = "ses_" + std::to_string(t);
+      for (int i = 1; i <= kPerThread; ++i) {
+        WriteBatch b;
+        b.events.push_back(Ev(sid, i));
+        if (!store_->CommitBlocking(std::move(b)).ok()) failures++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  StoreStats stats = store_->Stats();
+  EXPECT_EQ(stats.batches, kThreads * kPerThread);
+  EXPECT_EQ(stats.events, kThreads * kPerThread);
+  // Group commit: concurrent batches share transactions.
+  EXPECT_LT(stats.commits, stats.batches);
+  for (int t = 0; t < kThreads; ++t) {
+    auto events = store_->ReadEvents("ses_" + std::to_string(t), 0, 1000);
+    ASSERT_TRUE(events.ok());
+    ASSERT_EQ(events->size(), static_cast<size_t>(kPerThread));
+    for (int i = 0; i < kPerThread; ++i) EXPECT_EQ((*events)[i].seq, i + 1);
+  }
+}
+
+TEST_F(SqliteStoreTest, TurnsUpsertAndPaginate) {
+  WriteBatch b;
+  b.sessions.push_back(Row("ses_1", 0, false));
+  for (int i = 1; i <= 5; ++i) {
+    b.turns.push_back({"ses_1", "trn_" + std::to_string(i), i, "queued",
+                       i == 3 ? "key-3" : "", "{}"});
+  }
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  WriteBatch u;
+  u.turns.push_back({"ses_1", "trn_2", 2, "completed", "", "{\"x\":1}"});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(u)).ok());
+  auto t2 = store_->GetTurn("ses_1", "trn_2");
+  ASSERT_TRUE(t2.ok() && t2->has_value());
+  EXPECT_EQ((*t2)->status, "completed");
+  EXPECT_EQ((*t2)->body, "{\"x\":1}");
+  auto p1 = store_->ListTurns("ses_1", {"", 2});
+  ASSERT_TRUE(p1.ok());
+  ASSERT_EQ(p1->first.size(), 2u);
+  EXPECT_FALSE(p1->second.empty());
+  auto p2 = store_->ListTurns("ses_1", {p1->second, 10});
+  ASSERT_TRUE(p2.ok());
+  ASSERT_EQ(p2->first.size(), 3u);
+  EXPECT_EQ(p2->first[0].id, "trn_3");
+  EXPECT_TRUE(p2->second.empty());
+  // The same idempotency key on two turns of one session is refused.
+  WriteBatch dup;
+  dup.turns.push_back({"ses_1", "trn_9", 9, "queued", "key-3", "{}"});
+  EXPECT_EQ(store_->CommitBlocking(std::move(dup)).code(), StatusCode::kAlreadyExists);
+}
+
+TEST_F(SqliteStoreTest, AgentsVersionAndListLatest) {
+  WriteBatch b;
+  b.agents.push_back({"agt_1", 1, "one", "{\"v\":1}", 1});
+  b.agents.push_back({"agt_2", 1, "two", "{\"v\":1}", 2});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  WriteBatch v2;
+  v2.agents.push_back({"agt_1", 2, "one", "{\"v\":2}", 3});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(v2)).ok());
+  WriteBatch again;
+  again.agents.push_back({"agt_1", 2, "one", "{\"v\":2}", 3});
+  EXPECT_EQ(store_->CommitBlocking(std::move(again)).code(), StatusCode::kAlreadyExists);
+  auto latest = store_->GetAgent("agt_1", 0);
+  ASSERT_TRUE(latest.ok() && latest->has_value());
+  EXPECT_EQ((*latest)->version, 2);
+  auto v1 = store_->GetAgent("agt_1", 1);
+  ASSERT_TRUE(v1.ok() && v1->has_value());
+  EXPECT_EQ((*v1)->spec, "{\"v\":1}");
+  auto list = store_->ListAgents({"", 10});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->first.size(), 2u);
+  EXPECT_EQ(list->first[0].id, "agt_1");
+  EXPECT_EQ(list->first[0].version, 2);
+}
+
+TEST_F(SqliteStoreTest, DeleteSessionRemovesEverything) {
+  WriteBatch b;
+  b.events.push_back(Ev("ses_1", 1));
+  b.sessions.push_back(Row("ses_1", 1, true));
+  b.turns.push_back({"ses_1", "trn_1", 1, "queued", "", "{}"});
+  b.snapshots.push_back({"ses_1", 1, "{}"});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  WriteBatch d;
+  d.delete_sessions.push_back("ses_1");
+  ASSERT_TRUE(store_->CommitBlocking(std::move(d)).ok());
+  EXPECT_FALSE(store_->GetSession("ses_1")->has_value());
+  EXPECT_TRUE(store_->ReadEvents("ses_1", 0, 10)->empty());
+  EXPECT_FALSE(store_->GetSnapshot("ses_1")->has_value());
+  EXPECT_FALSE(store_->GetTurn("ses_1", "trn_1")->has_value());
+  EXPECT_TRUE(store_->ListActiveSessions()->empty());
+}
+
+TEST_F(SqliteStoreTest, CommitAfterCloseFails) {
+  store_->Close();
+  WriteBatch b;
+  b.events.push_back(Ev("ses_1", 1));
+  EXPECT_EQ(store_->CommitBlocking(std::move(b)).code(), StatusCode::kUnavailable);
+}
+
+TEST_F(SqliteStoreTest, RefusesNewerSchema) {
+  store_.reset();
+  {
+    auto s = sqlite::OpenSqliteStore({(dir_ / "db").string()});
+    ASSERT_TRUE(s.ok());
+  }
+  // Simulate a database written by a future agentd.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_ / "db").string().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "UPDATE meta SET value='99' WHERE key='schema_version'", nullptr,
+                         nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto s = sqlite::OpenSqliteStore({(dir_ / "db").string()});
+  EXPECT_EQ(s.status().code(), StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace agentd::store
