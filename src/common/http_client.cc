@@ -141,11 +141,14 @@ Result<HttpResponse> HttpDoBlocking(const HttpRequest& req) {
                                           req.timeout.count()));
     case CURLE_COULDNT_CONNECT:
     case CURLE_COULDNT_RESOLVE_HOST:
+      // Nothing was sent: safe to retry even for calls that are not idempotent.
+      return Unavailable(fmt::format("could not connect: {}", curl_easy_strerror(rc)));
     case CURLE_SEND_ERROR:
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
-      return Unavailable(fmt::format("connection failed: {}", curl_easy_strerror(rc)));
+      // The request may have reached the server: its effect is unknown.
+      return Aborted(fmt::format("connection broke: {}", curl_easy_strerror(rc)));
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
       return InvalidArgument(fmt::format("bad url: {}", curl_easy_strerror(rc)));

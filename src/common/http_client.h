@@ -1,9 +1,10 @@
 // Blocking HTTP/1.1 client on libcurl, used for model providers and http tools.
 //
 // Each calling thread keeps its own curl handle, so keep-alive connections are reused
-// across calls from that thread. Transport failures map to Status codes: refused or
-// unreachable -> Unavailable, timeout -> DeadlineExceeded, body over the limit ->
-// ResourceExhausted. An HTTP error status is not a Status error: callers read `status`.
+// across calls from that thread. Transport failures map to Status codes: no connection
+// made (refused, unresolvable; nothing was sent) -> Unavailable, connection broken after
+// the request went out (the effect is unknown) -> Aborted, timeout -> DeadlineExceeded,
+// body over the limit -> ResourceExhausted. An HTTP error status is not a Status error: callers read `status`.
 #pragma once
 
 #include <chrono>
