@@ -33,6 +33,8 @@ struct ToolOutcome {
   std::string output;
   std::optional<std::chrono::milliseconds> retry_after;
   int http_status = 0;
+  // True when no connection was made, so the tool cannot have seen the request.
+  bool not_sent = false;
 };
 
 // POSTs `arguments_json` to the tool's URL with the given Idempotency-Key. Blocking.
