@@ -952,9 +952,14 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
 
 void Engine::DrainBlocking() {
   draining_ = true;
+  std::vector<std::shared_ptr<Actor>> resident;
   {
     std::lock_guard lock(actors_mu_);
-    for (auto& [id, a] : actors_) a->cv.notify_all();
+    for (auto& [id, a] : actors_) resident.push_back(a);
+  }
+  for (auto& a : resident) {
+    std::lock_guard lock(a->mu);  // so a worker between its check and its wait sees the flag
+    a->cv.notify_all();
   }
   {
     std::lock_guard lock(watch_mu_);

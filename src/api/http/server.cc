@@ -340,6 +340,10 @@ void Server::Stop() {
   impl_->ioc.stop();
   for (auto& t : impl_->io_threads) t.join();
   impl_->io_threads.clear();
+  // The io threads are gone, so the acceptor can be closed here even if the posted close
+  // never ran.
+  beast::error_code ec;
+  impl_->acceptor.close(ec);
 }
 
 }  // namespace agentd::http

@@ -1,0 +1,344 @@
+// agentd's benchmark program (`make bench`). Starts the fake model and tool servers and a
+// real agentd (SQLite, synchronous=FULL) as separate processes, drives them over loopback
+// HTTP, and prints one JSON line per measurement. A step is one model call plus one http tool
+// call, both journaled durably before the turn moves on.
+#include <sqlite3.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "tests/support/process.h"
+
+using namespace agentd;
+using namespace agentd::testing;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
+
+void Emit(const Json& j) {
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
+}
+
+// CPU seconds (user + system) a process has used so far.
+double CpuSeconds(pid_t pid) {
+  std::ifstream f(fmt::format("/proc/{}/stat", pid));
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::istringstream in(s.substr(rp + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stod(field);
+    if (i == 15) stime = std::stod(field);
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+int64_t RssKib(pid_t pid) {
+  std::ifstream f(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return 0;
+}
+
+// The baseline: SQLite synchronous=FULL commits of one 512-byte row, as the peers' raw suite.
+double SqliteFullCommitsPerSecond(const std::string& dir, int n) {
+  std::string path = dir + "/raw.db";
+  sqlite3* db = nullptr;
+  sqlite3_open(path.c_str(), &db);
+  sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+               "CREATE TABLE j(id INTEGER PRIMARY KEY, payload BLOB)",
+               nullptr, nullptr, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "INSERT INTO j(payload) VALUES(?1)", -1, &st, nullptr);
+  std::string payload(512, 'x');
+  auto start = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    sqlite3_exec(db, "BEGIN", nullptr, nullptr, nullptr);
+    sqlite3_bind_blob(st, 1, payload.data(), 512, SQLITE_STATIC);
+    sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  }
+  double rate = n / Seconds(Clock::now() - start);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  std::filesystem::remove(path);
+  return rate;
+}
+
+struct Env {
+  std::string dir;
+  FakeProcess model, tools;
+  Agentd agentd;
+  std::string agent;
+
+  std::string Url(const std::string& p) const { return agentd.url + p; }
+  void StartDaemon() {
+    auto a = StartAgentd(dir + "/data", dir + "/agentd.log");
+    if (!a.ok()) {
+      std::fprintf(stderr, "%s\n", a.status().ToString().c_str());
+      std::exit(1);
+    }
+    agentd = std::move(a).value();
+  }
+  void Restart(int sig) {
+    agentd.proc->Signal(sig);
+    agentd.proc->Wait();
+    agentd.proc.reset();
+    StartDaemon();
+  }
+  std::string Session() {
+    return Call("POST", Url("/v1/sessions"), {{"agent_id", agent}}).body.value("id", "");
+  }
+  // Runs one turn to its end; returns false unless it completed.
+  bool RunTurn(const std::string& sid, const std::string& input) {
+    Reply r = Call("POST", Url("/v1/sessions/" + sid + "/turns"), {{"input", input}, {"wait", true}});
+    return r.status == 200 && r.body.value("status", "") == "completed";
+  }
+};
+
+Env Setup() {
+  Env e;
+  e.dir = TempDir("bench");
+  auto m = StartFake("fake_model", e.dir);
+  auto t = StartFake("fake_tools", e.dir);
+  if (!m.ok() || !t.ok()) {
+    std::fprintf(stderr, "cannot start fakes\n");
+    std::exit(1);
+  }
+  e.model = std::move(m).value();
+  e.tools = std::move(t).value();
+  e.StartDaemon();
+  Json body = {{"name", "bench"},
+               {"model", {{"provider", "openai-chat"}, {"name", "fake"}, {"base_url", e.model.url + "/v1"}}},
+               {"tools", {{{"type", "http"}, {"name", "echo"}, {"url", e.tools.url + "/echo"},
+                           {"idempotent", true}, {"parameters", {{"type", "object"}}}}}}};
+  e.agent = Call("POST", e.Url("/v1/agents"), body).body.value("id", "");
+  return e;
+}
+
+// Sessions run turns of `steps` steps back to back; returns steps/s and agentd CPU per step.
+Json Throughput(Env& env, int sessions, int turns_per_session, int steps) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < sessions; ++i) ids.push_back(env.Session());
+  std::string input = fmt::format("repeat {} echo {{}}", steps);
+  std::atomic<int> failed{0};
+  double cpu0 = CpuSeconds(env.agentd.proc->pid());
+  auto start = Clock::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < sessions; ++i) {
+    threads.emplace_back([&, i] {
+      for (int t = 0; t < turns_per_session; ++t) {
+        if (!env.RunTurn(ids[i], input)) failed++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  double wall = Seconds(Clock::now() - start);
+  double cpu = CpuSeconds(env.agentd.proc->pid()) - cpu0;
+  double total_steps = static_cast<double>(sessions) * turns_per_session * steps;
+  return {{"sessions", sessions},
+          {"steps", total_steps},
+          {"failed_turns", failed.load()},
+          {"steps_per_s", total_steps / wall},
+          {"agentd_cpu_us_per_step", cpu / total_steps * 1e6},
+          {"wall_s", wall}};
+}
+
+// Per-step latency seen by a client following the turn's SSE stream: the time between
+// consecutive tool_call.completed events.
+Json StepLatency(Env& env, int steps) {
+  std::string sid = env.Session();
+  HttpRequest req;
+  req.url = env.Url("/v1/sessions/" + sid + "/turns");
+  req.body = Json{{"input", fmt::format("repeat {} echo {{}}", steps)}, {"stream", true}}.dump();
+  req.headers = {{"Content-Type", "application/json"}};
+  req.timeout = std::chrono::minutes(10);
+  std::vector<double> gaps;
+  Clock::time_point last{};
+  std::string buf;
+  req.on_body = [&](std::string_view c) {
+    auto now = Clock::now();
+    buf.append(c);
+    size_t pos;
+    while ((pos = buf.find("\n\n")) != std::string::npos) {
+      std::string frame = buf.substr(0, pos);
+      buf.erase(0, pos + 2);
+      if (frame.find("event: tool_call.completed") != std::string::npos) {
+        if (last != Clock::time_point{}) gaps.push_back(Seconds(now - last) * 1e6);
+        last = now;
+      }
+    }
+    return true;
+  };
+  (void)HttpDoBlocking(req);
+  return {{"samples", gaps.size()},
+          {"step_p50_us", Percentile(gaps, 0.5)},
+          {"step_p99_us", Percentile(gaps, 0.99)}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"agentd benchmarks"};
+  int runs = 3, seq_turns = 20, conc_turns = 4, resume_sessions = 1000, idle_sessions = 100000;
+  int history_steps = 2500;
+  std::string only;
+  app.add_option("--runs", runs, "repetitions of each throughput measurement (median reported)");
+  app.add_option("--seq-turns", seq_turns, "turns of 10 steps in the single-session run");
+  app.add_option("--conc-turns", conc_turns, "turns of 10 steps per session in the 64-session run");
+  app.add_option("--resume-sessions", resume_sessions, "sessions in the resume benchmark");
+  app.add_option("--idle-sessions", idle_sessions, "sessions in the idle-memory benchmark");
+  app.add_option("--history-steps", history_steps, "steps of history before the first-turn test");
+  app.add_option("--only", only, "run only: seq, conc, latency, resume, history, idle");
+  CLI11_PARSE(app, argc, argv);
+  auto want = [&](const std::string& name) { return only.empty() || only == name; };
+
+  Env env = Setup();
+  std::vector<double> base;
+  for (int r = 0; r < runs; ++r) base.push_back(SqliteFullCommitsPerSecond(env.dir, 2000));
+  double sqlite_full = Median(base);
+  Emit({{"bench", "sqlite_full_commit"}, {"commits_per_s", sqlite_full}});
+
+  if (want("seq")) {
+    std::vector<double> rates, cpu;
+    for (int r = 0; r < runs; ++r) {
+      Json j = Throughput(env, 1, seq_turns, 10);
+      rates.push_back(j["steps_per_s"]);
+      cpu.push_back(j["agentd_cpu_us_per_step"]);
+    }
+    double m = Median(rates);
+    Emit({{"bench", "single_session"}, {"steps_per_s", m}, {"runs", rates},
+          {"fraction_of_sqlite_full_commit_rate", m / sqlite_full},
+          {"agentd_cpu_us_per_step", Median(cpu)}});
+  }
+  if (want("conc")) {
+    std::vector<double> rates, cpu;
+    for (int r = 0; r < runs; ++r) {
+      Json j = Throughput(env, 64, conc_turns, 10);
+      rates.push_back(j["steps_per_s"]);
+      cpu.push_back(j["agentd_cpu_us_per_step"]);
+    }
+    Emit({{"bench", "concurrent_64"}, {"steps_per_s", Median(rates)}, {"runs", rates},
+          {"agentd_cpu_us_per_step", Median(cpu)}});
+  }
+  if (want("latency")) {
+    Json j = StepLatency(env, 500);
+    j["bench"] = "step_latency";
+    Emit(j);
+  }
+  if (want("resume")) {
+    // Sessions with about 100 journal events each, then a turn in flight in every one of them
+    // when agentd is killed.
+    std::vector<std::string> ids(resume_sessions);
+    std::atomic<int> next{0};
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 32; ++w) {
+      threads.emplace_back([&] {
+        for (int i; (i = next++) < resume_sessions;) {
+          ids[i] = env.Session();
+          env.RunTurn(ids[i], "repeat 23 echo {}");
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    threads.clear();
+    next = 0;
+    for (int w = 0; w < 32; ++w) {
+      threads.emplace_back([&] {
+        for (int i; (i = next++) < resume_sessions;) {
+          Call("POST", env.Url("/v1/sessions/" + ids[i] + "/turns"), {{"input", "repeat 2 echo {}"}});
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    env.agentd.proc->Signal(SIGKILL);
+    env.agentd.proc->Wait();
+    auto start = Clock::now();
+    env.StartDaemon();
+    double ready_s = Seconds(Clock::now() - start);
+    // Resumable: every interrupted turn runs again; measure until all have completed.
+    for (const auto& sid : ids) {
+      while (true) {
+        Json s = Call("GET", env.Url("/v1/sessions/" + sid)).body;
+        if (s.value("status", "") == "idle") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+    }
+    double all_done_s = Seconds(Clock::now() - start);
+    Emit({{"bench", "resume_after_kill9"}, {"sessions", resume_sessions},
+          {"events_per_session_approx", 100}, {"ready_s", ready_s},
+          {"all_turns_finished_s", all_done_s}});
+  }
+  if (want("history")) {
+    // First-turn latency of a session after a restart: a fresh one vs one with a long history.
+    std::string small = env.Session();
+    std::string big = env.Session();
+    env.RunTurn(big, fmt::format("repeat {} echo {{}}", history_steps));
+    int64_t big_events = Call("GET", env.Url("/v1/sessions/" + big)).body.value("last_seq", 0);
+    std::vector<double> small_ms, big_ms;
+    for (int r = 0; r < runs; ++r) {
+      env.Restart(SIGTERM);
+      for (auto* v : {&small_ms, &big_ms}) {
+        const std::string& sid = v == &small_ms ? small : big;
+        auto start = Clock::now();
+        env.RunTurn(sid, "say hi");
+        v->push_back(Seconds(Clock::now() - start) * 1e3);
+      }
+    }
+    Emit({{"bench", "first_turn_after_restart"}, {"small_session_ms", Median(small_ms)},
+          {"long_session_ms", Median(big_ms)}, {"long_session_events", big_events}});
+  }
+  if (want("idle")) {
+    env.Restart(SIGTERM);
+    int64_t rss_before = RssKib(env.agentd.proc->pid());
+    std::atomic<int> next{0};
+    std::vector<std::thread> threads;
+    auto start = Clock::now();
+    for (int w = 0; w < 64; ++w) {
+      threads.emplace_back([&] {
+        while (next++ < idle_sessions) env.Session();
+      });
+    }
+    for (auto& t : threads) t.join();
+    double create_s = Seconds(Clock::now() - start);
+    int64_t rss_after = RssKib(env.agentd.proc->pid());
+    Json ready = Call("GET", env.Url("/readyz")).body;
+    Emit({{"bench", "idle_sessions"}, {"sessions", idle_sessions},
+          {"rss_mib_before", rss_before / 1024.0}, {"rss_mib_after", rss_after / 1024.0},
+          {"resident_sessions", ready.value("resident_sessions", -1)},
+          {"sessions_created_per_s", idle_sessions / create_s}});
+  }
+  env.agentd.proc->Signal(SIGTERM);
+  env.agentd.proc->Wait();
+  std::filesystem::remove_all(env.dir);
+  return 0;
+}
