@@ -61,12 +61,6 @@ http::Response JsonResponse(int status, const Json& body) {
   return {status, "application/json", DumpJson(body), {}};
 }
 
-std::string LowerCode(StatusCode code) {
-  std::string s(StatusCodeName(code));
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // Splits "/v1/sessions/x/turns" into {"v1","sessions","x","turns"}.
 std::vector<std::string> Segments(const std::string& path) {
   std::vector<std::string> out;
@@ -81,18 +75,19 @@ std::vector<std::string> Segments(const std::string& path) {
   return out;
 }
 
-Result<Json> Body(const http::Request& req) {
+// A body is JSON whatever it is labelled; a label that says otherwise is refused (415) before
+// the body is looked at. No Content-Type at all is accepted (curl -d without -H), and an
+// empty body may carry any label (curl -X POST sends a form type).
+bool JsonContentType(const http::Request& req) {
   std::string ct = req.Header("content-type");
   std::string base = ct.substr(0, ct.find(';'));
   while (!base.empty() && base.back() == ' ') base.pop_back();
   for (auto& c : base) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (!base.empty() && base != "application/json" &&
-      !(base.size() > 5 && base.substr(base.size() - 5) == "+json")) {
-    return Status(StatusCode::kInvalidArgument,
-                  fmt::format("Content-Type '{}' is not supported; send application/json", base));
-  }
-  return ParseJson(req.body, "request body");
+  return base.empty() || base == "application/json" ||
+         (base.size() > 5 && base.substr(base.size() - 5) == "+json");
 }
+
+Result<Json> Body(const http::Request& req) { return ParseJson(req.body, "request body"); }
 
 Result<int64_t> IntQuery(const http::Request& req, const std::string& name, int64_t def,
                          int64_t min, int64_t max) {
@@ -114,7 +109,13 @@ Result<store::Page> PageQuery(const http::Request& req) {
   store::Page p;
   ASSIGN_OR_RETURN(int64_t limit, IntQuery(req, "limit", 50, 1, 1000));
   p.limit = static_cast<int>(limit);
-  if (const std::string* c = req.Query("cursor")) p.cursor = *c;
+  if (const std::string* c = req.Query("cursor")) {
+    static const std::regex re("^[0-9]{1,18}$");
+    if (!std::regex_match(*c, re)) {
+      return InvalidArgument("query parameter 'cursor' is not a cursor this server gave out");
+    }
+    p.cursor = *c;
+  }
   return p;
 }
 
@@ -138,7 +139,7 @@ http::Response ProblemResponse(const Status& status) {
   int code = HttpStatusFor(status.code());
   std::string detail = status.message();
   if (status.code() == StatusCode::kInternal) detail = "internal error; see the server log";
-  return Problem(code, LowerCode(status.code()), detail);
+  return Problem(code, StatusCodeSlug(status.code()), detail);
 }
 
 Api::Api(ApiOptions options, engine::Engine* engine, std::function<Json()> ready_info)
@@ -164,6 +165,18 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     ex.Respond(std::move(r));
   };
   auto body = [&]() { return Body(req); };
+  auto created = [&](Result<Json> r, std::string_view collection) {
+    if (!r.ok()) return reply(std::move(r));
+    std::string id = r->value("id", "");
+    ex.Respond({201, "application/json", DumpJson(*r),
+                {{"Location", fmt::format("/v1/{}/{}", collection, id)}}});
+  };
+  if ((m == "POST" || m == "PUT") && !req.body.empty() && !JsonContentType(req)) {
+    return ex.Respond(Problem(415, "unsupported_media_type",
+                              fmt::format("Content-Type '{}' is not supported; send "
+                                          "application/json",
+                                          req.Header("content-type"))));
+  }
 
   if (seg.size() == 1 && (seg[0] == "healthz" || seg[0] == "readyz")) {
     if (m != "GET") return method_not_allowed("GET");
@@ -183,7 +196,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       if (m == "POST") {
         auto b = body();
         if (!b.ok()) return reply(b.status());
-        return reply(engine_->CreateAgent(*b), 201);
+        return created(engine_->CreateAgent(*b), "agents");
       }
       if (m == "GET") {
         auto p = PageQuery(req);
@@ -213,7 +226,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       if (m == "POST") {
         auto b = body();
         if (!b.ok()) return reply(b.status());
-        return reply(engine_->CreateSession(*b), 201);
+        return created(engine_->CreateSession(*b), "sessions");
       }
       if (m == "GET") {
         auto p = PageQuery(req);
@@ -239,7 +252,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       if (m == "DELETE") {
         Status st = engine_->DeleteSession(sid);
         if (!st.ok()) return reply(st);
-        return ex.Respond({204, "application/json", "", {}});
+        return ex.Respond({204, "", "", {}});
       }
       return method_not_allowed("GET, DELETE");
     }
@@ -305,21 +318,11 @@ void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const st
     return;
   }
   if (wait) {
-    auto deadline = std::chrono::steady_clock::now() + options_.wait_timeout;
-    while (true) {
-      auto t = engine_->GetTurn(sid, tid);
-      if (!t.ok()) return ex.Respond(ProblemResponse(t.status()));
-      std::string status = t->value("status", "");
-      if (status != "queued" && status != "running") {
-        return ex.Respond({200, "application/json", DumpJson(*t), headers});
-      }
-      if (std::chrono::steady_clock::now() >= deadline || engine_->Draining()) {
-        return ex.Respond({202, "application/json", DumpJson(*t), headers});
-      }
-      auto s = engine_->GetSession(sid);
-      int64_t seq = s.ok() ? s->value("last_seq", int64_t{0}) : 0;
-      engine_->WaitForEventsBlocking(sid, seq, std::chrono::milliseconds(1000));
-    }
+    auto t = engine_->WaitForTurnBlocking(sid, tid, options_.wait_timeout);
+    if (!t.ok()) return ex.Respond(ProblemResponse(t.status()));
+    std::string status = t->value("status", "");
+    bool resting = status != "queued" && status != "running";
+    return ex.Respond({resting ? 200 : 202, "application/json", DumpJson(*t), headers});
   }
   ex.Respond({submitted->created ? 202 : 200, "application/json", DumpJson(turn), headers});
 }

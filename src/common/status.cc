@@ -1,5 +1,7 @@
 #include "common/status.h"
 
+#include <cctype>
+
 namespace agentd {
 
 std::string_view StatusCodeName(StatusCode code) {
@@ -19,6 +21,12 @@ std::string_view StatusCodeName(StatusCode code) {
     case StatusCode::kInternal: return "INTERNAL";
   }
   return "UNKNOWN";
+}
+
+std::string StatusCodeSlug(StatusCode code) {
+  std::string s(StatusCodeName(code));
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
 }
 
 std::string Status::ToString() const {

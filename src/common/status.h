@@ -29,6 +29,8 @@ enum class StatusCode {
 };
 
 std::string_view StatusCodeName(StatusCode code);
+// "invalid_argument", ...: the form used in problem+json `code` and in journaled errors.
+std::string StatusCodeSlug(StatusCode code);
 
 class [[nodiscard]] Status {
  public:

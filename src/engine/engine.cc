@@ -41,7 +41,8 @@ struct Engine::Actor {
 
 struct Engine::Watch {
   std::condition_variable cv;
-  int64_t seq = 0;  // highest durable seq seen
+  int64_t seq = 0;    // highest durable seq seen
+  int64_t rests = 0;  // durable batches in which some turn came to rest
   int waiters = 0;
 };
 
@@ -391,6 +392,11 @@ Status Engine::FlushLocked(Actor& a) {
     a.events_since_snapshot = 0;
   }
   int64_t seq = s.last_seq;
+  bool rest = false;  // a turn ended or now waits for someone
+  for (const auto& e : b.events) {
+    rest = rest || journal::IsTurnTerminal(e.type) || e.type == ev::kTurnRequiresAction ||
+           e.type == ev::kSessionNeedsAttention;
+  }
   // The actor's mutex stays held until the commit is durable: batches of one session are
   // committed strictly one after another, so a failed batch can never leave a gap that a
   // later batch of the same session would skip over.
@@ -403,16 +409,58 @@ Status Engine::FlushLocked(Actor& a) {
     if (it != actors_.end() && it->second.get() == &a) actors_.erase(it);
     return st;
   }
-  Notify(a.id, seq);
+  Notify(a.id, seq, rest);
   return Status::OK();
 }
 
-void Engine::Notify(const std::string& session_id, int64_t seq) {
+void Engine::Notify(const std::string& session_id, int64_t seq, bool rest) {
   std::lock_guard lock(watch_mu_);
   auto it = watches_.find(session_id);
   if (it == watches_.end()) return;
   it->second->seq = std::max(it->second->seq, seq);
+  if (rest) ++it->second->rests;
   it->second->cv.notify_all();
+}
+
+Result<Json> Engine::WaitForTurnBlocking(const std::string& session_id, const std::string& turn_id,
+                                         std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::shared_ptr<Watch> w;
+  {
+    std::lock_guard lock(watch_mu_);
+    auto& slot = watches_[session_id];
+    if (!slot) slot = std::make_shared<Watch>();
+    w = slot;
+    ++w->waiters;
+  }
+  auto unregister = [&] {
+    std::lock_guard lock(watch_mu_);
+    if (--w->waiters == 0) watches_.erase(session_id);
+  };
+  // The stored turn is read once per batch in which some turn came to rest (and once at the
+  // start, after registering, so no such batch is missed), not once per event.
+  while (true) {
+    int64_t rests;
+    {
+      std::lock_guard lock(watch_mu_);
+      rests = w->rests;
+    }
+    Result<Json> t = GetTurn(session_id, turn_id);
+    if (!t.ok()) {
+      unregister();
+      return t;
+    }
+    std::string status = t->value("status", "");
+    bool resting = status != "queued" && status != "running";
+    std::unique_lock lock(watch_mu_);
+    if (resting || draining_.load() ||
+        !w->cv.wait_until(lock, deadline,
+                          [&] { return w->rests != rests || draining_.load(); })) {
+      lock.unlock();
+      unregister();
+      return t;
+    }
+  }
 }
 
 void Engine::WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
@@ -808,7 +856,7 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
   bool will_retry = result.retryable && attempt < agent.retry.max_attempts;
   auto wait = BackoffFor(agent.retry, attempt + 1, result.retry_after);
   Json data = {{"attempt", attempt},
-               {"error", ErrorJson(StatusCodeName(result.error.code()), result.error.message())},
+               {"error", ErrorJson(StatusCodeSlug(result.error.code()), result.error.message())},
                {"http_status", result.http_status},
                {"retryable", result.retryable},
                {"will_retry", will_retry}};

@@ -84,6 +84,10 @@ class Engine {
   // {data: [event], has_more}
   Result<Json> ReadEvents(const std::string& session_id, int64_t after_seq, int limit);
   // Blocks until an event after `after_seq` is durable, `timeout` passes or draining starts.
+  // Waits until the turn is no longer queued or running, the timeout passes or the engine
+  // drains; returns the turn as stored at that point.
+  Result<Json> WaitForTurnBlocking(const std::string& session_id, const std::string& turn_id,
+                                   std::chrono::milliseconds timeout);
   void WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
                              std::chrono::milliseconds timeout);
 
@@ -112,7 +116,7 @@ class Engine {
   // Waits up to `d` unless cancel or drain interrupts; returns false when interrupted.
   bool SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d);
   bool ShouldAbort(const Actor& a) const;
-  void Notify(const std::string& session_id, int64_t seq);
+  void Notify(const std::string& session_id, int64_t seq, bool rest);
   Json SessionObject(const store::SessionRow& row) const;
   Result<Json> TurnFromStore(const std::string& session_id, const std::string& turn_id);
 

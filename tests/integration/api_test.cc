@@ -426,6 +426,8 @@ TEST_F(AgentdTest, SessionsListFilterPaginateAndDelete) {
 
   Reply del = Call("DELETE", Url("/v1/sessions/" + ids[0]));
   EXPECT_EQ(del.status, 204);
+  EXPECT_EQ(del.headers.count("content-type"), 0u);
+  EXPECT_TRUE(del.raw.empty());
   EXPECT_EQ(Call("GET", Url("/v1/sessions/" + ids[0])).status, 404);
   EXPECT_EQ(Call("GET", Url("/v1/sessions/" + ids[0] + "/events")).status, 404);
   EXPECT_EQ(Call("DELETE", Url("/v1/sessions/" + ids[0])).status, 404);
@@ -469,8 +471,10 @@ TEST_F(AgentdTest, BadInputGetsProblemJsonAndChangesNothing) {
   };
   expect_problem(raw("POST", "/v1/agents", "{\"name\": "), 400, "not valid JSON");
   expect_problem(raw("POST", "/v1/agents", "[]"), 400, "object");
-  expect_problem(raw("POST", "/v1/agents", "name=x", "application/x-www-form-urlencoded"), 400,
+  expect_problem(raw("POST", "/v1/agents", "name=x", "application/x-www-form-urlencoded"), 415,
                  "application/json");
+  expect_problem(Call("GET", Url("/v1/sessions?cursor=abc")), 400, "cursor");
+  expect_problem(Call("GET", Url("/v1/agents?cursor=-1")), 400, "cursor");
   expect_problem(Call("POST", Url("/v1/agents"), {{"name", "x"}}), 400, "'model' is required");
   expect_problem(Call("POST", Url("/v1/agents"), {{"name", 5}, {"model", ModelSpec()}}), 400,
                  "'name' must be a string");
@@ -524,7 +528,9 @@ TEST_F(AgentdTest, BadInputGetsProblemJsonAndChangesNothing) {
   expect_problem(Call("POST", Url("/v1/sessions/" + sid + "/turns/trn_x/tool_outputs"),
                       {{"outputs", "x"}}),
                  400, "outputs");
-  expect_problem(raw("POST", "/v1/agents", std::string(2 << 20, ' ')), 413, "larger than");
+  Reply big = raw("POST", "/v1/agents", std::string(2 << 20, ' '));
+  expect_problem(big, 413, "larger than");
+  EXPECT_EQ(big.body.value("code", ""), "payload_too_large");
   expect_problem(Call("PATCH", Url("/v1/agents")), 405, "PATCH");
   expect_problem(Call("GET", Url("/v2/nothing")), 404, "/v2/nothing");
 

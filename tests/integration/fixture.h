@@ -71,11 +71,13 @@ class AgentdTest : public ::testing::Test {
     for (auto& [k, v] : extra.items()) body[k] = v;
     Reply r = Call("POST", Url("/v1/agents"), body);
     EXPECT_EQ(r.status, 201) << r.raw;
+    EXPECT_EQ(r.headers["location"], "/v1/agents/" + r.body.value("id", ""));
     return r.body.value("id", "");
   }
   std::string CreateSession(const std::string& agent_id) {
     Reply r = Call("POST", Url("/v1/sessions"), {{"agent_id", agent_id}});
     EXPECT_EQ(r.status, 201) << r.raw;
+    EXPECT_EQ(r.headers["location"], "/v1/sessions/" + r.body.value("id", ""));
     return r.body.value("id", "");
   }
   Json Turn(const std::string& sid, const std::string& text) {

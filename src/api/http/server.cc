@@ -56,7 +56,9 @@ bool PercentDecode(std::string_view in, std::string* out) {
 
 namespace {
 
-std::string ProblemBody(int status, std::string_view title, std::string_view detail) {
+// The same shape as the API's problems (api/api.cc): type, title, status, detail, code.
+std::string ProblemBody(int status, std::string_view code, std::string_view title,
+                        std::string_view detail) {
   // Built by hand: this layer does not depend on the JSON library's types.
   auto esc = [](std::string_view s) {
     std::string o;
@@ -67,8 +69,9 @@ std::string ProblemBody(int status, std::string_view title, std::string_view det
     }
     return o;
   };
-  return fmt::format(R"({{"type":"about:blank","title":"{}","status":{},"detail":"{}"}})",
-                     esc(title), status, esc(detail));
+  return fmt::format(
+      R"({{"type":"urn:agentd:problem:{}","title":"{}","status":{},"detail":"{}","code":"{}"}})",
+      code, esc(title), status, esc(detail), code);
 }
 
 }  // namespace
@@ -108,7 +111,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
     if (responded_) return;
     responded_ = true;
     bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(r.status), version_};
-    res.set(bhttp::field::content_type, r.content_type);
+    if (!r.content_type.empty()) res.set(bhttp::field::content_type, r.content_type);
     for (auto& [k, v] : r.headers) res.set(k, v);
     res.keep_alive(keep_alive_);
     res.body() = std::move(r.body);
@@ -156,6 +159,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
     beast::error_code ec;
     net::write(stream_.socket(), bhttp::make_chunk_last(), ec);
     if (ec) keep_alive_ = false;
+    stream_ended_ = !ec;
   }
 
   bool Stopping() const override { return server_->stopping.load(); }
@@ -186,7 +190,8 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
                         : fmt::format("malformed HTTP request: {}", ec.message());
       bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
       res.set(bhttp::field::content_type, "application/problem+json");
-      res.body() = ProblemBody(status, status == 413 ? "Payload Too Large" : "Bad Request", detail);
+      res.body() = ProblemBody(status, status == 413 ? "payload_too_large" : "invalid_argument",
+                               status == 413 ? "Payload Too Large" : "Bad Request", detail);
       res.keep_alive(false);
       res.prepare_payload();
       beast::error_code wec;
@@ -202,7 +207,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
     auto msg = parser_->release();
     version_ = msg.version();
     keep_alive_ = msg.keep_alive();
-    responded_ = streaming_ = peer_gone_ = false;
+    responded_ = streaming_ = stream_ended_ = peer_gone_ = false;
     Request req;
     req.method = std::string(msg.method_string());
     req.target = std::string(msg.target());
@@ -239,21 +244,25 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
 
     if (!ok) {
       Respond({400, "application/problem+json",
-               ProblemBody(400, "Bad Request", "malformed percent-encoding in the URL"), {}});
+               ProblemBody(400, "invalid_argument", "Bad Request",
+                           "malformed percent-encoding in the URL"), {}});
     } else {
       try {
         server_->handler(req, *this);
       } catch (const std::exception& e) {
         spdlog::error("handler threw: {}", e.what());
         Respond({500, "application/problem+json",
-                 ProblemBody(500, "Internal Server Error", "internal error"), {}});
+                 ProblemBody(500, "internal", "Internal Server Error", "internal error"), {}});
       }
       if (!responded_) {
         Respond({500, "application/problem+json",
-                 ProblemBody(500, "Internal Server Error", "handler sent no response"), {}});
+                 ProblemBody(500, "internal", "Internal Server Error",
+                             "handler sent no response"), {}});
       }
     }
-    if (streaming_) keep_alive_ = false;  // simplest: a stream ends its connection
+    // A stream that was ended with its last chunk leaves the connection reusable; one the
+    // handler abandoned midway does not.
+    if (streaming_ && !stream_ended_) keep_alive_ = false;
     if (!keep_alive_ || server_->stopping.load()) {
       Close();
       return;
@@ -276,6 +285,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
   bool keep_alive_ = true;
   bool responded_ = false;
   bool streaming_ = false;
+  bool stream_ended_ = false;
   bool peer_gone_ = false;
 };
 

@@ -93,7 +93,10 @@ Status SqlError(sqlite3* db, std::string_view what) {
   if (code == SQLITE_CONSTRAINT_PRIMARYKEY || code == SQLITE_CONSTRAINT_UNIQUE) {
     return AlreadyExists(msg);
   }
-  if (code == SQLITE_FULL) return ResourceExhausted(msg);
+  // A full disk or a busy database is the server's condition, not the caller's: 503.
+  if ((code & 0xff) == SQLITE_FULL || (code & 0xff) == SQLITE_BUSY) {
+    return Unavailable("storage unavailable: " + msg);
+  }
   return Internal(msg);
 }
 
