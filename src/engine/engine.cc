@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <future>
+#include <set>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -30,7 +31,10 @@ struct Engine::Actor {
   SessionState state;  // guarded by mu; includes staged, uncommitted events
   AgentSpec agent;     // guarded by mu; the version the session pinned
   store::WriteBatch staged;  // guarded by mu; events and projections not yet committed
+  // Turn rows to write with the next batch. A turn that ended is serialised at once (it
+  // leaves the state); an open one only at flush, once per batch rather than once per event.
   std::map<std::string, store::TurnRow> staged_turns;  // guarded by mu
+  std::set<std::string> dirty_turns;                   // open turns; guarded by mu
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
   bool broken = false;                // guarded by mu; memory is ahead of a failed commit
@@ -47,6 +51,11 @@ struct Engine::Watch {
 };
 
 namespace {
+
+store::TurnRow TurnRowOf(const std::string& session_id, const TurnState& t) {
+  return {session_id, t.id, t.ordinal, t.status, t.idempotency_key,
+          DumpJson(journal::TurnObject(session_id, t))};
+}
 
 Json ErrorJson(std::string_view code, const std::string& message) {
   return {{"code", code}, {"message", message}};
@@ -264,6 +273,7 @@ Status Engine::DeleteSession(const std::string& id) {
     a->cv.notify_all();
     a->staged = {};
     a->staged_turns.clear();
+    a->dirty_turns.clear();
     store::WriteBatch b;
     b.delete_sessions.push_back(id);
     st = store_->CommitBlocking(std::move(b));
@@ -367,10 +377,11 @@ Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id
     a.broken = true;
     return Internal("internal state error");
   }
-  if (effect.turn) {
-    const TurnState& t = *effect.turn;
-    a.staged_turns[t.id] = store::TurnRow{a.id, t.id, t.ordinal, t.status, t.idempotency_key,
-                                          DumpJson(journal::TurnObject(a.id, t))};
+  if (effect.ended) {
+    a.staged_turns[effect.ended->id] = TurnRowOf(a.id, *effect.ended);
+    a.dirty_turns.erase(effect.ended->id);
+  } else if (effect.turn) {
+    a.dirty_turns.insert(effect.turn->id);
   }
   a.staged.events.push_back(std::move(e));
   ++a.events_since_snapshot;
@@ -384,6 +395,11 @@ Status Engine::FlushLocked(Actor& a) {
   a.staged = {};
   for (auto& [id, row] : a.staged_turns) b.turns.push_back(std::move(row));
   a.staged_turns.clear();
+  for (const auto& id : a.dirty_turns) {
+    auto it = a.state.open_turns.find(id);
+    if (it != a.state.open_turns.end()) b.turns.push_back(TurnRowOf(a.id, it->second));
+  }
+  a.dirty_turns.clear();
   const SessionState& s = a.state;
   b.sessions.push_back({s.id, s.agent_id, s.agent_version, s.Status(), DumpJson(s.metadata),
                         s.created_ms, s.updated_ms, s.last_seq, s.Active()});
