@@ -35,6 +35,13 @@ struct Engine::Actor {
   // leaves the state); an open one only at flush, once per batch rather than once per event.
   std::map<std::string, store::TurnRow> staged_turns;  // guarded by mu
   std::set<std::string> dirty_turns;                   // open turns; guarded by mu
+  // What the session row in the store says; the row is rewritten only when these change.
+  std::string stored_status;  // guarded by mu
+  bool stored_active = false;  // guarded by mu
+  // Open turns: the status their stored row has, and their latest durable object (served to
+  // readers; the row itself is rewritten only when the status changes or the turn ends).
+  std::map<std::string, std::string> stored_turn_status;  // guarded by mu
+  std::map<std::string, std::string> durable_turns;       // guarded by mu
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
   bool broken = false;                // guarded by mu; memory is ahead of a failed commit
@@ -344,6 +351,8 @@ void Engine::Release(const std::shared_ptr<Actor>& a) {
 Status Engine::Load(Actor& a) {
   ASSIGN_OR_RETURN(auto row, store_->GetSession(a.id));
   if (!row) return NotFound(fmt::format("session '{}' not found", a.id));
+  a.stored_status = row->status;
+  a.stored_active = row->active;
   ASSIGN_OR_RETURN(auto snap, store_->GetSnapshot(a.id));
   if (snap) {
     ASSIGN_OR_RETURN(Json sj, ParseJson(snap->state, "snapshot"));
@@ -393,16 +402,29 @@ Status Engine::FlushLocked(Actor& a) {
   if (a.broken) return Unavailable("session cannot record events");
   store::WriteBatch b = std::move(a.staged);
   a.staged = {};
-  for (auto& [id, row] : a.staged_turns) b.turns.push_back(std::move(row));
+  std::vector<std::string> ended_turns;
+  for (auto& [id, row] : a.staged_turns) {
+    ended_turns.push_back(id);
+    b.turns.push_back(std::move(row));
+  }
   a.staged_turns.clear();
+  std::vector<store::TurnRow> open_rows;  // durable objects of open turns after this batch
   for (const auto& id : a.dirty_turns) {
     auto it = a.state.open_turns.find(id);
-    if (it != a.state.open_turns.end()) b.turns.push_back(TurnRowOf(a.id, it->second));
+    if (it == a.state.open_turns.end()) continue;
+    store::TurnRow row = TurnRowOf(a.id, it->second);
+    if (row.status != a.stored_turn_status[id]) b.turns.push_back(row);
+    open_rows.push_back(std::move(row));
   }
   a.dirty_turns.clear();
   const SessionState& s = a.state;
-  b.sessions.push_back({s.id, s.agent_id, s.agent_version, s.Status(), DumpJson(s.metadata),
-                        s.created_ms, s.updated_ms, s.last_seq, s.Active()});
+  std::string status = s.Status();
+  bool active = s.Active();
+  bool session_changed = status != a.stored_status || active != a.stored_active;
+  if (session_changed) {
+    b.sessions.push_back({s.id, s.agent_id, s.agent_version, status, DumpJson(s.metadata),
+                          s.created_ms, s.updated_ms, s.last_seq, active});
+  }
   if (a.events_since_snapshot >= options_.snapshot_every) {
     b.snapshots.push_back({s.id, s.last_seq, DumpJson(journal::StateToJson(s))});
     a.events_since_snapshot = 0;
@@ -424,6 +446,18 @@ Status Engine::FlushLocked(Actor& a) {
     auto it = actors_.find(a.id);
     if (it != actors_.end() && it->second.get() == &a) actors_.erase(it);
     return st;
+  }
+  if (session_changed) {
+    a.stored_status = std::move(status);
+    a.stored_active = active;
+  }
+  for (const auto& id : ended_turns) {
+    a.stored_turn_status.erase(id);
+    a.durable_turns.erase(id);
+  }
+  for (auto& row : open_rows) {
+    a.stored_turn_status[row.id] = row.status;
+    a.durable_turns[row.id] = std::move(row.body);
   }
   Notify(a.id, seq, rest);
   return Status::OK();
@@ -639,9 +673,25 @@ Result<Json> Engine::TurnFromStore(const std::string& session_id, const std::str
   return ParseJson(row->body, "stored turn");
 }
 
+std::optional<std::string> Engine::DurableOpenTurn(const std::string& session_id,
+                                                   const std::string& turn_id) {
+  std::shared_ptr<Actor> a;
+  {
+    std::lock_guard lock(actors_mu_);
+    auto it = actors_.find(session_id);
+    if (it == actors_.end()) return std::nullopt;
+    a = it->second;
+  }
+  std::lock_guard lock(a->mu);
+  auto it = a->durable_turns.find(turn_id);
+  if (it == a->durable_turns.end()) return std::nullopt;
+  return it->second;
+}
+
 Result<Json> Engine::GetTurn(const std::string& session_id, const std::string& turn_id) {
   ASSIGN_OR_RETURN(auto session, store_->GetSession(session_id));
   if (!session) return NotFound(fmt::format("session '{}' not found", session_id));
+  if (auto body = DurableOpenTurn(session_id, turn_id)) return ParseJson(*body, "turn");
   return TurnFromStore(session_id, turn_id);
 }
 
@@ -651,7 +701,11 @@ Result<Json> Engine::ListTurns(const std::string& session_id, const store::Page&
   ASSIGN_OR_RETURN(auto rows, store_->ListTurns(session_id, page));
   Json data = Json::array();
   for (const auto& r : rows.first) {
-    ASSIGN_OR_RETURN(Json j, ParseJson(r.body, "stored turn"));
+    std::optional<std::string> live;
+    if (r.status == "running" || r.status == "requires_action") {
+      live = DurableOpenTurn(session_id, r.id);
+    }
+    ASSIGN_OR_RETURN(Json j, ParseJson(live ? *live : r.body, "stored turn"));
     data.push_back(std::move(j));
   }
   return Json{{"object", "list"},

@@ -118,6 +118,9 @@ class Engine {
   bool ShouldAbort(const Actor& a) const;
   void Notify(const std::string& session_id, int64_t seq, bool rest);
   Json SessionObject(const store::SessionRow& row) const;
+  // The latest durable object of an open turn of a resident session, if any.
+  std::optional<std::string> DurableOpenTurn(const std::string& session_id,
+                                             const std::string& turn_id);
   Result<Json> TurnFromStore(const std::string& session_id, const std::string& turn_id);
 
   const EngineOptions options_;

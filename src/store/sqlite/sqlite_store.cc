@@ -42,6 +42,15 @@ CREATE TABLE IF NOT EXISTS snapshots(
   session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state TEXT NOT NULL) WITHOUT ROWID;
 )sql";
 
+// The session row is written when the session's status changes, not on every append: its
+// journal position and last activity are read from the journal itself (the last event of a
+// session is one step down its primary key), which keeps a step's commit to the event pages.
+#define SESSION_COLUMNS                                                                    \
+  "id, agent_id, agent_version, status, metadata, created_ms, "                           \
+  "MAX(updated_ms, COALESCE((SELECT time_ms FROM events e WHERE e.session_id=sessions.id " \
+  "ORDER BY seq DESC LIMIT 1), 0)), "                                                      \
+  "COALESCE((SELECT MAX(seq) FROM events e WHERE e.session_id=sessions.id), last_seq), active"
+
 // A prepared statement with RAII finalisation.
 class Stmt {
  public:
@@ -216,8 +225,7 @@ class SqliteStore final : public Store {
 
   Result<std::optional<SessionRow>> GetSession(const std::string& id) override {
     return ReadOne<SessionRow>(
-        "SELECT id, agent_id, agent_version, status, metadata, created_ms, updated_ms, "
-        "last_seq, active FROM sessions WHERE id=?1",
+        "SELECT " SESSION_COLUMNS " FROM sessions WHERE id=?1",
         {id}, [](Stmt* s) { return SessionFrom(s); });
   }
 
@@ -225,8 +233,7 @@ class SqliteStore final : public Store {
       const SessionFilter& f, const Page& page) override {
     int64_t after = CursorValue(page.cursor);
     return ReadPage<SessionRow>(
-        "SELECT id, agent_id, agent_version, status, metadata, created_ms, updated_ms, last_seq, "
-        "active, rowid FROM sessions WHERE rowid>?1 AND (?2='' OR agent_id=?2) AND "
+        "SELECT " SESSION_COLUMNS ", rowid FROM sessions WHERE rowid>?1 AND (?2='' OR agent_id=?2) AND "
         "(?3='' OR status=?3) ORDER BY rowid LIMIT ?4",
         [&](Stmt* s) {
           s->Bind(1, after);
