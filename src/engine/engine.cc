@@ -376,6 +376,16 @@ Status Engine::Load(Actor& a) {
 
 Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data) {
   if (a.broken) return Unavailable("session cannot record events");
+  // A tool call's outcome names the tool, so a reader of one event knows what it is about.
+  if ((type == ev::kToolCallCompleted || type == ev::kToolCallFailed) && !data.contains("name")) {
+    auto t = a.state.open_turns.find(turn_id);
+    if (t != a.state.open_turns.end()) {
+      std::string call_id = data.value("call_id", "");
+      for (const auto& c : t->second.calls) {
+        if (c.call_id == call_id) data["name"] = c.name;
+      }
+    }
+  }
   store::EventRecord e{a.id, a.state.last_seq + 1, std::string(type), turn_id,
                        clock_->NowMillis(), DumpJson(data)};
   journal::ApplyEffect effect;
