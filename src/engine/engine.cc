@@ -482,20 +482,25 @@ void Engine::Notify(const std::string& session_id, int64_t seq, bool rest) {
   it->second->cv.notify_all();
 }
 
+std::shared_ptr<Engine::Watch> Engine::AddWatcher(const std::string& session_id) {
+  std::lock_guard lock(watch_mu_);
+  auto& slot = watches_[session_id];
+  if (!slot) slot = std::make_shared<Watch>();
+  ++slot->waiters;
+  return slot;
+}
+
+void Engine::RemoveWatcherLocked(const std::string& session_id, Watch& w) {
+  if (--w.waiters == 0) watches_.erase(session_id);
+}
+
 Result<Json> Engine::WaitForTurnBlocking(const std::string& session_id, const std::string& turn_id,
                                          std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::shared_ptr<Watch> w;
-  {
-    std::lock_guard lock(watch_mu_);
-    auto& slot = watches_[session_id];
-    if (!slot) slot = std::make_shared<Watch>();
-    w = slot;
-    ++w->waiters;
-  }
+  std::shared_ptr<Watch> w = AddWatcher(session_id);
   auto unregister = [&] {
     std::lock_guard lock(watch_mu_);
-    if (--w->waiters == 0) watches_.erase(session_id);
+    RemoveWatcherLocked(session_id, *w);
   };
   // The stored turn is read once per batch in which some turn came to rest (and once at the
   // start, after registering, so no such batch is missed), not once per event.
@@ -526,14 +531,7 @@ Result<Json> Engine::WaitForTurnBlocking(const std::string& session_id, const st
 void Engine::WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
                                    std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  std::shared_ptr<Watch> w;
-  {
-    std::lock_guard lock(watch_mu_);
-    auto& slot = watches_[session_id];
-    if (!slot) slot = std::make_shared<Watch>();
-    w = slot;
-    ++w->waiters;
-  }
+  std::shared_ptr<Watch> w = AddWatcher(session_id);
   // Read the durable position only after registering, so no notification is missed.
   int64_t durable = 0;
   if (auto row = store_->GetSession(session_id); row.ok() && *row) durable = (*row)->last_seq;
@@ -541,7 +539,7 @@ void Engine::WaitForEventsBlocking(const std::string& session_id, int64_t after_
     std::unique_lock lock(watch_mu_);
     w->seq = std::max(w->seq, durable);
     w->cv.wait_until(lock, deadline, [&] { return w->seq > after_seq || draining_.load(); });
-    if (--w->waiters == 0) watches_.erase(session_id);
+    RemoveWatcherLocked(session_id, *w);
   }
 }
 

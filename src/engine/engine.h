@@ -117,6 +117,9 @@ class Engine {
   bool SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d);
   bool ShouldAbort(const Actor& a) const;
   void Notify(const std::string& session_id, int64_t seq, bool rest);
+  // A waiter registers before it reads what it waits on, so no notification is missed.
+  std::shared_ptr<Watch> AddWatcher(const std::string& session_id);
+  void RemoveWatcherLocked(const std::string& session_id, Watch& w);  // watch_mu_ held
   Json SessionObject(const store::SessionRow& row) const;
   // The latest durable object of an open turn of a resident session, if any.
   std::optional<std::string> DurableOpenTurn(const std::string& session_id,

@@ -103,6 +103,10 @@ int Process::Wait() {
   int st = 0;
   waitpid(pid_, &st, 0);
   exit_code_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  // Let the reader take in the last of the output, so Output() after Wait() has all of it.
+  // Bounded: a process the child left behind may hold the pipe open.
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, std::chrono::seconds(2), [this] { return eof_; });
   return exit_code_;
 }
 
