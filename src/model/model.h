@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/json.h"
@@ -70,11 +71,35 @@ struct ModelAttempt {
   int http_status = 0;                    // 0 when no HTTP response arrived
 };
 
+// A call is two phases, so that the caller can encode straight from the conversation it
+// holds (under its own lock, with no copy) and make the slow HTTP attempt without it:
+//   Result<std::string> body = provider.EncodeBody(request, live_items);  // lock held
+//   ModelAttempt a = provider.CallEncodedBlocking(request, std::move(*body));  // unlocked
+// CallBlocking does both with request.items.
 class ModelProvider {
  public:
   virtual ~ModelProvider() = default;
-  // One attempt. Blocking; runs on the caller's thread.
-  virtual ModelAttempt CallBlocking(const ModelRequest& request) = 0;
+
+  // The request body for `request` with `items` (canonical items, oldest first) as the
+  // conversation; request.items is not read. Reads only its arguments, never blocks and
+  // keeps no reference to them. InvalidArgument names the first malformed item.
+  virtual Result<std::string> EncodeBody(const ModelRequest& request, const Json& items) const = 0;
+
+  // One attempt sending `body` (from EncodeBody; request.items is ignored). Blocking; runs
+  // on the caller's thread.
+  virtual ModelAttempt CallEncodedBlocking(const ModelRequest& request, std::string body) = 0;
+
+  // EncodeBody(request, request.items), then CallEncodedBlocking. A conversation that
+  // cannot be encoded fails the attempt, not retryable. Blocking.
+  ModelAttempt CallBlocking(const ModelRequest& request) {
+    Result<std::string> body = EncodeBody(request, request.items);
+    if (!body.ok()) {
+      ModelAttempt attempt;
+      attempt.error = body.status();
+      return attempt;
+    }
+    return CallEncodedBlocking(request, std::move(body).value());
+  }
 };
 
 }  // namespace agentd::model

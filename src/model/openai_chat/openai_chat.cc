@@ -167,91 +167,15 @@ Status Malformed(string_view what) {
 
 }  // namespace
 
-Result<Json> BuildChatRequestBody(const ModelRequest& request) {
-  if (request.model.empty()) return InvalidArgument("model name is empty");
-  if (!request.items.is_array()) return InvalidArgument("conversation items must be an array");
-  Json messages = Json::array();
-  if (!request.instructions.empty()) {
-    messages.push_back({{"role", "system"}, {"content", request.instructions}});
-  }
-  // Index in `messages` of the assistant message that a function_call item right here
-  // would join; npos when there is none.
-  constexpr size_t kNone = static_cast<size_t>(-1);
-  size_t open_assistant = kNone;
-  for (size_t i = 0; i < request.items.size(); ++i) {
-    const Json& item = request.items[i];
-    auto where = [i](string_view key) { return fmt::format("items[{}].{}", i, key); };
-    if (!item.is_object()) return InvalidArgument(fmt::format("items[{}] must be an object", i));
-    const std::string* type = StringField(item, "type");
-    if (type == nullptr) return InvalidArgument(fmt::format("'{}' must be a string", where("type")));
-    if (*type == "message") {
-      const std::string* role = StringField(item, "role");
-      if (role == nullptr) {
-        return InvalidArgument(fmt::format("'{}' must be a string", where("role")));
-      }
-      auto content = item.find("content");
-      if (content == item.end() || !(content->is_string() || content->is_array())) {
-        return InvalidArgument(fmt::format("'{}' must be a string", where("content")));
-      }
-      messages.push_back({{"role", *role}, {"content", *content}});
-      open_assistant = *role == "assistant" ? messages.size() - 1 : kNone;
-    } else if (*type == "function_call") {
-      const std::string* call_id = StringField(item, "call_id");
-      const std::string* name = StringField(item, "name");
-      if (call_id == nullptr) {
-        return InvalidArgument(fmt::format("'{}' must be a string", where("call_id")));
-      }
-      if (name == nullptr) return InvalidArgument(fmt::format("'{}' must be a string", where("name")));
-      std::string arguments = "{}";
-      if (auto a = item.find("arguments"); a != item.end() && !a->is_null()) {
-        arguments = a->is_string() ? a->get<std::string>() : DumpJson(*a);
-      }
-      if (open_assistant == kNone) {
-        messages.push_back(
-            {{"role", "assistant"}, {"content", nullptr}, {"tool_calls", Json::array()}});
-        open_assistant = messages.size() - 1;
-      }
-      messages[open_assistant]["tool_calls"].push_back(
-          {{"id", *call_id},
-           {"type", "function"},
-           {"function", {{"name", *name}, {"arguments", std::move(arguments)}}}});
-    } else if (*type == "function_call_output") {
-      const std::string* call_id = StringField(item, "call_id");
-      if (call_id == nullptr) {
-        return InvalidArgument(fmt::format("'{}' must be a string", where("call_id")));
-      }
-      std::string output;
-      if (auto o = item.find("output"); o != item.end() && !o->is_null()) {
-        output = o->is_string() ? o->get<std::string>() : DumpJson(*o);
-      }
-      messages.push_back({{"role", "tool"}, {"tool_call_id", *call_id}, {"content", output}});
-      open_assistant = kNone;
-    }
-    // Other item types (reasoning, ...) have no Chat Completions form and are left out.
-  }
-
-  Json body = {{"model", request.model},
-               {"messages", std::move(messages)},
-               {"stream", true},
-               {"stream_options", {{"include_usage", true}}}};
-  if (!request.tools.empty()) {
-    Json tools = Json::array();
-    for (const ToolSpec& t : request.tools) {
-      Json fn = {{"name", t.name}};
-      if (!t.description.empty()) fn["description"] = t.description;
-      fn["parameters"] = t.parameters.is_object()
-                             ? t.parameters
-                             : Json{{"type", "object"}, {"properties", Json::object()}};
-      tools.push_back({{"type", "function"}, {"function", std::move(fn)}});
-    }
-    body["tools"] = std::move(tools);
-  }
-  return body;
-}
-
 OpenAIChatProvider::OpenAIChatProvider(OpenAIChatOptions options) : options_(options) {}
 
-ModelAttempt OpenAIChatProvider::CallBlocking(const ModelRequest& request) {
+Result<std::string> OpenAIChatProvider::EncodeBody(const ModelRequest& request,
+                                                   const Json& items) const {
+  return EncodeChatRequestBody(request, items);
+}
+
+ModelAttempt OpenAIChatProvider::CallEncodedBlocking(const ModelRequest& request,
+                                                     std::string body) {
   ModelAttempt attempt;
   auto fail = [&](const Status& st, bool retryable) {
     attempt.error = Status(st.code(), Redact(st.message(), request.api_key));
@@ -261,15 +185,13 @@ ModelAttempt OpenAIChatProvider::CallBlocking(const ModelRequest& request) {
   if (request.should_abort && request.should_abort()) {
     return fail(Cancelled("model call cancelled"), false);
   }
-  auto body = BuildChatRequestBody(request);
-  if (!body.ok()) return fail(body.status(), false);
 
   HttpRequest http;
   http.method = "POST";
   http.url = ChatUrl(request.base_url);
   http.headers = {{"Content-Type", "application/json"}, {"Accept", "text/event-stream"}};
   if (!request.api_key.empty()) http.headers.emplace_back("Authorization", "Bearer " + request.api_key);
-  http.body = DumpJson(*body);
+  http.body = std::move(body);
   http.timeout = request.timeout;
   http.connect_timeout = options_.connect_timeout;
   http.max_response_bytes = options_.max_response_bytes;

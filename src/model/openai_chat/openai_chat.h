@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <string>
 
 #include "common/json.h"
 #include "common/status.h"
@@ -31,18 +32,25 @@ class OpenAIChatProvider final : public ModelProvider {
  public:
   explicit OpenAIChatProvider(OpenAIChatOptions options = {});
 
+  // EncodeChatRequestBody below.
+  Result<std::string> EncodeBody(const ModelRequest& request, const Json& items) const override;
   // One attempt; see the file comment for how failures are classified. Blocking.
-  ModelAttempt CallBlocking(const ModelRequest& request) override;
+  ModelAttempt CallEncodedBlocking(const ModelRequest& request, std::string body) override;
 
  private:
   const OpenAIChatOptions options_;
 };
 
-// The Chat Completions request body for `request`: instructions become a leading system
-// message, consecutive function_call items one assistant message with tool_calls (merged
-// into an assistant text message right before them), function_call_output items `tool`
-// messages; always streaming with usage. Items of other types are skipped (they have no
-// Chat Completions form). InvalidArgument names the first malformed item.
+// The Chat Completions request body (JSON text) for `request` with `items` as its
+// conversation: instructions become a leading system message, consecutive function_call
+// items one assistant message with tool_calls (merged into an assistant text message right
+// before them), function_call_output items `tool` messages; always streaming with usage.
+// Items of other types are skipped (they have no Chat Completions form). Written directly
+// as text in one pass, usually into one allocation; invalid UTF-8 becomes U+FFFD. InvalidArgument
+// names the first malformed item.
+Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items);
+
+// EncodeChatRequestBody(request, request.items), parsed: for tests that look at the body.
 Result<Json> BuildChatRequestBody(const ModelRequest& request);
 
 }  // namespace agentd::model::openai_chat

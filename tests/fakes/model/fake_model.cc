@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "api/http/server.h"
+#include "fakes/model/json_scan.h"
 
 namespace agentd::fakes {
 namespace {
@@ -150,9 +151,9 @@ struct Answer {
   int64_t completion_tokens = 1;
 };
 
-// What the fake needs from a chat request, read in one SAX pass: no DOM is built, and the
-// parser's token buffer and the few strings here are the only allocations.
-class ChatRequest final : public Json::json_sax_t {
+// What the fake needs from a chat request, read in one pass of ScanJson: no DOM is built
+// and no string copied while scanning; the two texts the script needs are decoded at the end.
+class ChatRequest {
  public:
   std::string model = "fake-model";
   bool stream = false;
@@ -167,89 +168,97 @@ class ChatRequest final : public Json::json_sax_t {
   // messages, or a message without a string role.
   Status Parse(string_view body) {
     if (body.empty()) return InvalidArgument("We could not parse the JSON body of your request.");
-    bool ok = Json::sax_parse(body.begin(), body.end(), this);
+    size_t at = 0;
+    ScanResult r = ScanJson(body, *this, &at);
     if (!error_.empty()) return InvalidArgument(error_);
-    if (!ok) return InvalidArgument("We could not parse the JSON body of your request.");
+    if (r != ScanResult::kOk) {
+      return InvalidArgument(fmt::format(
+          "We could not parse the JSON body of your request (at byte {}).", at + 1));
+    }
     if (!saw_messages_) return InvalidArgument("Missing required parameter: 'messages'.");
     if (messages_ == 0) return InvalidArgument("Invalid 'messages': expected a non-empty array.");
+    Join(user_parts_, &user_text);
+    Join(tool_parts_, &last_tool_text);
     return Status::OK();
   }
 
-  bool null() override { return Scalar(); }
-  bool boolean(bool v) override {
-    if (depth_ == 1 && keys_[1] == Key::kStream) stream = v;
-    if (depth_ == 2 && keys_[1] == Key::kStreamOptions && keys_[2] == Key::kIncludeUsage) {
+  // ScanJson's handler.
+  bool Null() { return Scalar(); }
+  bool Number() { return Scalar(); }
+  bool Bool(bool v) {
+    if (depth_ == 1 && keys_[1] == Field::kStream) stream = v;
+    if (depth_ == 2 && keys_[1] == Field::kStreamOptions && keys_[2] == Field::kIncludeUsage) {
       include_usage = v;
     }
     return Scalar();
   }
-  bool number_integer(number_integer_t) override { return Scalar(); }
-  bool number_unsigned(number_unsigned_t) override { return Scalar(); }
-  bool number_float(number_float_t, const string_t&) override { return Scalar(); }
-  bool binary(binary_t&) override { return Scalar(); }
 
-  bool string(string_t& v) override {
-    if (depth_ == 1 && keys_[1] == Key::kModel) model = v;
+  bool String(const JsonString& v) {
+    if (depth_ == 1 && keys_[1] == Field::kModel) {
+      model.clear();
+      AppendDecoded(v, &model);
+    }
     if (InMessage()) {
-      if (depth_ == 3 && keys_[3] == Key::kRole) {
-        role_ = v == "user" ? Role::kUser : v == "tool" ? Role::kTool : Role::kOther;
+      if (depth_ == 3 && keys_[3] == Field::kRole) {
+        role_ = DecodedEquals(v, "user")   ? Role::kUser
+                : DecodedEquals(v, "tool") ? Role::kTool
+                                           : Role::kOther;
         has_role_ = true;
-      } else if (depth_ == 3 && keys_[3] == Key::kContent) {
-        text_.assign(v);
-        prompt_chars += Utf8Chars(v);
-      } else if (depth_ == 5 && keys_[3] == Key::kContent && keys_[5] == Key::kText) {
-        if (parts_++ > 0) text_.push_back('\n');
-        text_.append(v);
-        prompt_chars += Utf8Chars(v);
+      } else if (depth_ == 3 && keys_[3] == Field::kContent) {
+        parts_.assign(1, v);
+        prompt_chars += v.chars;
+      } else if (depth_ == 5 && keys_[3] == Field::kContent && keys_[5] == Field::kText) {
+        parts_.push_back(v);
+        prompt_chars += v.chars;
       }
     }
     return Scalar();
   }
 
-  bool key(string_t& k) override {
+  bool Key(const JsonString& k) {
     if (depth_ >= kMaxDepth) return true;
-    Key key = Key::kOther;
+    auto is = [&k](string_view name) { return DecodedEquals(k, name); };
+    Field key = Field::kOther;
     if (depth_ == 1) {
-      key = k == "model"            ? Key::kModel
-            : k == "messages"       ? Key::kMessages
-            : k == "stream"         ? Key::kStream
-            : k == "stream_options" ? Key::kStreamOptions
-                                    : Key::kOther;
+      key = is("model")            ? Field::kModel
+            : is("messages")       ? Field::kMessages
+            : is("stream")         ? Field::kStream
+            : is("stream_options") ? Field::kStreamOptions
+                                   : Field::kOther;
     } else if (depth_ == 2) {
-      key = k == "include_usage" ? Key::kIncludeUsage : Key::kOther;
+      key = is("include_usage") ? Field::kIncludeUsage : Field::kOther;
     } else if (depth_ == 3) {
-      key = k == "role" ? Key::kRole : k == "content" ? Key::kContent : Key::kOther;
+      key = is("role") ? Field::kRole : is("content") ? Field::kContent : Field::kOther;
     } else if (depth_ == 5) {
-      key = k == "text" ? Key::kText : Key::kOther;
+      key = is("text") ? Field::kText : Field::kOther;
     }
     keys_[depth_] = key;
     return true;
   }
 
-  bool start_object(std::size_t) override {
-    if (depth_ == 1 && keys_[1] == Key::kMessages) {
+  bool StartObject() {
+    if (depth_ == 1 && keys_[1] == Field::kMessages) {
       return Fail("Invalid 'messages': expected an array.");
-    } else if (depth_ == 2 && keys_[1] == Key::kMessages) {
-      text_.clear();
-      parts_ = 0;
+    } else if (depth_ == 2 && keys_[1] == Field::kMessages) {
+      parts_.clear();
       has_role_ = false;
     }
     return Open();
   }
 
-  bool end_object() override {
+  bool EndObject() {
     if (InMessage() && depth_ == 3) {
       if (!has_role_) {
         return Fail(fmt::format("Missing required parameter: 'messages[{}].role'.", messages_));
       }
       if (role_ == Role::kUser) {
-        user_text.swap(text_);
+        user_parts_.swap(parts_);
         tools_after = 0;
         has_tool_after = false;
       } else if (role_ == Role::kTool) {
         ++tools_after;
         has_tool_after = true;
-        last_tool_text.swap(text_);
+        tool_parts_.swap(parts_);
       }
       ++messages_;
     }
@@ -257,51 +266,42 @@ class ChatRequest final : public Json::json_sax_t {
     return true;
   }
 
-  bool start_array(std::size_t) override {
+  bool StartArray() {
     if (depth_ == 0) return Fail("request body must be a JSON object");
-    if (depth_ == 1 && keys_[1] == Key::kMessages) saw_messages_ = true;
-    if (depth_ == 2 && keys_[1] == Key::kMessages) {
+    if (depth_ == 1 && keys_[1] == Field::kMessages) saw_messages_ = true;
+    if (depth_ == 2 && keys_[1] == Field::kMessages) {
       return Fail(fmt::format("Invalid type for 'messages[{}]': expected an object.", messages_));
     }
     return Open();
   }
 
-  bool end_array() override {
+  bool EndArray() {
     --depth_;
     return true;
   }
 
-  bool parse_error(std::size_t position, const std::string&,
-                   const nlohmann::detail::exception&) override {
-    if (error_.empty()) {
-      error_ = fmt::format(
-          "We could not parse the JSON body of your request (at byte {}).", position);
-    }
-    return false;
-  }
-
  private:
-  enum class Key : uint8_t {
+  enum class Field : uint8_t {
     kOther, kModel, kMessages, kStream, kStreamOptions, kIncludeUsage, kRole, kContent, kText
   };
   enum class Role : uint8_t { kOther, kUser, kTool };
   static constexpr int kMaxDepth = 8;  // keys deeper than this never matter
 
   // Depth 1 is the body, 2 the messages array, 3 a message, 4 its content parts, 5 a part.
-  bool InMessage() const { return depth_ >= 3 && keys_[1] == Key::kMessages; }
+  bool InMessage() const { return depth_ >= 3 && keys_[1] == Field::kMessages; }
 
   bool Open() {
     ++depth_;
-    if (depth_ < kMaxDepth) keys_[depth_] = Key::kOther;
+    if (depth_ < kMaxDepth) keys_[depth_] = Field::kOther;
     return true;
   }
 
   bool Scalar() {
     if (depth_ == 0) return Fail("request body must be a JSON object");
-    if (depth_ == 1 && keys_[1] == Key::kMessages) {
+    if (depth_ == 1 && keys_[1] == Field::kMessages) {
       return Fail("Invalid 'messages': expected an array.");
     }
-    if (depth_ == 2 && keys_[1] == Key::kMessages) {
+    if (depth_ == 2 && keys_[1] == Field::kMessages) {
       return Fail(fmt::format("Invalid type for 'messages[{}]': expected an object.", messages_));
     }
     return true;
@@ -312,15 +312,25 @@ class ChatRequest final : public Json::json_sax_t {
     return false;
   }
 
+  // A message's text: its content string, or its text parts joined by newlines.
+  static void Join(const std::vector<JsonString>& parts, std::string* out) {
+    out->clear();
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (i > 0) out->push_back('\n');
+      AppendDecoded(parts[i], out);
+    }
+  }
+
   int depth_ = 0;
-  Key keys_[kMaxDepth] = {};
+  Field keys_[kMaxDepth] = {};
   bool saw_messages_ = false;
   size_t messages_ = 0;
-  // The message being read.
-  std::string text_;
-  size_t parts_ = 0;
+  // The message being read; views into the body.
+  std::vector<JsonString> parts_;
   Role role_ = Role::kOther;
   bool has_role_ = false;
+  std::vector<JsonString> user_parts_;  // of the last user message
+  std::vector<JsonString> tool_parts_;  // of the last tool message after it
   std::string error_;
 };
 

@@ -44,6 +44,12 @@
 //   {"drop":true}        streams: a few chunks, then the stream ends without finish_reason
 //                        or [DONE]; non-streams: a truncated JSON body
 //
+// Connections are kept alive across answers, faults included (HTTP/1.1; a complete chunked
+// stream, or a Content-Length body), unless the client sends `Connection: close`. A chat
+// request is read in one pass without building a DOM (json_scan.h): handling one costs a
+// few microseconds of CPU for a short conversation, about 0.25 ms for 600 items (360 kB),
+// beyond what the HTTP server and the kernel spend.
+//
 // Thread-safe; requests run concurrently on the HTTP server's handler pool.
 #pragma once
 

@@ -1,9 +1,13 @@
 // The fake Chat Completions server: its script, its wire format and its faults.
 #include "fakes/model/fake_model.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +15,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <thread>
 #include <vector>
@@ -505,6 +510,146 @@ TEST_F(FakeModelTest, AnswersQuickly) {
   auto per = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - t0) / n;
   std::printf("non-streaming round trip: %lld us\n", static_cast<long long>(per.count()));
   EXPECT_LT(per.count(), 5000);
+}
+
+// One HTTP/1.1 connection driven by hand, to see what happens to the connection itself
+// (libcurl hides reconnects).
+class RawConnection {
+ public:
+  explicit RawConnection(uint16_t port) {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv = {};
+    tv.tv_sec = 5;
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~RawConnection() { close(fd_); }
+
+  bool connected() const { return connected_; }
+
+  struct Reply {
+    int status = 0;
+    std::string head;  // status line and headers
+    std::string body;  // de-chunked
+  };
+
+  // Sends one POST and reads its whole response; status 0 when the connection ended or the
+  // response could not be framed.
+  Reply Post(const std::string& path, const std::string& body, const std::string& extra = "") {
+    std::string req = "POST " + path +
+                      " HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n" + extra +
+                      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    if (send(fd_, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+      return {};
+    }
+    Reply r;
+    size_t head_end = 0;
+    if (!ReadUntil("\r\n\r\n", &head_end)) return {};
+    r.head = buf_.substr(0, head_end);
+    buf_.erase(0, head_end + 4);
+    r.status = std::atoi(r.head.c_str() + 9);
+    std::string lower = r.head;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (lower.find("transfer-encoding: chunked") != std::string::npos) {
+      for (;;) {
+        size_t line_end = 0;
+        if (!ReadUntil("\r\n", &line_end)) return {};
+        size_t n = std::strtoul(buf_.c_str(), nullptr, 16);
+        buf_.erase(0, line_end + 2);
+        if (!ReadAtLeast(n + 2)) return {};
+        r.body += buf_.substr(0, n);
+        buf_.erase(0, n + 2);
+        if (n == 0) break;
+      }
+    } else if (size_t cl = lower.find("content-length: "); cl != std::string::npos) {
+      size_t n = std::strtoul(lower.c_str() + cl + 16, nullptr, 10);
+      if (!ReadAtLeast(n)) return {};
+      r.body = buf_.substr(0, n);
+      buf_.erase(0, n);
+    } else {
+      return {};
+    }
+    return r;
+  }
+
+  // True when the server closed the connection (no more bytes, EOF).
+  bool ClosedByServer() {
+    char c;
+    return recv(fd_, &c, 1, 0) == 0;
+  }
+
+ private:
+  bool Fill() {
+    char chunk[4096];
+    ssize_t n = recv(fd_, chunk, sizeof(chunk), 0);
+    if (n <= 0) return false;
+    buf_.append(chunk, static_cast<size_t>(n));
+    return true;
+  }
+  bool ReadUntil(const char* delim, size_t* pos) {
+    while ((*pos = buf_.find(delim)) == std::string::npos) {
+      if (!Fill()) return false;
+    }
+    return true;
+  }
+  bool ReadAtLeast(size_t n) {
+    while (buf_.size() < n) {
+      if (!Fill()) return false;
+    }
+    return true;
+  }
+
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buf_;
+};
+
+// Real OpenAI-compatible servers keep connections alive after a streamed answer; a fake
+// that closed them would make every benchmarked model call pay for a new connection.
+TEST_F(FakeModelTest, KeepsTheConnectionAliveAcrossAnswersAndFaults) {
+  AddFaults({{{"drop", true}},
+             {{"malformed", true}},
+             {{"status", 429}, {"retry_after", "1"}},
+             {{"drop", true}},
+             {{"malformed", true}}});
+  RawConnection conn(fake_->port());
+  ASSERT_TRUE(conn.connected());
+  const std::string stream =
+      DumpJson(Body("say a long enough answer to need several chunks", true, true));
+  const std::string plain = DumpJson(Body("hi"));
+  struct Step {
+    const std::string* body;
+    int status;
+    const char* expect;  // a substring of the body
+  };
+  const std::vector<Step> steps = {
+      {&stream, 200, "chat.completion.chunk"},  // drop fault: cut short, still framed
+      {&stream, 200, "chatcmpl-broken"},        // malformed fault
+      {&plain, 429, "rate_limit_exceeded"},
+      {&plain, 200, "chat.completion"},   // drop fault: a truncated JSON body
+      {&plain, 200, "this is not JSON"},  // malformed fault
+      {&stream, 200, "data: [DONE]"},
+      {&plain, 200, "echo: hi"},
+      {&stream, 200, "data: [DONE]"},
+  };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    RawConnection::Reply r = conn.Post("/v1/chat/completions", *steps[i].body);
+    ASSERT_EQ(r.status, steps[i].status) << "request " << i << " on the same connection\n"
+                                         << r.head;
+    EXPECT_NE(r.body.find(steps[i].expect), std::string::npos) << i << ": " << r.body;
+    EXPECT_EQ(r.head.find("onnection: close"), std::string::npos) << r.head;
+  }
+  EXPECT_EQ(fake_->Stats()["requests"], static_cast<int64_t>(steps.size()));
+
+  // A client that asks for close gets it, after a complete answer.
+  RawConnection::Reply r = conn.Post("/v1/chat/completions", stream, "Connection: close\r\n");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos);
+  EXPECT_TRUE(conn.ClosedByServer());
 }
 
 #ifdef FAKE_MODEL_BIN

@@ -330,6 +330,25 @@ TEST_F(OpenAIChatTest, BadItemsAreNotRetryable) {
   EXPECT_EQ(fake_->Stats()["requests"], 0);
 }
 
+// The engine's way: encode from the conversation it holds, then call without request.items.
+TEST_F(OpenAIChatTest, EncodeThenCallEncodedSendsThatBody) {
+  ModelRequest req = Request("ignored: request.items is not what is sent");
+  Json items = Json::array({{{"type", "message"}, {"role", "user"}, {"content", "say encoded"}}});
+  Result<std::string> body = provider_.EncodeBody(req, items);
+  ASSERT_TRUE(body.ok()) << body.status().ToString();
+  Json expected = *ParseJson(*body, "body");
+  req.items = Json::array();
+  ModelAttempt a = provider_.CallEncodedBlocking(req, std::move(body).value());
+  ASSERT_TRUE(a.response.has_value()) << a.error.ToString();
+  EXPECT_EQ(a.response->text, "encoded");
+  EXPECT_EQ(fake_->Stats()["last_request"], expected);
+
+  Result<std::string> bad = provider_.EncodeBody(req, Json::array({{{"type", "message"}}}));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.status().message(), "'items[0].role' must be a string");
+}
+
 TEST_F(OpenAIChatTest, ConcurrentCallsFromManyThreads) {
   std::atomic<int> ok{0};
   std::vector<std::thread> threads;
