@@ -500,16 +500,11 @@ TEST_F(FakeModelTest, RejectsBadFaults) {
   EXPECT_EQ(fake_->Stats()["faults_pending"], 0);
 }
 
-TEST_F(FakeModelTest, AnswersQuickly) {
-  // A smoke bound, far above the real cost (tens of microseconds including the client), so
-  // that a sanitizer build passes too; the average is printed for the curious.
+TEST_F(FakeModelTest, AnswersManyRequestsInARow) {
+  // Its cost is measured by `make bench`, not here; this only shows that it keeps answering.
   std::string body = DumpJson(Body("say fine"));
-  const int n = 300;
-  auto t0 = steady_clock::now();
-  for (int i = 0; i < n; ++i) ASSERT_EQ(Send("POST", "/v1/chat/completions", body).status, 200);
-  auto per = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - t0) / n;
-  std::printf("non-streaming round trip: %lld us\n", static_cast<long long>(per.count()));
-  EXPECT_LT(per.count(), 5000);
+  for (int i = 0; i < 300; ++i) ASSERT_EQ(Send("POST", "/v1/chat/completions", body).status, 200);
+  EXPECT_EQ(fake_->Stats()["requests"], 300);
 }
 
 // One HTTP/1.1 connection driven by hand, to see what happens to the connection itself
