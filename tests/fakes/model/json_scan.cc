@@ -1,69 +1,12 @@
 #include "fakes/model/json_scan.h"
 
-#include <bit>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "common/utf8.h"
 
 namespace agentd::fakes {
 namespace {
-
-// The number of bytes at the start of the 16 at p that neither end nor escape a string nor
-// need a UTF-8 check: printable ASCII other than `"` and `\`.
-inline size_t PlainPrefix16(const unsigned char* p) {
-#if defined(__SSE2__)
-  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  // A signed compare: bytes below 0x20 and bytes from 0x80 up (negative) in one go.
-  const __m128i special = _mm_or_si128(
-      _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')), _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
-      _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
-  const auto mask = static_cast<unsigned>(_mm_movemask_epi8(special));
-  return mask == 0 ? 16 : static_cast<size_t>(std::countr_zero(mask));
-#else
-  size_t n = 0;
-  while (n < 16 && p[n] >= 0x20 && p[n] < 0x80 && p[n] != '"' && p[n] != '\\') ++n;
-  return n;
-#endif
-}
-
-// The length of the well-formed UTF-8 sequence at p (*p >= 0x80), 0 when ill-formed
-// (Unicode table 3-7: no overlong forms, surrogates or code points above U+10FFFF).
-inline size_t Utf8Length(const unsigned char* p, const unsigned char* end) {
-  const unsigned char c = p[0];
-  size_t len = 0;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    len = 2;
-  } else if (c == 0xE0) {
-    len = 3;
-    lo = 0xA0;
-  } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
-    len = 3;
-  } else if (c == 0xED) {
-    len = 3;
-    hi = 0x9F;
-  } else if (c == 0xF0) {
-    len = 4;
-    lo = 0x90;
-  } else if (c >= 0xF1 && c <= 0xF3) {
-    len = 4;
-  } else if (c == 0xF4) {
-    len = 4;
-    hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (end - p < static_cast<ptrdiff_t>(len)) return 0;
-  for (size_t i = 1; i < len; ++i) {
-    if (p[i] < lo || p[i] > hi) return 0;
-    lo = 0x80;
-    hi = 0xBF;
-  }
-  return len;
-}
 
 // The value of four hex digits at p, or -1.
 inline int Hex4(const unsigned char* p, const unsigned char* end) {
@@ -122,7 +65,7 @@ bool ScanString(const char*& p, const char* end, JsonString* out) {
   };
   for (;;) {
     while (e - q >= 16) {
-      size_t n = PlainPrefix16(q);
+      size_t n = PlainJsonPrefix16(q);
       q += n;
       chars += n;
       if (n < 16) break;
@@ -137,7 +80,8 @@ bool ScanString(const char*& p, const char* end, JsonString* out) {
       continue;
     }
     if (c >= 0x80) {
-      size_t len = Utf8Length(q, e);
+      size_t bad = 0;
+      size_t len = Utf8Sequence(q, e, &bad);
       if (len == 0) return fail(q);
       q += len;
       ++chars;
