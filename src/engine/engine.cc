@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <future>
 #include <set>
@@ -38,10 +39,13 @@ struct Engine::Actor {
   // What the session row in the store says; the row is rewritten only when these change.
   std::string stored_status;  // guarded by mu
   bool stored_active = false;  // guarded by mu
-  // Open turns: the status their stored row has, and their latest durable object (served to
-  // readers; the row itself is rewritten only when the status changes or the turn ends).
-  std::map<std::string, std::string> stored_turn_status;  // guarded by mu
-  std::map<std::string, std::string> durable_turns;       // guarded by mu
+  // Open turns after the last commit: the status their stored row has (the row is rewritten
+  // only when it changes or the turn ends) and their latest durable object, served to readers.
+  struct DurableTurn {
+    std::string stored_status;
+    std::string body;
+  };
+  std::map<std::string, DurableTurn> durable_turns;  // guarded by mu
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
   bool broken = false;                // guarded by mu; memory is ahead of a failed commit
@@ -381,9 +385,9 @@ Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id
     auto t = a.state.open_turns.find(turn_id);
     if (t != a.state.open_turns.end()) {
       std::string call_id = data.value("call_id", "");
-      for (const auto& c : t->second.calls) {
-        if (c.call_id == call_id) data["name"] = c.name;
-      }
+      auto c = std::find_if(t->second.calls.begin(), t->second.calls.end(),
+                            [&](const journal::ToolCallState& c) { return c.call_id == call_id; });
+      if (c != t->second.calls.end()) data["name"] = c->name;
     }
   }
   store::EventRecord e{a.id, a.state.last_seq + 1, std::string(type), turn_id,
@@ -423,7 +427,10 @@ Status Engine::FlushLocked(Actor& a) {
     auto it = a.state.open_turns.find(id);
     if (it == a.state.open_turns.end()) continue;
     store::TurnRow row = TurnRowOf(a.id, it->second);
-    if (row.status != a.stored_turn_status[id]) b.turns.push_back(row);
+    auto known = a.durable_turns.find(id);
+    if (known == a.durable_turns.end() || known->second.stored_status != row.status) {
+      b.turns.push_back(row);
+    }
     open_rows.push_back(std::move(row));
   }
   a.dirty_turns.clear();
@@ -461,13 +468,9 @@ Status Engine::FlushLocked(Actor& a) {
     a.stored_status = std::move(status);
     a.stored_active = active;
   }
-  for (const auto& id : ended_turns) {
-    a.stored_turn_status.erase(id);
-    a.durable_turns.erase(id);
-  }
+  for (const auto& id : ended_turns) a.durable_turns.erase(id);
   for (auto& row : open_rows) {
-    a.stored_turn_status[row.id] = row.status;
-    a.durable_turns[row.id] = std::move(row.body);
+    a.durable_turns[row.id] = {std::move(row.status), std::move(row.body)};
   }
   Notify(a.id, seq, rest);
   return Status::OK();
@@ -693,7 +696,7 @@ std::optional<std::string> Engine::DurableOpenTurn(const std::string& session_id
   std::lock_guard lock(a->mu);
   auto it = a->durable_turns.find(turn_id);
   if (it == a->durable_turns.end()) return std::nullopt;
-  return it->second;
+  return it->second.body;
 }
 
 Result<Json> Engine::GetTurn(const std::string& session_id, const std::string& turn_id) {
@@ -899,7 +902,6 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
   req.base_url = agent.model.base_url;
   req.api_key = std::move(api_key);
   req.instructions = agent.instructions;
-  req.items = memory::AssembleContext(s.items);
   req.timeout = std::chrono::milliseconds(agent.model.timeout_ms);
   for (const auto& tool : agent.tools) {
     req.tools.push_back({tool.name, tool.description, tool.parameters});
@@ -907,8 +909,17 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
   Actor* raw = a.get();
   req.should_abort = [this, raw] { return ShouldAbort(*raw); };
 
+  // Encoded from the live conversation while the lock is held, so it is never copied.
+  Json kept;
+  Result<std::string> body =
+      provider_it->second->EncodeBody(req, memory::AssembleContext(s.items, &kept));
   lock.unlock();
-  model::ModelAttempt result = provider_it->second->CallBlocking(req);
+  model::ModelAttempt result;
+  if (body.ok()) {
+    result = provider_it->second->CallEncodedBlocking(req, std::move(body).value());
+  } else {
+    result.error = body.status();  // a conversation that cannot be sent: not retryable
+  }
   lock.lock();
 
   if (a->deleted || abandon_.load()) return;  // nothing is journaled; recovery re-runs it

@@ -2,7 +2,7 @@
 
 namespace agentd::memory {
 
-Json AssembleContext(const Json& conversation, const ContextOptions& options) {
+const Json& AssembleContext(const Json& conversation, Json* kept, const ContextOptions& options) {
   if (options.max_items == 0 || conversation.size() <= options.max_items) return conversation;
   // Keep the newest items, but never start on a tool output whose call was cut off.
   size_t start = conversation.size() - options.max_items;
@@ -10,9 +10,9 @@ Json AssembleContext(const Json& conversation, const ContextOptions& options) {
          conversation[start].value("type", "") == "function_call_output") {
     ++start;
   }
-  Json out = Json::array();
-  for (size_t i = start; i < conversation.size(); ++i) out.push_back(conversation[i]);
-  return out;
+  *kept = Json::array();
+  for (size_t i = start; i < conversation.size(); ++i) kept->push_back(conversation[i]);
+  return *kept;
 }
 
 }  // namespace agentd::memory

@@ -13,7 +13,9 @@ struct ContextOptions {
   size_t max_items = 0;  // 0: no limit (the whole conversation)
 };
 
-// Returns the canonical items to send to the model, oldest first.
-Json AssembleContext(const Json& conversation, const ContextOptions& options = {});
+// Returns the canonical items to send to the model, oldest first: `conversation` itself when
+// nothing is left out (no copy), otherwise the kept items, stored in *kept.
+const Json& AssembleContext(const Json& conversation, Json* kept,
+                            const ContextOptions& options = {});
 
 }  // namespace agentd::memory
