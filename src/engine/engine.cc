@@ -289,6 +289,8 @@ Status Engine::DeleteSession(const std::string& id) {
     b.delete_sessions.push_back(id);
     st = store_->CommitBlocking(std::move(b));
   }
+  // Whoever waits on the session (wait: true, streams) looks again and finds it gone.
+  if (st.ok()) Notify(id, INT64_MAX, true);
   Release(a);
   return st;
 }

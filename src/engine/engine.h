@@ -83,11 +83,11 @@ class Engine {
   Result<Json> ListTurns(const std::string& session_id, const store::Page& page);
   // {data: [event], has_more}
   Result<Json> ReadEvents(const std::string& session_id, int64_t after_seq, int limit);
-  // Blocks until an event after `after_seq` is durable, `timeout` passes or draining starts.
   // Waits until the turn is no longer queued or running, the timeout passes or the engine
-  // drains; returns the turn as stored at that point.
+  // drains; returns the turn as stored at that point (NotFound once the session is deleted).
   Result<Json> WaitForTurnBlocking(const std::string& session_id, const std::string& turn_id,
                                    std::chrono::milliseconds timeout);
+  // Blocks until an event after `after_seq` is durable, `timeout` passes or draining starts.
   void WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
                              std::chrono::milliseconds timeout);
 

@@ -1,6 +1,8 @@
 // The HTTP API end to end: a real agentd, real SQLite, the fake model and tool servers.
 #include <gtest/gtest.h>
 
+#include <future>
+
 #include "tests/integration/fixture.h"
 
 namespace agentd::testing {
@@ -340,6 +342,29 @@ TEST_F(AgentdTest, CancelStopsTheRunningTurn) {
   EXPECT_EQ(again.status, 409);
   Call("DELETE", model_.url + "/_fake/faults");
   EXPECT_EQ(Turn(sid, "say alive")["output_text"], "alive");
+}
+
+TEST_F(AgentdTest, DeletingASessionWakesItsWaiters) {
+  std::string sid = CreateSession(CreateAgent());
+  // The model hangs past the client's own 60 s limit: only the delete can end the wait.
+  Faults(model_, {{{"hang_ms", 90000}}});
+  std::future<Reply> waiting = std::async(std::launch::async, [&] {
+    return Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                {{"input", "say never"}, {"wait", true}});
+  });
+  // Delete once the turn is in its model call.
+  for (int i = 0; i < 500; ++i) {
+    Json ev = Events(sid);
+    if (!ev.empty() && ev.back()["type"] == "model_call.started") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Reply d = Call("DELETE", Url("/v1/sessions/" + sid));
+  ASSERT_EQ(d.status, 204) << d.raw;
+  Reply w = waiting.get();
+  EXPECT_EQ(w.status, 404) << w.raw;
+  EXPECT_EQ(w.headers["content-type"], "application/problem+json");
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid)).status, 404);
+  Call("DELETE", model_.url + "/_fake/faults");
 }
 
 TEST_F(AgentdTest, StreamedTurnSendsJournalEventsAsSse) {
