@@ -395,7 +395,7 @@ Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id
   store::EventRecord e{a.id, a.state.last_seq + 1, std::string(type), turn_id,
                        clock_->NowMillis(), DumpJson(data)};
   journal::ApplyEffect effect;
-  Status st = journal::Apply(a.state, e, &effect);
+  Status st = journal::Apply(a.state, e, data, &effect);
   if (!st.ok()) {
     // Our own event did not fit our own state: a bug, but never a crash.
     spdlog::error("session {}: {}", a.id, st.ToString());

@@ -64,14 +64,18 @@ ToolCallState* FindCall(TurnState& t, const std::string& call_id) {
 }  // namespace
 
 Status Apply(SessionState& s, const store::EventRecord& e, ApplyEffect* effect) {
-  if (e.seq != s.last_seq + 1) {
-    return Bad(e, fmt::format("expected seq {}", s.last_seq + 1));
-  }
   Json d;
   try {
     d = Json::parse(e.data);
   } catch (const std::exception&) {
     return Bad(e, "data is not JSON");
+  }
+  return Apply(s, e, d, effect);
+}
+
+Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyEffect* effect) {
+  if (e.seq != s.last_seq + 1) {
+    return Bad(e, fmt::format("expected seq {}", s.last_seq + 1));
   }
   if (!d.is_object()) return Bad(e, "data is not an object");
   s.last_seq = e.seq;

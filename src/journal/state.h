@@ -85,6 +85,9 @@ struct ApplyEffect {
 // Folds one event into `s`. Fails (leaving `s` unusable) on an event that does not fit the
 // state, such as a seq that is not last_seq + 1: that is a corrupt or foreign journal.
 Status Apply(SessionState& s, const store::EventRecord& e, ApplyEffect* effect = nullptr);
+// The same, for a caller that holds `e.data` already parsed (it must be what e.data says).
+Status Apply(SessionState& s, const store::EventRecord& e, const Json& data,
+             ApplyEffect* effect = nullptr);
 
 // The API's turn object.
 Json TurnObject(const std::string& session_id, const TurnState& t);
