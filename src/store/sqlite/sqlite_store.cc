@@ -506,6 +506,16 @@ class SqliteStore final : public Store {
     return Status::OK();
   }
 
+  // A statement of the writer's without rows, prepared once (BEGIN, COMMIT, savepoints).
+  Status WriterExec(const char* sql) {
+    Stmt* s = write_stmts_->Get(sql);
+    if (!s->ok()) return Internal(fmt::format("sqlite: {} (in: {})", s->error(), sql));
+    int rc = s->Step();
+    s->Reset();
+    if (rc != SQLITE_DONE) return SqlError(wdb_, sql);
+    return Status::OK();
+  }
+
   void WriterLoop() {
     std::vector<Pending> work;
     std::vector<Status> results;
@@ -521,13 +531,17 @@ class SqliteStore final : public Store {
         }
       }
       results.assign(work.size(), Status::OK());
-      Status txn = Exec(wdb_, "BEGIN IMMEDIATE");
+      Status txn = WriterExec("BEGIN IMMEDIATE");
       int64_t events = 0;
-      if (txn.ok()) {
+      if (txn.ok() && work.size() == 1) {
+        // One batch: the transaction itself keeps it atomic.
+        results[0] = ApplyBatch(work[0].batch);
+        if (results[0].ok()) events = static_cast<int64_t>(work[0].batch.events.size());
+      } else if (txn.ok()) {
         for (size_t i = 0; i < work.size(); ++i) {
           if (work[i].batch.empty()) continue;
           // A savepoint per batch keeps batches atomic and independent of each other.
-          Status sp = Exec(wdb_, "SAVEPOINT b");
+          Status sp = WriterExec("SAVEPOINT b");
           if (!sp.ok()) {
             results[i] = sp;
             continue;
@@ -535,19 +549,23 @@ class SqliteStore final : public Store {
           Status st = ApplyBatch(work[i].batch);
           if (st.ok()) {
             events += static_cast<int64_t>(work[i].batch.events.size());
-            Exec(wdb_, "RELEASE b").IgnoreError();
+            WriterExec("RELEASE b").IgnoreError();
           } else {
             results[i] = st;
             Exec(wdb_, "ROLLBACK TO b; RELEASE b").IgnoreError();
           }
         }
-        txn = Exec(wdb_, "COMMIT");  // the fsync (synchronous=FULL) happens here
-        if (!txn.ok()) Exec(wdb_, "ROLLBACK").IgnoreError();
       }
+      if (txn.ok() && work.size() == 1 && !results[0].ok()) {
+        Exec(wdb_, "ROLLBACK").IgnoreError();  // nothing else rides in this transaction
+      } else if (txn.ok()) {
+        txn = WriterExec("COMMIT");  // the fsync (synchronous=FULL) happens here
+      }
+      if (!txn.ok() && !sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
       if (!txn.ok()) {
         spdlog::error("journal commit failed: {}", txn.ToString());
         for (auto& r : results) r = Unavailable("commit failed: " + txn.message());
-      } else {
+      } else if (work.size() != 1 || results[0].ok()) {
         commits_.fetch_add(1, std::memory_order_relaxed);
         batches_.fetch_add(static_cast<int64_t>(work.size()), std::memory_order_relaxed);
         events_.fetch_add(events, std::memory_order_relaxed);

@@ -75,6 +75,12 @@ TEST_F(SqliteStoreTest, DuplicateSeqRollsBackOnlyThatBatch) {
   auto row = store_->GetSession("ses_1");
   ASSERT_TRUE(row.ok());
   EXPECT_FALSE(row->has_value());
+  // The failed batch left no transaction open: the next one commits.
+  WriteBatch next;
+  next.events.push_back(Ev("ses_1", 2));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(next)).ok());
+  EXPECT_EQ(store_->ReadEvents("ses_1", 0, 100)->size(), 2u);
+  EXPECT_EQ(store_->Stats().commits, 2);
 }
 
 TEST_F(SqliteStoreTest, ConcurrentCommitsAreGroupedAndAllDurable) {
