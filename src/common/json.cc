@@ -19,6 +19,12 @@ std::string DumpJson(const Json& j) {
   return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
+const std::string* FindString(const Json& obj, std::string_view key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  return it != obj.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
+}
+
 FieldReader::FieldReader(const Json& obj, std::string path) : obj_(obj), path_(std::move(path)) {}
 
 std::string FieldReader::PathOf(std::string_view key) const {

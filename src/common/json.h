@@ -22,6 +22,9 @@ Result<Json> ParseJson(std::string_view text, std::string_view what);
 // Serialises without throwing on invalid UTF-8 (replaced by U+FFFD).
 std::string DumpJson(const Json& j);
 
+// The string at obj[key]; null when `obj` is not an object or has no string there.
+const std::string* FindString(const Json& obj, std::string_view key);
+
 class FieldReader {
  public:
   // `path` is the dotted location of `obj` ("" for the document root).

@@ -20,11 +20,6 @@ using std::string_view;
 // Bytes of a streamed body kept to quote in an error when the stream turns out to be bad.
 constexpr size_t kKeptStreamPrefix = 2048;
 
-const std::string* StringField(const Json& obj, const char* key) {
-  auto it = obj.find(key);
-  return it != obj.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
-}
-
 // `s` cut to at most `max_bytes` at a UTF-8 boundary, control characters made spaces.
 std::string Clip(string_view s, size_t max_bytes) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
@@ -53,11 +48,11 @@ std::string ErrorDetail(string_view body, size_t max_bytes) {
     if (err != j.end()) {
       if (err->is_string()) return Clip(err->get_ref<const std::string&>(), max_bytes);
       if (err->is_object()) {
-        if (const std::string* m = StringField(*err, "message")) return Clip(*m, max_bytes);
+        if (const std::string* m = FindString(*err, "message")) return Clip(*m, max_bytes);
       }
     }
     for (const char* key : {"message", "detail"}) {
-      if (const std::string* m = StringField(j, key)) return Clip(*m, max_bytes);
+      if (const std::string* m = FindString(j, key)) return Clip(*m, max_bytes);
     }
   }
   return Clip(body, max_bytes);

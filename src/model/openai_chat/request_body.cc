@@ -15,11 +15,6 @@
 namespace agentd::model::openai_chat {
 namespace {
 
-const std::string* StringField(const Json& obj, const char* key) {
-  auto it = obj.find(key);
-  return it != obj.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
-}
-
 Status NotAString(size_t index, std::string_view key) {
   return InvalidArgument(fmt::format("'items[{}].{}' must be a string", index, key));
 }
@@ -90,10 +85,10 @@ Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Jso
   for (size_t i = 0; i < items.size(); ++i) {
     const Json& item = items[i];
     if (!item.is_object()) return InvalidArgument(fmt::format("items[{}] must be an object", i));
-    const std::string* type = StringField(item, "type");
+    const std::string* type = FindString(item, "type");
     if (type == nullptr) return NotAString(i, "type");
     if (*type == "message") {
-      const std::string* role = StringField(item, "role");
+      const std::string* role = FindString(item, "role");
       if (role == nullptr) return NotAString(i, "role");
       auto content = item.find("content");
       if (content == item.end() || !(content->is_string() || content->is_array())) {
@@ -115,9 +110,9 @@ Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Jso
         out += "}";
       }
     } else if (*type == "function_call") {
-      const std::string* call_id = StringField(item, "call_id");
+      const std::string* call_id = FindString(item, "call_id");
       if (call_id == nullptr) return NotAString(i, "call_id");
-      const std::string* name = StringField(item, "name");
+      const std::string* name = FindString(item, "name");
       if (name == nullptr) return NotAString(i, "name");
       if (open == Open::kNone) {
         begin_message();
@@ -140,7 +135,7 @@ Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Jso
       AppendJsonString(&out, *call_id);
       out += R"(,"type":"function"})";
     } else if (*type == "function_call_output") {
-      const std::string* call_id = StringField(item, "call_id");
+      const std::string* call_id = FindString(item, "call_id");
       if (call_id == nullptr) return NotAString(i, "call_id");
       close_open();
       begin_message();
