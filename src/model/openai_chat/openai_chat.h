@@ -50,7 +50,4 @@ class OpenAIChatProvider final : public ModelProvider {
 // names the first malformed item.
 Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items);
 
-// EncodeChatRequestBody(request, request.items), parsed: for tests that look at the body.
-Result<Json> BuildChatRequestBody(const ModelRequest& request);
-
 }  // namespace agentd::model::openai_chat

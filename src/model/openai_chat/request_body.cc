@@ -181,9 +181,4 @@ Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Jso
   return out;
 }
 
-Result<Json> BuildChatRequestBody(const ModelRequest& request) {
-  ASSIGN_OR_RETURN(std::string body, EncodeChatRequestBody(request, request.items));
-  return ParseJson(body, "chat request body");
-}
-
 }  // namespace agentd::model::openai_chat

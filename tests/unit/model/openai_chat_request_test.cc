@@ -11,6 +11,7 @@
 
 #include "model/openai_chat/json_text.h"
 #include "model/openai_chat/openai_chat.h"
+#include "chat_body.h"  // beside this file
 
 namespace agentd::model::openai_chat {
 namespace {

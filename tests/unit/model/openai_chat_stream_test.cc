@@ -6,6 +6,7 @@
 
 #include "model/openai_chat/chat_stream.h"
 #include "model/openai_chat/openai_chat.h"
+#include "chat_body.h"  // beside this file
 
 namespace agentd::model::openai_chat {
 namespace {
