@@ -531,41 +531,35 @@ class SqliteStore final : public Store {
         }
       }
       results.assign(work.size(), Status::OK());
+      // A lone batch is kept atomic by its transaction; several get a savepoint each, so
+      // that they stay atomic and independent of each other.
+      const bool lone = work.size() == 1;
       Status txn = WriterExec("BEGIN IMMEDIATE");
       int64_t events = 0;
-      if (txn.ok() && work.size() == 1) {
-        // One batch: the transaction itself keeps it atomic.
-        results[0] = ApplyBatch(work[0].batch);
-        if (results[0].ok()) events = static_cast<int64_t>(work[0].batch.events.size());
-      } else if (txn.ok()) {
-        for (size_t i = 0; i < work.size(); ++i) {
-          if (work[i].batch.empty()) continue;
-          // A savepoint per batch keeps batches atomic and independent of each other.
-          Status sp = WriterExec("SAVEPOINT b");
-          if (!sp.ok()) {
+      for (size_t i = 0; txn.ok() && i < work.size(); ++i) {
+        if (work[i].batch.empty()) continue;
+        if (!lone) {
+          if (Status sp = WriterExec("SAVEPOINT b"); !sp.ok()) {
             results[i] = sp;
             continue;
           }
-          Status st = ApplyBatch(work[i].batch);
-          if (st.ok()) {
-            events += static_cast<int64_t>(work[i].batch.events.size());
-            WriterExec("RELEASE b").IgnoreError();
-          } else {
-            results[i] = st;
-            Exec(wdb_, "ROLLBACK TO b; RELEASE b").IgnoreError();
-          }
+        }
+        results[i] = ApplyBatch(work[i].batch);
+        if (results[i].ok()) {
+          events += static_cast<int64_t>(work[i].batch.events.size());
+          if (!lone) WriterExec("RELEASE b").IgnoreError();
+        } else if (!lone) {
+          Exec(wdb_, "ROLLBACK TO b; RELEASE b").IgnoreError();
         }
       }
-      if (txn.ok() && work.size() == 1 && !results[0].ok()) {
-        Exec(wdb_, "ROLLBACK").IgnoreError();  // nothing else rides in this transaction
-      } else if (txn.ok()) {
-        txn = WriterExec("COMMIT");  // the fsync (synchronous=FULL) happens here
-      }
-      if (!txn.ok() && !sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
+      const bool commit = txn.ok() && (!lone || results[0].ok());
+      if (commit) txn = WriterExec("COMMIT");  // the fsync (synchronous=FULL) happens here
+      // Still open: a failed lone batch, or a COMMIT that failed.
+      if (!sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
       if (!txn.ok()) {
         spdlog::error("journal commit failed: {}", txn.ToString());
         for (auto& r : results) r = Unavailable("commit failed: " + txn.message());
-      } else if (work.size() != 1 || results[0].ok()) {
+      } else if (commit) {
         commits_.fetch_add(1, std::memory_order_relaxed);
         batches_.fetch_add(static_cast<int64_t>(work.size()), std::memory_order_relaxed);
         events_.fetch_add(events, std::memory_order_relaxed);
