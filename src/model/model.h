@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -71,6 +72,15 @@ struct ModelAttempt {
   int http_status = 0;                    // 0 when no HTTP response arrived
 };
 
+// What a provider keeps between the calls of one conversation so that each call encodes
+// only the items added since the previous one. The caller owns it (one per conversation, used
+// by one call at a time) and never looks inside; a cache that does not fit a request is
+// rebuilt by the provider.
+class EncodeCache {
+ public:
+  virtual ~EncodeCache() = default;
+};
+
 // A call is two phases, so that the caller can encode straight from the conversation it
 // holds (under its own lock, with no copy) and make the slow HTTP attempt without it:
 //   Result<std::string> body = provider.EncodeBody(request, live_items);  // lock held
@@ -82,8 +92,14 @@ class ModelProvider {
 
   // The request body for `request` with `items` (canonical items, oldest first) as the
   // conversation; request.items is not read. Reads only its arguments, never blocks and
-  // keeps no reference to them. InvalidArgument names the first malformed item.
-  virtual Result<std::string> EncodeBody(const ModelRequest& request, const Json& items) const = 0;
+  // keeps no reference to them. InvalidArgument names the first malformed item. With a
+  // `cache` (may be null) from earlier calls of the same conversation, the work is
+  // proportional to the items added since.
+  virtual Result<std::string> EncodeBody(const ModelRequest& request, const Json& items,
+                                         std::unique_ptr<EncodeCache>* cache) const = 0;
+  Result<std::string> EncodeBody(const ModelRequest& request, const Json& items) const {
+    return EncodeBody(request, items, nullptr);
+  }
 
   // One attempt sending `body` (from EncodeBody; request.items is ignored). Blocking; runs
   // on the caller's thread.

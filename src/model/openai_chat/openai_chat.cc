@@ -165,8 +165,9 @@ Status Malformed(string_view what) {
 OpenAIChatProvider::OpenAIChatProvider(OpenAIChatOptions options) : options_(options) {}
 
 Result<std::string> OpenAIChatProvider::EncodeBody(const ModelRequest& request,
-                                                   const Json& items) const {
-  return EncodeChatRequestBody(request, items);
+                                                   const Json& items,
+                                                   std::unique_ptr<EncodeCache>* cache) const {
+  return EncodeChatRequestBody(request, items, cache);
 }
 
 ModelAttempt OpenAIChatProvider::CallEncodedBlocking(const ModelRequest& request,

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <string>
 
 #include "common/json.h"
@@ -33,7 +34,9 @@ class OpenAIChatProvider final : public ModelProvider {
   explicit OpenAIChatProvider(OpenAIChatOptions options = {});
 
   // EncodeChatRequestBody below.
-  Result<std::string> EncodeBody(const ModelRequest& request, const Json& items) const override;
+  using ModelProvider::EncodeBody;
+  Result<std::string> EncodeBody(const ModelRequest& request, const Json& items,
+                                 std::unique_ptr<EncodeCache>* cache) const override;
   // One attempt; see the file comment for how failures are classified. Blocking.
   ModelAttempt CallEncodedBlocking(const ModelRequest& request, std::string body) override;
 
@@ -49,5 +52,11 @@ class OpenAIChatProvider final : public ModelProvider {
 // as text in one pass, usually into one allocation; invalid UTF-8 becomes U+FFFD. InvalidArgument
 // names the first malformed item.
 Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items);
+// The same body, written from *cache when it was built for the same instructions, model,
+// tools and conversation (the items array at the same address, grown by appending): only
+// the items added since the last call are encoded. A cache that does not fit is rebuilt; a
+// null `cache` encodes from scratch.
+Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items,
+                                          std::unique_ptr<EncodeCache>* cache);
 
 }  // namespace agentd::model::openai_chat

@@ -6,8 +6,12 @@
 // keeps that builder as the reference.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "model/openai_chat/json_text.h"
 #include "model/openai_chat/openai_chat.h"
@@ -19,29 +23,6 @@ Status NotAString(size_t index, std::string_view key) {
   return InvalidArgument(fmt::format("'items[{}].{}' must be a string", index, key));
 }
 
-// Bytes of JSON structure around each item and tool, beyond their strings.
-constexpr size_t kItemOverhead = 80;
-constexpr size_t kToolOverhead = 96;
-
-// A little over the body's size for text without many escapes, so that the body is
-// written without reallocating. One look at each item's values, no key lookups.
-size_t EstimateSize(const ModelRequest& request, const Json& items) {
-  size_t n = 128 + request.model.size() + request.instructions.size();
-  for (const Json& item : items) {
-    n += kItemOverhead;
-    if (!item.is_object()) continue;
-    for (const Json& v : item) {
-      if (v.is_string()) n += v.get_ref<const std::string&>().size();
-    }
-  }
-  for (const ToolSpec& t : request.tools) {
-    n += kToolOverhead + t.name.size() + t.description.size();
-    // Parameters are serialised separately; a schema is rarely larger than this.
-    n += 512;
-  }
-  return n + n / 16;
-}
-
 // Appends a JSON value given as a string, or as other JSON to be sent as its text.
 void AppendStringOrText(std::string* out, const Json& v) {
   if (v.is_string()) {
@@ -51,110 +32,155 @@ void AppendStringOrText(std::string* out, const Json& v) {
   }
 }
 
-}  // namespace
 
-Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items) {
-  if (request.model.empty()) return InvalidArgument("model name is empty");
-  if (!items.is_array()) return InvalidArgument("conversation items must be an array");
-
-  std::string out;
-  out.reserve(EstimateSize(request, items));
-  out += R"({"messages":[)";
-  bool first_message = true;
-  auto begin_message = [&] {
-    if (!first_message) out.push_back(',');
-    first_message = false;
-  };
-  if (!request.instructions.empty()) {
-    begin_message();
-    out += R"({"content":)";
-    AppendJsonString(&out, request.instructions);
-    out += R"(,"role":"system"})";
+// The "messages" array written item by item. The text stays open at the end: the last
+// assistant message may still take tool calls from the next function_call item, so its
+// closing is written only by Finish, on a copy.
+class MessagesWriter {
+ public:
+  explicit MessagesWriter(const std::string& instructions) {
+    out_ = R"({"messages":[)";
+    if (!instructions.empty()) {
+      BeginMessage();
+      out_ += R"({"content":)";
+      AppendJsonString(&out_, instructions);
+      out_ += R"(,"role":"system"})";
+    }
   }
 
-  // The last message is an assistant message that function_call items right here join:
-  // kAssistant with its closing brace still to write, kToolCalls inside its tool_calls.
-  enum class Open { kNone, kAssistant, kToolCalls };
-  Open open = Open::kNone;
-  auto close_open = [&] {
-    if (open == Open::kAssistant) out += "}";
-    if (open == Open::kToolCalls) out += "]}";
-    open = Open::kNone;
-  };
-
-  for (size_t i = 0; i < items.size(); ++i) {
-    const Json& item = items[i];
-    if (!item.is_object()) return InvalidArgument(fmt::format("items[{}] must be an object", i));
+  // Appends items[index]; on error nothing is written.
+  Status Add(const Json& items, size_t index) {
+    const Json& item = items[index];
+    if (!item.is_object()) {
+      return InvalidArgument(fmt::format("items[{}] must be an object", index));
+    }
     const std::string* type = FindString(item, "type");
-    if (type == nullptr) return NotAString(i, "type");
+    if (type == nullptr) return NotAString(index, "type");
     if (*type == "message") {
       const std::string* role = FindString(item, "role");
-      if (role == nullptr) return NotAString(i, "role");
+      if (role == nullptr) return NotAString(index, "role");
       auto content = item.find("content");
       if (content == item.end() || !(content->is_string() || content->is_array())) {
-        return NotAString(i, "content");
+        return NotAString(index, "content");
       }
-      close_open();
-      begin_message();
-      out += R"({"content":)";
+      CloseOpen();
+      BeginMessage();
+      out_ += R"({"content":)";
       if (content->is_string()) {
-        AppendJsonString(&out, content->get_ref<const std::string&>());
+        AppendJsonString(&out_, content->get_ref<const std::string&>());
       } else {
-        out += DumpJson(*content);  // content parts: small
+        out_ += DumpJson(*content);  // content parts: small
       }
-      out += R"(,"role":)";
-      AppendJsonString(&out, *role);
+      out_ += R"(,"role":)";
+      AppendJsonString(&out_, *role);
       if (*role == "assistant") {
-        open = Open::kAssistant;
+        open_ = Open::kAssistant;
       } else {
-        out += "}";
+        out_ += "}";
       }
     } else if (*type == "function_call") {
       const std::string* call_id = FindString(item, "call_id");
-      if (call_id == nullptr) return NotAString(i, "call_id");
+      if (call_id == nullptr) return NotAString(index, "call_id");
       const std::string* name = FindString(item, "name");
-      if (name == nullptr) return NotAString(i, "name");
-      if (open == Open::kNone) {
-        begin_message();
-        out += R"({"content":null,"role":"assistant","tool_calls":[)";
-      } else if (open == Open::kAssistant) {
-        out += R"(,"tool_calls":[)";
+      if (name == nullptr) return NotAString(index, "name");
+      if (open_ == Open::kNone) {
+        BeginMessage();
+        out_ += R"({"content":null,"role":"assistant","tool_calls":[)";
+      } else if (open_ == Open::kAssistant) {
+        out_ += R"(,"tool_calls":[)";
       } else {
-        out += ",";
+        out_ += ",";
       }
-      open = Open::kToolCalls;
-      out += R"({"function":{"arguments":)";
+      open_ = Open::kToolCalls;
+      out_ += R"({"function":{"arguments":)";
       if (auto a = item.find("arguments"); a != item.end() && !a->is_null()) {
-        AppendStringOrText(&out, *a);
+        AppendStringOrText(&out_, *a);
       } else {
-        out += R"("{}")";
+        out_ += R"("{}")";
       }
-      out += R"(,"name":)";
-      AppendJsonString(&out, *name);
-      out += R"(},"id":)";
-      AppendJsonString(&out, *call_id);
-      out += R"(,"type":"function"})";
+      out_ += R"(,"name":)";
+      AppendJsonString(&out_, *name);
+      out_ += R"(},"id":)";
+      AppendJsonString(&out_, *call_id);
+      out_ += R"(,"type":"function"})";
     } else if (*type == "function_call_output") {
       const std::string* call_id = FindString(item, "call_id");
-      if (call_id == nullptr) return NotAString(i, "call_id");
-      close_open();
-      begin_message();
-      out += R"({"content":)";
+      if (call_id == nullptr) return NotAString(index, "call_id");
+      CloseOpen();
+      BeginMessage();
+      out_ += R"({"content":)";
       if (auto o = item.find("output"); o != item.end() && !o->is_null()) {
-        AppendStringOrText(&out, *o);
+        AppendStringOrText(&out_, *o);
       } else {
-        out += R"("")";
+        out_ += R"("")";
       }
-      out += R"(,"role":"tool","tool_call_id":)";
-      AppendJsonString(&out, *call_id);
-      out += "}";
+      out_ += R"(,"role":"tool","tool_call_id":)";
+      AppendJsonString(&out_, *call_id);
+      out_ += "}";
     }
     // Other item types (reasoning, ...) have no Chat Completions form and are left out;
     // they do not end an open assistant message.
+    return Status::OK();
   }
-  close_open();
 
-  out += R"(],"model":)";
+  // Checks items[index] and appends it, or leaves the text as it was: a failed item must
+  // not leave half a message behind in a writer that is kept.
+  Status AddOrRollBack(const Json& items, size_t index) {
+    size_t size = out_.size();
+    Open open = open_;
+    bool first = first_message_;
+    Status st = Add(items, index);
+    if (!st.ok()) {
+      out_.resize(size);
+      open_ = open;
+      first_message_ = first;
+    }
+    return st;
+  }
+
+  // The whole body: the messages so far, closed, then `tail` (from EncodeTail).
+  std::string Finish(std::string_view tail) const& {
+    std::string body;
+    body.reserve(out_.size() + 2 + tail.size());
+    body += out_;
+    Close(open_, &body);
+    body += tail;
+    return body;
+  }
+  // The same, reusing this writer's text (for a writer that is not kept).
+  std::string Finish(std::string_view tail) && {
+    CloseOpen();
+    out_ += tail;
+    return std::move(out_);
+  }
+
+ private:
+  // The last message is an assistant message that function_call items right here join:
+  // kAssistant with its closing brace still to write, kToolCalls inside its tool_calls.
+  enum class Open { kNone, kAssistant, kToolCalls };
+
+  void BeginMessage() {
+    if (!first_message_) out_.push_back(',');
+    first_message_ = false;
+  }
+  static void Close(Open open, std::string* out) {
+    if (open == Open::kAssistant) *out += "}";
+    if (open == Open::kToolCalls) *out += "]}";
+  }
+  // A new message closes the open one.
+  void CloseOpen() {
+    Close(open_, &out_);
+    open_ = Open::kNone;
+  }
+
+  std::string out_;
+  bool first_message_ = true;
+  Open open_ = Open::kNone;
+};
+
+// Everything after the messages: `],"model":...,"stream":true,...,"tools":[...]}`.
+std::string EncodeTail(const ModelRequest& request) {
+  std::string out = R"(],"model":)";
   AppendJsonString(&out, request.model);
   out += R"(,"stream":true,"stream_options":{"include_usage":true})";
   if (!request.tools.empty()) {
@@ -179,6 +205,79 @@ Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Jso
   }
   out += "}";
   return out;
+}
+
+bool SameTools(const std::vector<ToolSpec>& a, const std::vector<ToolSpec>& b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                    [](const ToolSpec& x, const ToolSpec& y) {
+                      return x.name == y.name && x.description == y.description &&
+                             x.parameters == y.parameters;
+                    });
+}
+
+// What one conversation's cache holds: the messages written so far and the tail, with what
+// they were written from, so that a request that no longer fits them rebuilds them.
+class ChatEncodeCache final : public EncodeCache {
+ public:
+  bool FitsPrefix(const ModelRequest& request, const Json& items) const {
+    return items_ == &items && instructions_ == request.instructions && done_ <= items.size() &&
+           (done_ == 0 || items[done_ - 1] == last_);
+  }
+  bool FitsTail(const ModelRequest& request) const {
+    return tail_.has_value() && model_ == request.model && SameTools(tools_, request.tools);
+  }
+
+  std::optional<MessagesWriter> writer;
+  const Json* items_ = nullptr;
+  std::string instructions_;
+  size_t done_ = 0;
+  Json last_;  // a copy of items[done_ - 1], to notice a conversation that was replaced
+  std::optional<std::string> tail_;
+  std::string model_;
+  std::vector<ToolSpec> tools_;
+};
+
+}  // namespace
+
+Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items) {
+  if (request.model.empty()) return InvalidArgument("model name is empty");
+  if (!items.is_array()) return InvalidArgument("conversation items must be an array");
+  MessagesWriter w(request.instructions);
+  for (size_t i = 0; i < items.size(); ++i) RETURN_IF_ERROR(w.Add(items, i));
+  return std::move(w).Finish(EncodeTail(request));
+}
+
+Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Json& items,
+                                          std::unique_ptr<EncodeCache>* cache) {
+  if (cache == nullptr) return EncodeChatRequestBody(request, items);
+  if (request.model.empty()) return InvalidArgument("model name is empty");
+  if (!items.is_array()) return InvalidArgument("conversation items must be an array");
+  auto* c = dynamic_cast<ChatEncodeCache*>(cache->get());
+  if (c == nullptr) {
+    *cache = std::make_unique<ChatEncodeCache>();
+    c = static_cast<ChatEncodeCache*>(cache->get());
+  }
+  if (!c->writer || !c->FitsPrefix(request, items)) {
+    c->writer.emplace(request.instructions);
+    c->items_ = &items;
+    c->instructions_ = request.instructions;
+    c->done_ = 0;
+  }
+  size_t before = c->done_;
+  for (; c->done_ < items.size(); ++c->done_) {
+    Status st = c->writer->AddOrRollBack(items, c->done_);
+    if (!st.ok()) {
+      if (c->done_ > before) c->last_ = items[c->done_ - 1];
+      return st;
+    }
+  }
+  if (c->done_ > before) c->last_ = items[c->done_ - 1];
+  if (!c->FitsTail(request)) {
+    c->tail_ = EncodeTail(request);
+    c->model_ = request.model;
+    c->tools_ = request.tools;
+  }
+  return c->writer->Finish(*c->tail_);
 }
 
 }  // namespace agentd::model::openai_chat

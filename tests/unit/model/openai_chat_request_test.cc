@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <memory>
 #include <random>
 #include <string>
 #include <string_view>
@@ -295,6 +296,63 @@ TEST(EncodeChatRequestBodyTest, SameErrorsAsTheDomBuilder) {
   r.items = Json::array();
   r.model.clear();
   ExpectSameAsReference(r);
+}
+
+// The cache of one conversation: every call, as the conversation grows one item at a time
+// (so every call boundary falls inside an assistant message that later items join), gives
+// the bytes and errors that encoding from scratch gives.
+TEST(EncodeChatRequestBodyTest, CachedEncodingMatchesEncodingFromScratch) {
+  const ModelRequest full = VariedConversation();
+  ModelRequest r = full;
+  r.items = Json::array();
+  std::unique_ptr<EncodeCache> cache;
+  auto expect_same = [&](const char* when) {
+    auto fresh = EncodeChatRequestBody(r, r.items);
+    auto cached = EncodeChatRequestBody(r, r.items, &cache);
+    ASSERT_EQ(fresh.ok(), cached.ok()) << when;
+    if (fresh.ok()) {
+      EXPECT_EQ(*cached, *fresh) << when << " after " << r.items.size() << " items";
+    } else {
+      EXPECT_EQ(cached.status().ToString(), fresh.status().ToString()) << when;
+    }
+  };
+  expect_same("empty");
+  for (const Json& item : full.items) {
+    r.items.push_back(item);
+    expect_same("grown");
+    expect_same("called again with nothing new");
+  }
+  ASSERT_NE(cache, nullptr);
+
+  // Whatever the prefix or the tail was written from changes: it is written again.
+  r.instructions = "Now with instructions";
+  expect_same("instructions changed");
+  r.tools.pop_back();
+  expect_same("tools changed");
+  r.tools[0].parameters["required"] = Json::array({"city"});
+  expect_same("a tool's schema changed");
+  r.model = "other-model";
+  expect_same("model changed");
+
+  // The same array, refilled with other items (a reloaded conversation): not taken for the
+  // one encoded before, whether it is shorter, as long, or longer.
+  r.items = Json::array({{{"type", "message"}, {"role", "user"}, {"content", "new start"}}});
+  expect_same("replaced, shorter");
+  r.items = full.items;
+  r.items[r.items.size() - 1]["name"] = "renamed";
+  expect_same("replaced, one item differs");
+  r.items.push_back({{"type", "message"}, {"role", "user"}, {"content", "more"}});
+  expect_same("grown again");
+
+  // A malformed item fails the call and leaves the cache usable for a good conversation.
+  Json before = r.items;
+  r.items.push_back({{"type", "function_call"}, {"name", "no_call_id"}});
+  expect_same("malformed item");
+  expect_same("malformed item, again");
+  r.items = before;
+  expect_same("malformed item removed");
+  r.items.push_back({{"type", "function_call"}, {"call_id", "cx"}, {"name", "joins"}});
+  expect_same("a tool call joining the last assistant message");
 }
 
 // Random conversations built from a small vocabulary, so that every grouping case and most
