@@ -76,6 +76,8 @@ Status LoadConfigFile(const std::string& path, Config* cfg) {
       RETURN_IF_ERROR(ReadInt(v, key, 1, 1000000, &cfg->snapshot_every));
     } else if (key == "max_workers") {
       RETURN_IF_ERROR(ReadInt(v, key, 1, 100000, &cfg->max_workers));
+    } else if (key == "resident_idle_sessions") {
+      RETURN_IF_ERROR(ReadInt(v, key, 0, 1000000, &cfg->resident_idle_sessions));
     } else if (key == "drain_timeout_ms") {
       RETURN_IF_ERROR(ReadInt(v, key, 0, 3600000, &cfg->drain_timeout_ms));
     } else {

@@ -18,6 +18,7 @@ struct Config {
   int64_t io_threads = 2;                 // HTTP event-loop threads
   int64_t snapshot_every = 100;           // journal events between session snapshots
   int64_t max_workers = 512;              // sessions driven at the same time
+  int64_t resident_idle_sessions = 64;    // idle sessions kept in memory for their next turn
   int64_t drain_timeout_ms = 30000;       // SIGTERM: how long in-flight steps may finish
   bool sync_full = true;                  // SQLite synchronous=FULL (false only for tests)
 };

@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   engine::EngineOptions eo;
   eo.snapshot_every = static_cast<int>(cfg.snapshot_every);
   eo.max_workers = static_cast<size_t>(cfg.max_workers);
+  eo.resident_idle_sessions = static_cast<size_t>(cfg.resident_idle_sessions);
   eo.drain_timeout = std::chrono::milliseconds(cfg.drain_timeout_ms);
   engine::Engine engine(eo, store->get(), providers, SystemClock::Default());
 

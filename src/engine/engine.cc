@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <future>
+#include <list>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -39,19 +41,22 @@ struct Engine::Actor {
   // What the session row in the store says; the row is rewritten only when these change.
   std::string stored_status;  // guarded by mu
   bool stored_active = false;  // guarded by mu
-  // Open turns after the last commit: the status their stored row has (the row is rewritten
-  // only when it changes or the turn ends) and their latest durable object, served to readers.
-  struct DurableTurn {
-    std::string stored_status;
-    std::string body;
-  };
-  std::map<std::string, DurableTurn> durable_turns;  // guarded by mu
+  // Open turns after the last commit: the status their stored row has. The row is rewritten
+  // only when it changes or the turn ends; readers get the latest durable object from
+  // `state` (see DurableOpenTurn), so it is never serialised for nobody.
+  std::map<std::string, std::string> stored_turn_status;  // guarded by mu
+  // The conversation as the provider last encoded it; guarded by mu.
+  std::unique_ptr<model::EncodeCache> encode_cache;
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
   bool broken = false;                // guarded by mu; memory is ahead of a failed commit
   bool deleted = false;               // guarded by mu
   std::string cancel_turn;            // guarded by mu; cancellation requested for this turn
+  // Set (under mu) when the actor must not be kept once unpinned: deleted, or broken.
+  std::atomic<bool> retired{false};
   int pins = 0;                       // guarded by Engine::actors_mu_
+  // Position in Engine::idle_ while unpinned and kept resident; guarded by actors_mu_.
+  std::optional<std::list<std::shared_ptr<Actor>>::iterator> idle_pos;
 };
 
 struct Engine::Watch {
@@ -280,6 +285,7 @@ Status Engine::DeleteSession(const std::string& id) {
     std::unique_lock lock(a->mu);
     a->deleted = true;
     a->broken = true;  // nothing more may be staged for this session
+    a->retired = true;
     a->cancel_turn = a->state.current_turn;
     a->cv.notify_all();
     a->staged = {};
@@ -327,12 +333,17 @@ Result<std::shared_ptr<Engine::Actor>> Engine::Acquire(const std::string& sessio
     auto& slot = actors_[session_id];
     if (!slot) slot = std::make_shared<Actor>(session_id);
     a = slot;
+    if (a->idle_pos) {
+      idle_.erase(*a->idle_pos);
+      a->idle_pos.reset();
+    }
     ++a->pins;
   }
   std::unique_lock lock(a->mu);
   if (!a->loaded) {
     a->load_status = Load(*a);
     a->loaded = true;
+    if (!a->load_status.ok()) a->retired = true;  // never kept: the next caller tries again
   }
   Status st = a->load_status;
   if (st.ok() && (a->broken || a->deleted)) {
@@ -350,8 +361,24 @@ Result<std::shared_ptr<Engine::Actor>> Engine::Acquire(const std::string& sessio
 void Engine::Release(const std::shared_ptr<Actor>& a) {
   std::lock_guard lock(actors_mu_);
   if (--a->pins > 0) return;
-  auto it = actors_.find(a->id);
-  if (it != actors_.end() && it->second == a) actors_.erase(it);
+  auto drop = [this](const std::shared_ptr<Actor>& victim) {
+    auto it = actors_.find(victim->id);
+    if (it != actors_.end() && it->second == victim) actors_.erase(it);
+  };
+  if (a->retired.load() || options_.resident_idle_sessions == 0) {
+    drop(a);
+    return;
+  }
+  // Kept for its next turn (most recently used first), so a busy session is not rebuilt from
+  // the store every turn; the least recently used beyond the limit leave memory.
+  idle_.push_front(a);
+  a->idle_pos = idle_.begin();
+  while (idle_.size() > options_.resident_idle_sessions) {
+    std::shared_ptr<Actor> victim = std::move(idle_.back());
+    idle_.pop_back();
+    victim->idle_pos.reset();
+    drop(victim);
+  }
 }
 
 Status Engine::Load(Actor& a) {
@@ -400,6 +427,7 @@ Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id
     // Our own event did not fit our own state: a bug, but never a crash.
     spdlog::error("session {}: {}", a.id, st.ToString());
     a.broken = true;
+    a.retired = true;
     return Internal("internal state error");
   }
   if (effect.ended) {
@@ -424,16 +452,15 @@ Status Engine::FlushLocked(Actor& a) {
     b.turns.push_back(std::move(row));
   }
   a.staged_turns.clear();
-  std::vector<store::TurnRow> open_rows;  // durable objects of open turns after this batch
+  std::vector<std::pair<std::string, std::string>> new_statuses;  // open turns' rows written
   for (const auto& id : a.dirty_turns) {
     auto it = a.state.open_turns.find(id);
     if (it == a.state.open_turns.end()) continue;
-    store::TurnRow row = TurnRowOf(a.id, it->second);
-    auto known = a.durable_turns.find(id);
-    if (known == a.durable_turns.end() || known->second.stored_status != row.status) {
-      b.turns.push_back(row);
+    auto known = a.stored_turn_status.find(id);
+    if (known == a.stored_turn_status.end() || known->second != it->second.status) {
+      b.turns.push_back(TurnRowOf(a.id, it->second));
+      new_statuses.emplace_back(id, it->second.status);
     }
-    open_rows.push_back(std::move(row));
   }
   a.dirty_turns.clear();
   const SessionState& s = a.state;
@@ -461,6 +488,7 @@ Status Engine::FlushLocked(Actor& a) {
   if (!st.ok()) {
     spdlog::error("session {}: journal commit failed: {}", a.id, st.ToString());
     a.broken = true;
+    a.retired = true;
     std::lock_guard lock(actors_mu_);
     auto it = actors_.find(a.id);
     if (it != actors_.end() && it->second.get() == &a) actors_.erase(it);
@@ -470,10 +498,8 @@ Status Engine::FlushLocked(Actor& a) {
     a.stored_status = std::move(status);
     a.stored_active = active;
   }
-  for (const auto& id : ended_turns) a.durable_turns.erase(id);
-  for (auto& row : open_rows) {
-    a.durable_turns[row.id] = {std::move(row.status), std::move(row.body)};
-  }
+  for (const auto& id : ended_turns) a.stored_turn_status.erase(id);
+  for (auto& [id, status] : new_statuses) a.stored_turn_status[id] = std::move(status);
   Notify(a.id, seq, rest);
   return Status::OK();
 }
@@ -686,7 +712,7 @@ Result<Json> Engine::TurnFromStore(const std::string& session_id, const std::str
   return ParseJson(row->body, "stored turn");
 }
 
-std::optional<std::string> Engine::DurableOpenTurn(const std::string& session_id,
+std::optional<Json> Engine::DurableOpenTurn(const std::string& session_id,
                                                    const std::string& turn_id) {
   std::shared_ptr<Actor> a;
   {
@@ -696,15 +722,18 @@ std::optional<std::string> Engine::DurableOpenTurn(const std::string& session_id
     a = it->second;
   }
   std::lock_guard lock(a->mu);
-  auto it = a->durable_turns.find(turn_id);
-  if (it == a->durable_turns.end()) return std::nullopt;
-  return it->second.body;
+  // The mutex is released only after staged events are committed, so with it held the state
+  // is what is durable; a broken actor (a failed commit) is ahead of the store.
+  if (!a->loaded || a->broken || !a->staged.events.empty()) return std::nullopt;
+  auto it = a->state.open_turns.find(turn_id);
+  if (it == a->state.open_turns.end()) return std::nullopt;
+  return journal::TurnObject(session_id, it->second);
 }
 
 Result<Json> Engine::GetTurn(const std::string& session_id, const std::string& turn_id) {
   ASSIGN_OR_RETURN(auto session, store_->GetSession(session_id));
   if (!session) return NotFound(fmt::format("session '{}' not found", session_id));
-  if (auto body = DurableOpenTurn(session_id, turn_id)) return ParseJson(*body, "turn");
+  if (auto live = DurableOpenTurn(session_id, turn_id)) return std::move(*live);
   return TurnFromStore(session_id, turn_id);
 }
 
@@ -714,11 +743,15 @@ Result<Json> Engine::ListTurns(const std::string& session_id, const store::Page&
   ASSIGN_OR_RETURN(auto rows, store_->ListTurns(session_id, page));
   Json data = Json::array();
   for (const auto& r : rows.first) {
-    std::optional<std::string> live;
+    std::optional<Json> live;
     if (r.status == "running" || r.status == "requires_action") {
       live = DurableOpenTurn(session_id, r.id);
     }
-    ASSIGN_OR_RETURN(Json j, ParseJson(live ? *live : r.body, "stored turn"));
+    if (live) {
+      data.push_back(std::move(*live));
+      continue;
+    }
+    ASSIGN_OR_RETURN(Json j, ParseJson(r.body, "stored turn"));
     data.push_back(std::move(j));
   }
   return Json{{"object", "list"},
@@ -911,10 +944,12 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
   Actor* raw = a.get();
   req.should_abort = [this, raw] { return ShouldAbort(*raw); };
 
-  // Encoded from the live conversation while the lock is held, so it is never copied.
+  // Encoded from the live conversation while the lock is held, so it is never copied; when
+  // the context is the whole conversation, only the items added since the last call are.
   Json kept;
-  Result<std::string> body =
-      provider_it->second->EncodeBody(req, memory::AssembleContext(s.items, &kept));
+  const Json& context = memory::AssembleContext(s.items, &kept);
+  Result<std::string> body = provider_it->second->EncodeBody(
+      req, context, &context == &s.items ? &a->encode_cache : nullptr);
   lock.unlock();
   model::ModelAttempt result;
   if (body.ok()) {

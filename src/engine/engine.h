@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -38,6 +39,9 @@ struct EngineOptions {
   size_t max_workers = 512;       // turn-worker threads (concurrently driven sessions)
   size_t max_input_items = 1000;  // items in one turn input
   std::chrono::milliseconds drain_timeout{30000};  // SIGTERM: wait for in-flight steps
+  // Sessions with no work kept in memory after their last use, least recently used leaving
+  // first; 0 keeps none (every turn rebuilds its session from the snapshot and journal).
+  size_t resident_idle_sessions = 64;
 };
 
 using ModelProviders = std::map<std::string, model::ModelProvider*>;
@@ -122,8 +126,7 @@ class Engine {
   void RemoveWatcherLocked(const std::string& session_id, Watch& w);  // watch_mu_ held
   Json SessionObject(const store::SessionRow& row) const;
   // The latest durable object of an open turn of a resident session, if any.
-  std::optional<std::string> DurableOpenTurn(const std::string& session_id,
-                                             const std::string& turn_id);
+  std::optional<Json> DurableOpenTurn(const std::string& session_id, const std::string& turn_id);
   Result<Json> TurnFromStore(const std::string& session_id, const std::string& turn_id);
 
   const EngineOptions options_;
@@ -134,6 +137,7 @@ class Engine {
 
   mutable std::mutex actors_mu_;
   std::unordered_map<std::string, std::shared_ptr<Actor>> actors_;  // guarded by actors_mu_
+  std::list<std::shared_ptr<Actor>> idle_;  // unpinned resident actors, newest first; actors_mu_
 
   std::mutex watch_mu_;
   std::unordered_map<std::string, std::shared_ptr<Watch>> watches_;  // guarded by watch_mu_

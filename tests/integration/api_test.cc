@@ -1,4 +1,5 @@
 // The HTTP API end to end: a real agentd, real SQLite, the fake model and tool servers.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <future>
@@ -576,6 +577,52 @@ TEST_F(AgentdTest, GarbageFromTheModelOrToolDoesNotWedgeTheTurn) {
   std::string sid2 = CreateSession(CreateAgent({{"tools", tools}}));
   Json t2 = Turn(sid2, "call garbage {}");
   EXPECT_EQ(t2["status"], "completed") << t2.dump();
+}
+
+// Idle sessions stay in memory only up to `resident_idle_sessions`, least recently used
+// leaving first; one that left is rebuilt from the journal with its whole conversation.
+TEST_F(AgentdTest, IdleSessionsBeyondTheResidentLimitLeaveMemoryAndComeBackWhole) {
+  std::string cfg = dir_ + "/one_resident.yaml";
+  FILE* f = fopen(cfg.c_str(), "w");
+  fputs("resident_idle_sessions: 1\n", f);
+  fclose(f);
+  agentd_.proc->Signal(SIGTERM);
+  ASSERT_EQ(agentd_.proc->Wait(), 0);
+  agentd_.proc.reset();
+  StartDaemon({"--config", cfg});
+
+  auto resident = [&](int64_t want) {
+    // A worker lets go of its session just after the turn's last commit: wait for it.
+    int64_t n = -1;
+    for (int i = 0; i < 200; ++i) {
+      n = Call("GET", Url("/readyz")).body.value("resident_sessions", int64_t{-1});
+      if (n >= 0 && n <= want) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return n;
+  };
+  std::string agent = CreateAgent();
+  std::vector<std::string> sids = {CreateSession(agent), CreateSession(agent),
+                                   CreateSession(agent)};
+  for (size_t i = 0; i < sids.size(); ++i) {
+    EXPECT_EQ(Turn(sids[i], fmt::format("say first {}", i))["status"], "completed");
+    EXPECT_EQ(resident(1), 1) << "after the turn of session " << i;
+  }
+  // The first session left memory two turns ago; its next turn sees all of its past.
+  EXPECT_EQ(Turn(sids[0], "say again")["output_text"], "again");
+  Json msgs = Stats(model_)["last_request"]["messages"];
+  ASSERT_EQ(msgs.size(), 4u) << msgs.dump();  // system, user, assistant, user
+  EXPECT_EQ(msgs[1]["content"], "say first 0");
+  EXPECT_EQ(msgs[2]["content"], "first 0");
+  EXPECT_EQ(msgs[3]["content"], "say again");
+  // The one kept is the last used, and it is still right.
+  EXPECT_EQ(resident(1), 1);
+  EXPECT_EQ(Turn(sids[0], "say third")["status"], "completed");
+  EXPECT_EQ(Stats(model_)["last_request"]["messages"].size(), 6u);
+  // A deleted session does not linger.
+  EXPECT_EQ(Call("DELETE", Url("/v1/sessions/" + sids[0])).status, 204);
+  EXPECT_EQ(resident(0), 0);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sids[0] + "/turns")).status, 404);
 }
 
 TEST_F(AgentdTest, UnknownConfigKeyIsRefusedByName) {
