@@ -1,8 +1,14 @@
 #include "store/sqlite/sqlite_store.h"
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -138,6 +144,36 @@ Result<sqlite3*> OpenConnection(const std::string& path, bool readonly, bool ful
   return db;
 }
 
+// A checkpoint cycle of the WAL (1000 pages of 4 KiB with their frame headers, the default
+// auto-checkpoint) and some room for the batch that crosses it.
+constexpr off_t kWalPreallocBytes = 5 << 20;
+
+// Grows the WAL file to `bytes` with zeros, after whatever it holds. SQLite ignores what
+// follows the last frame whose checksum holds, and zeros never pass that check.
+Status PreallocateWal(const std::string& path, off_t bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Status::OK();  // no WAL yet: it grows as usual
+  struct stat st {};
+  Status result = Status::OK();
+  if (::fstat(fd, &st) == 0 && st.st_size < bytes) {
+    std::vector<char> zeros(1 << 20, 0);
+    for (off_t at = st.st_size; at < bytes && result.ok();) {
+      size_t n = static_cast<size_t>(std::min<off_t>(bytes - at, zeros.size()));
+      ssize_t w = ::pwrite(fd, zeros.data(), n, at);
+      if (w <= 0) {
+        result = Unavailable(fmt::format("cannot grow {}: {}", path, std::strerror(errno)));
+      } else {
+        at += w;
+      }
+    }
+    if (result.ok() && ::fdatasync(fd) != 0) {
+      result = Unavailable(fmt::format("cannot sync {}: {}", path, std::strerror(errno)));
+    }
+  }
+  ::close(fd);
+  return result;
+}
+
 // Statements of one connection, prepared once.
 class StmtCache {
  public:
@@ -178,6 +214,12 @@ class SqliteStore final : public Store {
     ASSIGN_OR_RETURN(wdb_, OpenConnection(options_.path, false, options_.synchronous_full));
     RETURN_IF_ERROR(Exec(wdb_, kSchema));
     RETURN_IF_ERROR(Migrate());
+    // The WAL file is kept at its size across checkpoints and restarts, and is grown once
+    // to hold a full checkpoint cycle: a commit then overwrites blocks that exist, and its
+    // fdatasync need not also write the file's new size (about twice as fast here).
+    int persist = 1;
+    sqlite3_file_control(wdb_, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+    RETURN_IF_ERROR(PreallocateWal(options_.path + "-wal", kWalPreallocBytes));
     write_stmts_ = std::make_unique<StmtCache>(wdb_);
     writer_ = std::thread([this] { WriterLoop(); });
     return Status::OK();

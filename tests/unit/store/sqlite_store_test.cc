@@ -2,6 +2,9 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <filesystem>
 #include <thread>
@@ -41,6 +44,50 @@ class SqliteStoreTest : public ::testing::Test {
   std::filesystem::path dir_;
   std::unique_ptr<Store> store_;
 };
+
+// The WAL is grown once to a checkpoint cycle and kept across reopen; growing a WAL that
+// still holds committed frames (a process that died before checkpointing) keeps them all.
+TEST_F(SqliteStoreTest, WalIsPreallocatedWithoutLosingFramesOfADeadProcess) {
+  std::string wal = (dir_ / "db-wal").string();
+  ASSERT_TRUE(std::filesystem::exists(wal));
+  EXPECT_GE(std::filesystem::file_size(wal), 5u << 20);
+  WriteBatch b;
+  for (int i = 1; i <= 3; ++i) b.events.push_back(Ev("ses_1", i));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  Reopen();
+  EXPECT_GE(std::filesystem::file_size(wal), 5u << 20);
+  ASSERT_EQ(store_->ReadEvents("ses_1", 0, 100)->size(), 3u);
+  store_.reset();
+
+  // Another database whose writer dies with its commits only in a small WAL.
+  std::string other = (dir_ / "other").string();
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    sqlite3* db = nullptr;
+    sqlite3_open(other.c_str(), &db);
+    sqlite3_exec(db,
+                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;"
+                 "CREATE TABLE t(x); INSERT INTO t VALUES(1); INSERT INTO t VALUES(2);",
+                 nullptr, nullptr, nullptr);
+    ::_exit(0);  // no close, no checkpoint
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_LT(std::filesystem::file_size(other + "-wal"), 1u << 20);
+  auto s = sqlite::OpenSqliteStore({other});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_GE(std::filesystem::file_size(other + "-wal"), 5u << 20);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT count(*), sum(x) FROM t", -1, &st, nullptr), SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 2);
+  EXPECT_EQ(sqlite3_column_int(st, 1), 3);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
 
 TEST_F(SqliteStoreTest, EventsAreDurableAcrossReopen) {
   WriteBatch b;
