@@ -333,9 +333,10 @@ int main(int argc, char** argv) {
           {"all_turns_finished_s", all_done_s}});
   }
   if (want("history")) {
-    // First turn after a restart: a fresh session vs one with a long journal. The long one
-    // is built from turns of many parallel tool calls, so that building it does not need
-    // thousands of model calls each carrying the whole conversation.
+    // First turn after a restart: a fresh session vs two with long journals. The first long
+    // one is built from turns of many parallel tool calls (its conversation is long too: the
+    // model call must carry it all); the second from failed model calls retried (its
+    // journal is as long, its conversation short), which isolates the journal's length.
     std::string small = env.Session();
     std::string big = env.Session();
     std::string batch;
@@ -348,22 +349,55 @@ int main(int argc, char** argv) {
       }
       big_events = Call("GET", env.Url("/v1/sessions/" + big)).body.value("last_seq", 0);
     }
-    std::vector<double> small_start, big_start, small_total, big_total;
+    Json retrying = {{"name", "bench-retrying"},
+                     {"model", {{"provider", "openai-chat"}, {"name", "fake"},
+                                {"base_url", env.model.url + "/v1"}}},
+                     {"retry", {{"max_attempts", 100}, {"initial_backoff_ms", 0},
+                                {"backoff_multiplier", 1.0}, {"max_backoff_ms", 0}}}};
+    std::string retrying_agent =
+        Call("POST", env.Url("/v1/agents"), retrying).body.value("id", "");
+    std::string retried =
+        Call("POST", env.Url("/v1/sessions"), {{"agent_id", retrying_agent}}).body.value("id", "");
+    Json faults = Json::array();
+    for (int i = 0; i < 98; ++i) faults.push_back({{"status", 500}});
+    int64_t retried_events = 0;
+    while (retried_events < history_events) {
+      Call("POST", env.model.url + "/_fake/faults", {{"faults", faults}});
+      if (!env.RunTurn(retried, "say ok")) {
+        std::fprintf(stderr, "warning: a retried turn did not complete\n");
+        break;
+      }
+      retried_events = Call("GET", env.Url("/v1/sessions/" + retried)).body.value("last_seq", 0);
+    }
+    std::vector<double> small_start, big_start, small_total, big_total, retried_start,
+        retried_total;
+    struct Timed {
+      const std::string* sid;
+      std::vector<double>* start;
+      std::vector<double>* total;
+    };
+    std::vector<Timed> order = {{&small, &small_start, &small_total},
+                                {&big, &big_start, &big_total},
+                                {&retried, &retried_start, &retried_total}};
     for (int r = 0; r < runs; ++r) {
       env.Restart(SIGTERM);
-      auto [s0, s1] = TimeTurn(env, small, "say hi");
-      auto [b0, b1] = TimeTurn(env, big, "say hi");
-      small_start.push_back(s0);
-      small_total.push_back(s1);
-      big_start.push_back(b0);
-      big_total.push_back(b1);
+      // Rotated, so that no session always pays for the first request after the restart.
+      for (size_t k = 0; k < order.size(); ++k) {
+        const Timed& t = order[(k + r) % order.size()];
+        auto [to_model, whole] = TimeTurn(env, *t.sid, "say hi");
+        t.start->push_back(to_model);
+        t.total->push_back(whole);
+      }
     }
     Emit({{"bench", "first_turn_after_restart"},
           {"long_session_events", big_events},
+          {"retried_session_events", retried_events},
           {"small_to_model_call_ms", Median(small_start)},
           {"long_to_model_call_ms", Median(big_start)},
+          {"retried_to_model_call_ms", Median(retried_start)},
           {"small_turn_ms", Median(small_total)},
-          {"long_turn_ms", Median(big_total)}});
+          {"long_turn_ms", Median(big_total)},
+          {"retried_turn_ms", Median(retried_total)}});
   }
   if (want("idle")) {
     env.Restart(SIGTERM);

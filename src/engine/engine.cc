@@ -389,7 +389,7 @@ Status Engine::Load(Actor& a) {
   ASSIGN_OR_RETURN(auto snap, store_->GetSnapshot(a.id));
   if (snap) {
     ASSIGN_OR_RETURN(Json sj, ParseJson(snap->state, "snapshot"));
-    ASSIGN_OR_RETURN(a.state, journal::StateFromJson(sj));
+    ASSIGN_OR_RETURN(a.state, journal::StateFromJson(std::move(sj)));
   }
   while (true) {
     ASSIGN_OR_RETURN(auto events, store_->ReadEvents(a.id, a.state.last_seq, 1000));
@@ -472,7 +472,7 @@ Status Engine::FlushLocked(Actor& a) {
                           s.created_ms, s.updated_ms, s.last_seq, active});
   }
   if (a.events_since_snapshot >= options_.snapshot_every) {
-    b.snapshots.push_back({s.id, s.last_seq, DumpJson(journal::StateToJson(s))});
+    b.snapshots.push_back({s.id, s.last_seq, journal::StateToText(a.state)});
     a.events_since_snapshot = 0;
   }
   int64_t seq = s.last_seq;

@@ -298,7 +298,17 @@ Json StateToJson(const SessionState& s) {
           {"needs_attention", s.needs_attention}};
 }
 
-Result<SessionState> StateFromJson(const Json& j) {
+std::string StateToText(SessionState& s) {
+  Json items = std::move(s.items);
+  s.items = Json::array();
+  Json j = StateToJson(s);
+  j["items"] = std::move(items);
+  std::string text = DumpJson(j);
+  s.items = std::move(j["items"]);
+  return text;
+}
+
+Result<SessionState> StateFromJson(Json j) {
   try {
     if (j.at("format_version").get<int>() > kStateFormatVersion) {
       return FailedPrecondition("snapshot has a newer state format version");
@@ -307,34 +317,35 @@ Result<SessionState> StateFromJson(const Json& j) {
     s.id = j.at("id").get<std::string>();
     s.agent_id = j.at("agent_id").get<std::string>();
     s.agent_version = j.at("agent_version").get<int64_t>();
-    s.metadata = j.at("metadata");
+    s.metadata = std::move(j.at("metadata"));
     s.created_ms = j.at("created_ms").get<int64_t>();
     s.updated_ms = j.at("updated_ms").get<int64_t>();
     s.last_seq = j.at("last_seq").get<int64_t>();
-    s.items = j.at("items");
+    s.items = std::move(j.at("items"));
+    if (!s.items.is_array()) return InvalidArgument("snapshot is malformed: 'items' is not an array");
     s.queue = j.at("queue").get<std::vector<std::string>>();
     s.current_turn = j.at("current_turn").get<std::string>();
     s.turn_count = j.at("turn_count").get<int64_t>();
     s.idempotency = j.at("idempotency").get<std::map<std::string, std::string>>();
     s.needs_attention = j.at("needs_attention").get<bool>();
-    for (const auto& tj : j.at("open_turns")) {
+    for (auto& tj : j.at("open_turns")) {
       TurnState t;
       t.id = tj.at("id").get<std::string>();
       t.ordinal = tj.at("ordinal").get<int64_t>();
       t.status = tj.at("status").get<std::string>();
-      t.input = tj.at("input");
+      t.input = std::move(tj.at("input"));
       t.idempotency_key = tj.at("idempotency_key").get<std::string>();
       t.created_ms = tj.at("created_ms").get<int64_t>();
       t.output_text = tj.at("output_text").get<std::string>();
-      t.output = tj.at("output");
-      t.error = tj.at("error");
+      t.output = std::move(tj.at("output"));
+      t.error = std::move(tj.at("error"));
       const auto& u = tj.at("usage");
       t.usage = {u.at(0).get<int64_t>(), u.at(1).get<int64_t>(), u.at(2).get<int64_t>()};
       t.model_calls = tj.at("model_calls").get<int64_t>();
       t.model_attempt = tj.at("model_attempt").get<int>();
       t.model_in_flight = tj.at("model_in_flight").get<bool>();
       t.answered = tj.at("answered").get<bool>();
-      t.pending_action = tj.at("pending_action");
+      t.pending_action = std::move(tj.at("pending_action"));
       for (const auto& cj : tj.at("calls")) {
         ToolCallState c;
         c.call_id = cj.at("call_id").get<std::string>();

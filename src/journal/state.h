@@ -93,7 +93,12 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& data,
 Json TurnObject(const std::string& session_id, const TurnState& t);
 
 Json StateToJson(const SessionState& s);
-Result<SessionState> StateFromJson(const Json& j);
+// The snapshot text, StateToJson(s) serialised. The conversation is moved into the document
+// for the dump and back rather than copied (it is most of a long session's state), so `s`
+// must not be read by anyone else meanwhile; it is unchanged afterwards.
+std::string StateToText(SessionState& s);
+// Takes `j` by value so that the conversation and other large values are moved, not copied.
+Result<SessionState> StateFromJson(Json j);
 
 enum class NextKind {
   kIdle,          // nothing to do

@@ -93,8 +93,15 @@ TEST(StateTest, FoldsATurnWithAToolCall) {
 TEST(StateTest, SnapshotPlusTailEqualsFullFold) {
   Journal j = ToolTurn();
   SessionState head = Fold(j.events);
-  auto restored = StateFromJson(Json::parse(StateToJson(head).dump()));
+  Json before = StateToJson(head);
+  ASSERT_FALSE(before["items"].empty());
+  // The snapshot text: the document serialised, with the state left as it was.
+  std::string text = StateToText(head);
+  EXPECT_EQ(text, DumpJson(before));
+  EXPECT_EQ(StateToJson(head), before);
+  auto restored = StateFromJson(Json::parse(text));
   ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+  EXPECT_EQ(StateToJson(*restored), before);
   j.Add(ev::kToolCallStarted, "trn_1", {{"call_id", "c1"}, {"idempotency_key", "ses_x.6"}});
   j.Add(ev::kToolCallCompleted, "trn_1", {{"call_id", "c1"}, {"output", "3"}});
   SessionState full = Fold(j.events);
