@@ -331,9 +331,11 @@ for name, r in A.items():
         rows.append((name, "steps/s, 1 session, turns of 10 steps" + runs_of(r), num(r.get("steps_per_s"))))
         rows.append((name, "fraction of the SQLite FULL commit rate", num(r.get("fraction_of_sqlite_full_commit_rate"))))
         rows.append((name, "agentd CPU per step (user+sys)", num(r.get("agentd_cpu_us_per_step"), " µs")))
+        rows.append((name, "CPU per step of the two fakes and the client", num(r.get("fakes_and_client_cpu_us_per_step"), " µs")))
     elif name == "concurrent_64":
         rows.append((name, "steps/s aggregate, 64 sessions, turns of 10 steps" + runs_of(r), num(r.get("steps_per_s"))))
         rows.append((name, "agentd CPU per step (user+sys)", num(r.get("agentd_cpu_us_per_step"), " µs")))
+        rows.append((name, "CPU per step of the two fakes and the client", num(r.get("fakes_and_client_cpu_us_per_step"), " µs")))
     elif name == "step_latency":
         p50, p99 = r.get("step_p50_us"), r.get("step_p99_us")
         rows.append((name, "per-step latency p50 / p99 (SSE, 10-step turns on fresh sessions, %s samples)" % r.get("samples", "?"),
@@ -351,6 +353,9 @@ for name, r in A.items():
                      "%s / %s" % (num(r.get("small_to_model_call_ms"), " ms"), num(r.get("long_to_model_call_ms"), " ms"))))
         rows.append((name, "after restart, whole `say hi` turn: fresh / %s events" % ev,
                      "%s / %s" % (num(r.get("small_turn_ms"), " ms"), num(r.get("long_turn_ms"), " ms"))))
+        rev = r.get("retried_session_events", "?")
+        rows.append((name, "the same, %s events of retried model calls (short conversation): to model_call.started / whole turn" % rev,
+                     "%s / %s" % (num(r.get("retried_to_model_call_ms"), " ms"), num(r.get("retried_turn_ms"), " ms"))))
     elif name == "idle_sessions":
         n, b, a = r.get("sessions"), r.get("rss_mib_before"), r.get("rss_mib_after")
         rows.append((name, "RSS before / after creating %s sessions" % n, "%s / %s" % (num(b, " MiB"), num(a, " MiB"))))
