@@ -22,6 +22,7 @@ int HttpStatusFor(StatusCode code) {
     case StatusCode::kAborted: return 409;
     case StatusCode::kCancelled: return 409;
     case StatusCode::kResourceExhausted: return 429;
+    case StatusCode::kUnprocessable: return 422;
     case StatusCode::kInternal: return 500;
     case StatusCode::kUnavailable: return 503;
     case StatusCode::kDeadlineExceeded: return 504;
@@ -41,6 +42,7 @@ std::string Title(int status) {
     case 409: return "Conflict";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";

@@ -26,6 +26,9 @@ enum class StatusCode {
   kDeadlineExceeded,
   kAborted,
   kInternal,
+  // Well-formed, but contradicts what an earlier request said: an Idempotency-Key reused
+  // with another body (HTTP 422, as the Idempotency-Key header draft says).
+  kUnprocessable,
 };
 
 std::string_view StatusCodeName(StatusCode code);
@@ -51,6 +54,9 @@ class [[nodiscard]] Status {
 };
 
 inline Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+inline Status Unprocessable(std::string m) {
+  return {StatusCode::kUnprocessable, std::move(m)};
+}
 inline Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status AlreadyExists(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
 inline Status FailedPrecondition(std::string m) {

@@ -596,7 +596,7 @@ Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Jso
       auto open = s.open_turns.find(existing);
       if (open != s.open_turns.end()) {
         if (open->second.input != items) {
-          out = InvalidArgument("Idempotency-Key was used before with a different input");
+          out = Unprocessable("Idempotency-Key was used before with a different input");
         } else {
           out = SubmitResult{journal::TurnObject(a->id, open->second), false};
         }
@@ -626,7 +626,7 @@ Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Jso
     // The earlier turn has ended; its object lives in the turns projection.
     ASSIGN_OR_RETURN(Json turn, TurnFromStore(session_id, existing));
     if (turn.value("input", Json()) != items) {
-      return InvalidArgument("Idempotency-Key was used before with a different input");
+      return Unprocessable("Idempotency-Key was used before with a different input");
     }
     return SubmitResult{turn, false};
   }

@@ -296,11 +296,22 @@ TEST_F(AgentdTest, IdempotencyKeyGivesTheSameTurn) {
                  {{"input", "call effect {}"}, {"wait", true}}, h);
   EXPECT_EQ(c.body["id"], a.body["id"]);
   EXPECT_EQ(c.body["status"], "completed");
+  // The same key with another input: 422, as the Idempotency-Key header draft says, and
+  // nothing is queued (for an ended turn and for one still open).
   Reply d = Call("POST", Url("/v1/sessions/" + sid + "/turns"), {{"input", "other"}}, h);
-  EXPECT_EQ(d.status, 400);
-  EXPECT_EQ(Stats(tools_)["effects_applied"], 1);
+  EXPECT_EQ(d.status, 422) << d.raw;
+  EXPECT_EQ(d.body["code"], "unprocessable");
+  EXPECT_NE(d.body.value("detail", "").find("Idempotency-Key"), std::string::npos);
+  Headers h2 = {{"Idempotency-Key", "def-456"}};
+  Faults(model_, {{{"hang_ms", 400}}});  // keeps the next turn open for a while
+  Reply e = Call("POST", Url("/v1/sessions/" + sid + "/turns"), {{"input", "call effect {}"}}, h2);
+  ASSERT_EQ(e.status, 202) << e.raw;
+  Reply f = Call("POST", Url("/v1/sessions/" + sid + "/turns"), {{"input", "other"}}, h2);
+  EXPECT_EQ(f.status, 422) << f.raw;
+  WaitTurn(sid, e.body["id"]);
+  EXPECT_EQ(Stats(tools_)["effects_applied"], 2);
   Reply turns = Call("GET", Url("/v1/sessions/" + sid + "/turns"));
-  EXPECT_EQ(turns.body["data"].size(), 1u);
+  EXPECT_EQ(turns.body["data"].size(), 2u);
 }
 
 TEST_F(AgentdTest, TurnsQueueOrAreRejectedByPolicy) {
