@@ -19,6 +19,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include "model/openai_chat/openai_chat.h"
 #include "tests/support/process.h"
 
 using namespace agentd;
@@ -183,6 +184,59 @@ Json Throughput(Env& env, int sessions, int turns_per_session, int steps) {
           {"wall_s", wall}};
 }
 
+// The floor of a step on this machine, measured without agentd: two SQLite FULL commits (the
+// baseline of this run) plus one model and one tool round trip made as agentd makes them
+// (agentd's libcurl client, keep-alive; the model request encoded by agentd's encoder from a
+// 110-item conversation, the average in the single-session run), each after a 400 us pause,
+// as when a step waits for a commit between its calls.
+Json StepFloor(Env& env, double sqlite_full, int n) {
+  HttpRequest tool;
+  tool.url = env.tools.url + "/echo";
+  tool.headers = {{"Content-Type", "application/json"}, {"Idempotency-Key", "floor"}};
+  tool.body = "{}";
+  auto echoed = HttpDoBlocking(tool);
+  std::string output = echoed.ok() ? echoed->body : "{}";
+  model::ModelRequest mr;
+  mr.model = "fake";
+  mr.tools.push_back({"echo", "", Json{{"type", "object"}}});
+  Json items = Json::array();
+  for (int turn = 0; items.size() < 110; ++turn) {
+    items.push_back({{"type", "message"}, {"role", "user"}, {"content", "repeat 10 echo {}"}});
+    for (int step = 0; step < 10 && items.size() < 110; ++step) {
+      std::string id = fmt::format("call_{}_{}", turn, step);
+      items.push_back({{"type", "function_call"}, {"call_id", id}, {"name", "echo"},
+                       {"arguments", "{}"}});
+      items.push_back({{"type", "function_call_output"}, {"call_id", id}, {"output", output}});
+    }
+  }
+  HttpRequest model;
+  model.url = env.model.url + "/v1/chat/completions";
+  model.headers = {{"Content-Type", "application/json"}};
+  model.body = model::openai_chat::EncodeChatRequestBody(mr, items).value();
+  auto median_rt = [&](const HttpRequest& req) {
+    std::vector<double> t;
+    for (int i = 0; i < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(400));
+      auto start = Clock::now();
+      auto r = HttpDoBlocking(req);
+      if (r.ok() && r->status == 200) t.push_back(Seconds(Clock::now() - start) * 1e6);
+    }
+    return Median(t);
+  };
+  double model_us = median_rt(model);
+  double tool_us = median_rt(tool);
+  double commit_us = 1e6 / sqlite_full;
+  double step_us = 2 * commit_us + model_us + tool_us;
+  return {{"bench", "step_floor"},
+          {"model_request_bytes", model.body.size()},
+          {"model_round_trip_us", model_us},
+          {"tool_round_trip_us", tool_us},
+          {"commit_us", commit_us},
+          {"floor_step_us", step_us},
+          {"floor_steps_per_s", 1e6 / step_us},
+          {"floor_fraction_of_sqlite_full_commit_rate", 1e6 / step_us / sqlite_full}};
+}
+
 // Per-step latency seen by a client following a turn's SSE stream: the time between
 // consecutive tool_call.completed events. Turns of 10 steps on fresh sessions, as in the
 // throughput runs, so that the conversation each model call carries stays short.
@@ -278,6 +332,7 @@ int main(int argc, char** argv) {
                 {"fakes_and_client_cpu_us_per_step", Median(others)}};
   };
   if (want("seq")) {
+    Emit(StepFloor(env, sqlite_full, 1000));
     Json j = throughput(1, seq_turns);
     j["bench"] = "single_session";
     j["fraction_of_sqlite_full_commit_rate"] = j["steps_per_s"].get<double>() / sqlite_full;

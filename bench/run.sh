@@ -327,6 +327,14 @@ def runs_of(r):
 for name, r in A.items():
     if name == "sqlite_full_commit":
         rows.append((name, "SQLite synchronous=FULL commits/s, one 512-byte row per txn (agentd_bench's baseline)", num(r.get("commits_per_s"))))
+    elif name == "step_floor":
+        rows.append((name, "floor of a step without agentd: 2 commits (%s µs each) + model round trip (%s B request) + tool round trip"
+                     % (num(r.get("commit_us")), r.get("model_request_bytes", "?")),
+                     "%s + %s + %s = %s" % (num(2 * r["commit_us"] if r.get("commit_us") is not None else None, " µs"),
+                                            num(r.get("model_round_trip_us"), " µs"), num(r.get("tool_round_trip_us"), " µs"),
+                                            num(r.get("floor_step_us"), " µs"))))
+        rows.append((name, "floor steps/s, and as a fraction of the SQLite FULL commit rate",
+                     "%s (%s)" % (num(r.get("floor_steps_per_s")), num(r.get("floor_fraction_of_sqlite_full_commit_rate")))))
     elif name == "single_session":
         rows.append((name, "steps/s, 1 session, turns of 10 steps" + runs_of(r), num(r.get("steps_per_s"))))
         rows.append((name, "fraction of the SQLite FULL commit rate", num(r.get("fraction_of_sqlite_full_commit_rate"))))
