@@ -4,9 +4,9 @@
 // of it, written in the same atomic batch as the events they derive from, so they are never
 // ahead of or behind the journal on disk. Agents are versioned definitions.
 //
-// Writes are group-committed: Commit() calls from every thread are gathered by one writer
-// into one transaction (one fsync), and a caller learns its batch is written only after that
-// fsync. Each batch is atomic on its own: a batch that fails (say, a duplicate seq) is rolled
+// Writes are group-committed: concurrent CommitBlocking() calls from every thread are
+// gathered into one transaction (one fsync), and a caller learns its batch is written only
+// after that fsync. Each batch is atomic on its own: a batch that fails (say, a duplicate seq) is rolled
 // back alone and the others in the transaction still commit. Thread-safe.
 #pragma once
 
@@ -100,11 +100,9 @@ class Store {
  public:
   virtual ~Store() = default;
 
-  // Queues `batch`; `done` runs on the writer thread after the fsync that covers it (or
-  // with the error that rolled it back). `done` must be quick and must not call Commit.
-  virtual void Commit(WriteBatch batch, std::function<void(Status)> done) = 0;
-  // Commit() and wait. Blocking.
-  Status CommitBlocking(WriteBatch batch);
+  // Writes `batch` and returns after the fsync that covers it (or with the error that rolled
+  // it back). Blocking; the caller may end up committing other callers' batches with its own.
+  virtual Status CommitBlocking(WriteBatch batch) = 0;
 
   virtual Result<std::vector<EventRecord>> ReadEvents(const std::string& session_id,
                                                       int64_t after_seq, int limit) = 0;
@@ -125,7 +123,7 @@ class Store {
   virtual Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(const Page& page) = 0;
 
   virtual StoreStats Stats() const = 0;
-  // Finishes queued commits and stops the writer. Later Commit calls fail with Unavailable.
+  // Waits for queued commits to finish. Later CommitBlocking calls fail with Unavailable.
   virtual void Close() = 0;
 };
 

@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
-#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -221,20 +221,40 @@ class SqliteStore final : public Store {
     sqlite3_file_control(wdb_, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
     RETURN_IF_ERROR(PreallocateWal(options_.path + "-wal", kWalPreallocBytes));
     write_stmts_ = std::make_unique<StmtCache>(wdb_);
-    writer_ = std::thread([this] { WriterLoop(); });
     return Status::OK();
   }
 
-  void Commit(WriteBatch batch, std::function<void(Status)> done) override {
-    {
-      std::lock_guard lock(mu_);
-      if (!closed_) {
-        queue_.push_back({std::move(batch), std::move(done)});
-        cv_.notify_one();
-        return;
-      }
+  // Group commit with no thread of its own, as LevelDB's writers do: callers queue up; the
+  // one at the front leads, committing its batch and those queued behind it (up to the cap)
+  // in one transaction, one fsync, while later callers queue behind the group; then it
+  // wakes the group and hands the lead to the new front. A lone caller commits on its own
+  // thread with no hand-off to another.
+  Status CommitBlocking(WriteBatch batch) override {
+    Writer w(std::move(batch));
+    std::unique_lock lock(mu_);
+    if (closed_) return Unavailable("store is closed");
+    writers_.push_back(&w);
+    while (!w.done && &w != writers_.front()) w.cv.wait(lock);
+    if (w.done) return w.status;
+    size_t n = std::min<size_t>(writers_.size(), options_.max_batches_per_commit);
+    std::vector<Writer*> group(writers_.begin(), writers_.begin() + static_cast<ptrdiff_t>(n));
+    lock.unlock();
+    // Followers stay blocked until `done`, so their batches can be read without the mutex;
+    // only the front of the queue ever uses the write connection.
+    CommitGroup(group);
+    lock.lock();
+    for (size_t i = 0; i < n; ++i) {
+      Writer* x = writers_.front();
+      writers_.pop_front();
+      x->done = true;
+      if (x != &w) x->cv.notify_one();
     }
-    done(Unavailable("store is closed"));
+    if (!writers_.empty()) {
+      writers_.front()->cv.notify_one();
+    } else {
+      idle_cv_.notify_all();
+    }
+    return w.status;
   }
 
   Result<std::vector<EventRecord>> ReadEvents(const std::string& session_id, int64_t after_seq,
@@ -353,19 +373,19 @@ class SqliteStore final : public Store {
   }
 
   void Close() override {
-    {
-      std::lock_guard lock(mu_);
-      if (closed_) return;
-      closed_ = true;
-      cv_.notify_all();
-    }
-    if (writer_.joinable()) writer_.join();
+    std::unique_lock lock(mu_);
+    closed_ = true;
+    // Batches queued before now are still committed; wait for the last leader.
+    idle_cv_.wait(lock, [this] { return writers_.empty(); });
   }
 
  private:
-  struct Pending {
+  struct Writer {
+    explicit Writer(WriteBatch b) : batch(std::move(b)) {}
     WriteBatch batch;
-    std::function<void(Status)> done;
+    Status status;      // set by the leader before `done`
+    bool done = false;  // guarded by mu_
+    std::condition_variable cv;
   };
 
   static SessionRow SessionFrom(Stmt* s) {
@@ -558,68 +578,53 @@ class SqliteStore final : public Store {
     return Status::OK();
   }
 
-  void WriterLoop() {
-    std::vector<Pending> work;
-    std::vector<Status> results;
-    while (true) {
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [this] { return !queue_.empty() || closed_; });
-        if (queue_.empty() && closed_) return;
-        size_t n = std::min<size_t>(queue_.size(), options_.max_batches_per_commit);
-        for (size_t i = 0; i < n; ++i) {
-          work.push_back(std::move(queue_.front()));
-          queue_.pop_front();
+  // One transaction for the group; each batch's outcome in its Writer::status.
+  void CommitGroup(const std::vector<Writer*>& group) {
+    // A lone batch is kept atomic by its transaction; several get a savepoint each, so
+    // that they stay atomic and independent of each other.
+    const bool lone = group.size() == 1;
+    for (Writer* w : group) w->status = Status::OK();
+    Status txn = WriterExec("BEGIN IMMEDIATE");
+    int64_t events = 0;
+    for (size_t i = 0; txn.ok() && i < group.size(); ++i) {
+      Writer& w = *group[i];
+      if (w.batch.empty()) continue;
+      if (!lone) {
+        if (Status sp = WriterExec("SAVEPOINT b"); !sp.ok()) {
+          w.status = sp;
+          continue;
         }
       }
-      results.assign(work.size(), Status::OK());
-      // A lone batch is kept atomic by its transaction; several get a savepoint each, so
-      // that they stay atomic and independent of each other.
-      const bool lone = work.size() == 1;
-      Status txn = WriterExec("BEGIN IMMEDIATE");
-      int64_t events = 0;
-      for (size_t i = 0; txn.ok() && i < work.size(); ++i) {
-        if (work[i].batch.empty()) continue;
-        if (!lone) {
-          if (Status sp = WriterExec("SAVEPOINT b"); !sp.ok()) {
-            results[i] = sp;
-            continue;
-          }
-        }
-        results[i] = ApplyBatch(work[i].batch);
-        if (results[i].ok()) {
-          events += static_cast<int64_t>(work[i].batch.events.size());
-          if (!lone) WriterExec("RELEASE b").IgnoreError();
-        } else if (!lone) {
-          Exec(wdb_, "ROLLBACK TO b; RELEASE b").IgnoreError();
-        }
+      w.status = ApplyBatch(w.batch);
+      if (w.status.ok()) {
+        events += static_cast<int64_t>(w.batch.events.size());
+        if (!lone) WriterExec("RELEASE b").IgnoreError();
+      } else if (!lone) {
+        Exec(wdb_, "ROLLBACK TO b; RELEASE b").IgnoreError();
       }
-      const bool commit = txn.ok() && (!lone || results[0].ok());
-      if (commit) txn = WriterExec("COMMIT");  // the fsync (synchronous=FULL) happens here
-      // Still open: a failed lone batch, or a COMMIT that failed.
-      if (!sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
-      if (!txn.ok()) {
-        spdlog::error("journal commit failed: {}", txn.ToString());
-        for (auto& r : results) r = Unavailable("commit failed: " + txn.message());
-      } else if (commit) {
-        commits_.fetch_add(1, std::memory_order_relaxed);
-        batches_.fetch_add(static_cast<int64_t>(work.size()), std::memory_order_relaxed);
-        events_.fetch_add(events, std::memory_order_relaxed);
-      }
-      for (size_t i = 0; i < work.size(); ++i) work[i].done(results[i]);
-      work.clear();
+    }
+    const bool commit = txn.ok() && (!lone || group[0]->status.ok());
+    if (commit) txn = WriterExec("COMMIT");  // the fsync (synchronous=FULL) happens here
+    // Still open: a failed lone batch, or a COMMIT that failed.
+    if (!sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
+    if (!txn.ok()) {
+      spdlog::error("journal commit failed: {}", txn.ToString());
+      for (Writer* w : group) w->status = Unavailable("commit failed: " + txn.message());
+    } else if (commit) {
+      commits_.fetch_add(1, std::memory_order_relaxed);
+      batches_.fetch_add(static_cast<int64_t>(group.size()), std::memory_order_relaxed);
+      events_.fetch_add(events, std::memory_order_relaxed);
     }
   }
 
   SqliteOptions options_;
-  sqlite3* wdb_ = nullptr;  // owned by the writer thread after Open()
+  sqlite3* wdb_ = nullptr;  // used only by the leader of the group commit after Open()
   std::unique_ptr<StmtCache> write_stmts_;
-  std::thread writer_;
 
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Pending> queue_;  // guarded by mu_
-  bool closed_ = false;        // guarded by mu_
+  std::condition_variable idle_cv_;  // the queue became empty
+  std::deque<Writer*> writers_;      // guarded by mu_; the front leads
+  bool closed_ = false;              // guarded by mu_
 
   std::mutex pool_mu_;
   std::vector<std::unique_ptr<ReadConn>> readers_;  // guarded by pool_mu_

@@ -1,6 +1,7 @@
 // The embedded SQLite backend of Store: one database file, WAL, synchronous=FULL.
-// One writer thread owns the write connection and group-commits; readers use a small pool
-// of read-only connections. See store/store.h for the contract.
+// One writer at a time uses the write connection: the committing thread at the front of the
+// queue leads a group commit for everyone queued behind it (docs/threading.md). Readers use
+// a small pool of read-only connections. See store/store.h for the contract.
 #pragma once
 
 #include <memory>

@@ -230,6 +230,42 @@ TEST_F(SqliteStoreTest, DeleteSessionRemovesEverything) {
   EXPECT_TRUE(store_->ListActiveSessions()->empty());
 }
 
+// Batches that fail (a duplicate seq) among concurrent ones: each fails alone, whatever
+// group it was led in, and every other batch is durable.
+TEST_F(SqliteStoreTest, AFailedBatchInAGroupFailsAloneUnderConcurrency) {
+  WriteBatch first;
+  first.events.push_back(Ev("ses_dup", 1));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(first)).ok());
+  constexpr int kThreads = 8, kPerThread = 40;
+  std::atomic<int> good_failed{0}, dup_accepted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::string sid = "ses_" + std::to_string(t);
+      for (int i = 1; i <= kPerThread; ++i) {
+        WriteBatch b;
+        b.events.push_back(Ev(sid, i));
+        if (!store_->CommitBlocking(std::move(b)).ok()) good_failed++;
+        if (t % 2 == 0) {
+          WriteBatch dup;
+          dup.events.push_back(Ev("ses_dup", 1));
+          if (store_->CommitBlocking(std::move(dup)).code() != StatusCode::kAlreadyExists) {
+            dup_accepted++;
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good_failed.load(), 0);
+  EXPECT_EQ(dup_accepted.load(), 0);
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(store_->ReadEvents("ses_" + std::to_string(t), 0, 1000)->size(),
+              static_cast<size_t>(kPerThread));
+  }
+  EXPECT_EQ(store_->ReadEvents("ses_dup", 0, 1000)->size(), 1u);
+}
+
 TEST_F(SqliteStoreTest, CommitAfterCloseFails) {
   store_->Close();
   WriteBatch b;
