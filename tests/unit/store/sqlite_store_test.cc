@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <thread>
 
 #include "store/sqlite/sqlite_store.h"
@@ -39,6 +40,27 @@ class SqliteStoreTest : public ::testing::Test {
   }
   static SessionRow Row(const std::string& sid, int64_t last_seq, bool active) {
     return {sid, "agt_a", 1, active ? "running" : "idle", "{}", 1, 2, last_seq, active};
+  }
+
+  // `threads` threads each commit events 1..per_thread of their own session "ses_<t>", one
+  // batch at a time, calling also(t) after each. Returns how many of those commits failed.
+  int CommitConcurrently(int threads, int per_thread,
+                         const std::function<void(int)>& also = nullptr) {
+    std::atomic<int> failures{0};
+    std::vector<std::thread> running;
+    for (int t = 0; t < threads; ++t) {
+      running.emplace_back([&, t] {
+        std::string sid = "ses_" + std::to_string(t);
+        for (int i = 1; i <= per_thread; ++i) {
+          WriteBatch b;
+          b.events.push_back(Ev(sid, i));
+          if (!store_->CommitBlocking(std::move(b)).ok()) failures++;
+          if (also) also(t);
+        }
+      });
+    }
+    for (auto& t : running) t.join();
+    return failures.load();
   }
 
   std::filesystem::path dir_;
@@ -132,20 +154,7 @@ TEST_F(SqliteStoreTest, DuplicateSeqRollsBackOnlyThatBatch) {
 
 TEST_F(SqliteStoreTest, ConcurrentCommitsAreGroupedAndAllDurable) {
   constexpr int kThreads = 16, kPerThread = 50;
-  std::vector<std::thread> threads;
-  std::atomic<int> failures{0};
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::string sid = "ses_" + std::to_string(t);
-      for (int i = 1; i <= kPerThread; ++i) {
-        WriteBatch b;
-        b.events.push_back(Ev(sid, i));
-        if (!store_->CommitBlocking(std::move(b)).ok()) failures++;
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(CommitConcurrently(kThreads, kPerThread), 0);
   StoreStats stats = store_->Stats();
   EXPECT_EQ(stats.batches, kThreads * kPerThread);
   EXPECT_EQ(stats.events, kThreads * kPerThread);
@@ -237,27 +246,16 @@ TEST_F(SqliteStoreTest, AFailedBatchInAGroupFailsAloneUnderConcurrency) {
   first.events.push_back(Ev("ses_dup", 1));
   ASSERT_TRUE(store_->CommitBlocking(std::move(first)).ok());
   constexpr int kThreads = 8, kPerThread = 40;
-  std::atomic<int> good_failed{0}, dup_accepted{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::string sid = "ses_" + std::to_string(t);
-      for (int i = 1; i <= kPerThread; ++i) {
-        WriteBatch b;
-        b.events.push_back(Ev(sid, i));
-        if (!store_->CommitBlocking(std::move(b)).ok()) good_failed++;
-        if (t % 2 == 0) {
-          WriteBatch dup;
-          dup.events.push_back(Ev("ses_dup", 1));
-          if (store_->CommitBlocking(std::move(dup)).code() != StatusCode::kAlreadyExists) {
-            dup_accepted++;
-          }
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  EXPECT_EQ(good_failed.load(), 0);
+  std::atomic<int> dup_accepted{0};
+  int good_failed = CommitConcurrently(kThreads, kPerThread, [&](int t) {
+    if (t % 2 != 0) return;
+    WriteBatch dup;
+    dup.events.push_back(Ev("ses_dup", 1));
+    if (store_->CommitBlocking(std::move(dup)).code() != StatusCode::kAlreadyExists) {
+      dup_accepted++;
+    }
+  });
+  EXPECT_EQ(good_failed, 0);
   EXPECT_EQ(dup_accepted.load(), 0);
   for (int t = 0; t < kThreads; ++t) {
     EXPECT_EQ(store_->ReadEvents("ses_" + std::to_string(t), 0, 1000)->size(),
