@@ -49,11 +49,11 @@ struct Engine::Actor {
   std::unique_ptr<model::EncodeCache> encode_cache;
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
-  bool broken = false;                // guarded by mu; memory is ahead of a failed commit
+  // Set under mu: memory is ahead of a failed commit, the session was deleted or it did not
+  // load. Atomic so that Release can drop such an actor without taking mu.
+  std::atomic<bool> broken{false};
   bool deleted = false;               // guarded by mu
   std::string cancel_turn;            // guarded by mu; cancellation requested for this turn
-  // Set (under mu) when the actor must not be kept once unpinned: deleted, or broken.
-  std::atomic<bool> retired{false};
   int pins = 0;                       // guarded by Engine::actors_mu_
   // Position in Engine::idle_ while unpinned and kept resident; guarded by actors_mu_.
   std::optional<std::list<std::shared_ptr<Actor>>::iterator> idle_pos;
@@ -285,7 +285,6 @@ Status Engine::DeleteSession(const std::string& id) {
     std::unique_lock lock(a->mu);
     a->deleted = true;
     a->broken = true;  // nothing more may be staged for this session
-    a->retired = true;
     a->cancel_turn = a->state.current_turn;
     a->cv.notify_all();
     a->staged = {};
@@ -343,7 +342,7 @@ Result<std::shared_ptr<Engine::Actor>> Engine::Acquire(const std::string& sessio
   if (!a->loaded) {
     a->load_status = Load(*a);
     a->loaded = true;
-    if (!a->load_status.ok()) a->retired = true;  // never kept: the next caller tries again
+    if (!a->load_status.ok()) a->broken = true;  // never kept: the next caller tries again
   }
   Status st = a->load_status;
   if (st.ok() && (a->broken || a->deleted)) {
@@ -365,7 +364,7 @@ void Engine::Release(const std::shared_ptr<Actor>& a) {
     auto it = actors_.find(victim->id);
     if (it != actors_.end() && it->second == victim) actors_.erase(it);
   };
-  if (a->retired.load() || options_.resident_idle_sessions == 0) {
+  if (a->broken) {
     drop(a);
     return;
   }
@@ -427,7 +426,6 @@ Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id
     // Our own event did not fit our own state: a bug, but never a crash.
     spdlog::error("session {}: {}", a.id, st.ToString());
     a.broken = true;
-    a.retired = true;
     return Internal("internal state error");
   }
   if (effect.ended) {
@@ -488,7 +486,6 @@ Status Engine::FlushLocked(Actor& a) {
   if (!st.ok()) {
     spdlog::error("session {}: journal commit failed: {}", a.id, st.ToString());
     a.broken = true;
-    a.retired = true;
     std::lock_guard lock(actors_mu_);
     auto it = actors_.find(a.id);
     if (it != actors_.end() && it->second.get() == &a) actors_.erase(it);

@@ -32,7 +32,6 @@ void AppendStringOrText(std::string* out, const Json& v) {
   }
 }
 
-
 // The "messages" array written item by item. The text stays open at the end: the last
 // assistant message may still take tool calls from the next function_call item, so its
 // closing is written only by Finish, on a copy.
@@ -48,7 +47,8 @@ class MessagesWriter {
     }
   }
 
-  // Appends items[index]; on error nothing is written.
+  // Appends items[index]. Every check comes before the first byte is written, so on error
+  // nothing is, and a writer that is kept stays valid.
   Status Add(const Json& items, size_t index) {
     const Json& item = items[index];
     if (!item.is_object()) {
@@ -121,21 +121,6 @@ class MessagesWriter {
     // Other item types (reasoning, ...) have no Chat Completions form and are left out;
     // they do not end an open assistant message.
     return Status::OK();
-  }
-
-  // Checks items[index] and appends it, or leaves the text as it was: a failed item must
-  // not leave half a message behind in a writer that is kept.
-  Status AddOrRollBack(const Json& items, size_t index) {
-    size_t size = out_.size();
-    Open open = open_;
-    bool first = first_message_;
-    Status st = Add(items, index);
-    if (!st.ok()) {
-      out_.resize(size);
-      open_ = open;
-      first_message_ = first;
-    }
-    return st;
   }
 
   // The whole body: the messages so far, closed, then `tail` (from EncodeTail).
@@ -217,24 +202,23 @@ bool SameTools(const std::vector<ToolSpec>& a, const std::vector<ToolSpec>& b) {
 
 // What one conversation's cache holds: the messages written so far and the tail, with what
 // they were written from, so that a request that no longer fits them rebuilds them.
-class ChatEncodeCache final : public EncodeCache {
- public:
-  bool FitsPrefix(const ModelRequest& request, const Json& items) const {
-    return items_ == &items && instructions_ == request.instructions && done_ <= items.size() &&
-           (done_ == 0 || items[done_ - 1] == last_);
+struct ChatEncodeCache final : EncodeCache {
+  bool FitsPrefix(const ModelRequest& request, const Json& conversation) const {
+    return writer && items == &conversation && instructions == request.instructions &&
+           done <= conversation.size() && (done == 0 || conversation[done - 1] == last);
   }
   bool FitsTail(const ModelRequest& request) const {
-    return tail_.has_value() && model_ == request.model && SameTools(tools_, request.tools);
+    return tail && model == request.model && SameTools(tools, request.tools);
   }
 
-  std::optional<MessagesWriter> writer;
-  const Json* items_ = nullptr;
-  std::string instructions_;
-  size_t done_ = 0;
-  Json last_;  // a copy of items[done_ - 1], to notice a conversation that was replaced
-  std::optional<std::string> tail_;
-  std::string model_;
-  std::vector<ToolSpec> tools_;
+  std::optional<MessagesWriter> writer;  // items[0, done) written
+  const Json* items = nullptr;
+  std::string instructions;
+  size_t done = 0;
+  Json last;  // a copy of items[done - 1], to notice a conversation that was replaced
+  std::optional<std::string> tail;
+  std::string model;
+  std::vector<ToolSpec> tools;
 };
 
 }  // namespace
@@ -257,27 +241,26 @@ Result<std::string> EncodeChatRequestBody(const ModelRequest& request, const Jso
     *cache = std::make_unique<ChatEncodeCache>();
     c = static_cast<ChatEncodeCache*>(cache->get());
   }
-  if (!c->writer || !c->FitsPrefix(request, items)) {
+  if (!c->FitsPrefix(request, items)) {
     c->writer.emplace(request.instructions);
-    c->items_ = &items;
-    c->instructions_ = request.instructions;
-    c->done_ = 0;
+    c->items = &items;
+    c->instructions = request.instructions;
+    c->done = 0;
   }
-  size_t before = c->done_;
-  for (; c->done_ < items.size(); ++c->done_) {
-    Status st = c->writer->AddOrRollBack(items, c->done_);
-    if (!st.ok()) {
-      if (c->done_ > before) c->last_ = items[c->done_ - 1];
-      return st;
-    }
+  const size_t before = c->done;
+  Status added = Status::OK();
+  while (added.ok() && c->done < items.size()) {
+    added = c->writer->Add(items, c->done);
+    if (added.ok()) ++c->done;
   }
-  if (c->done_ > before) c->last_ = items[c->done_ - 1];
+  if (c->done > before) c->last = items[c->done - 1];
+  RETURN_IF_ERROR(added);
   if (!c->FitsTail(request)) {
-    c->tail_ = EncodeTail(request);
-    c->model_ = request.model;
-    c->tools_ = request.tools;
+    c->tail = EncodeTail(request);
+    c->model = request.model;
+    c->tools = request.tools;
   }
-  return c->writer->Finish(*c->tail_);
+  return c->writer->Finish(*c->tail);
 }
 
 }  // namespace agentd::model::openai_chat
