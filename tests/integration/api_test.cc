@@ -590,6 +590,31 @@ TEST_F(AgentdTest, GarbageFromTheModelOrToolDoesNotWedgeTheTurn) {
   EXPECT_EQ(t2["status"], "completed") << t2.dump();
 }
 
+// GET of a running turn shows its latest durable progress (built from the session in memory;
+// the stored row is rewritten only when the status changes), not the row as it started.
+TEST_F(AgentdTest, RunningTurnShowsItsDurableProgress) {
+  std::string sid =
+      CreateSession(CreateAgent({{"tools", Json::array({HttpTool("slow", "/echo?after_ms=1500",
+                                                                 true)})}}));
+  Reply a = Call("POST", Url("/v1/sessions/" + sid + "/turns"), {{"input", "call slow {}"}});
+  ASSERT_EQ(a.status, 202) << a.raw;
+  std::string url = Url("/v1/sessions/" + sid + "/turns/" + a.body["id"].get<std::string>());
+  Json turn;
+  for (int i = 0; i < 100; ++i) {  // the model's answer is journaled long before the tool's
+    turn = Call("GET", url).body;
+    if (!turn["output"].empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(turn["status"], "running") << turn.dump();
+  ASSERT_EQ(turn["output"].size(), 1u) << turn.dump();
+  EXPECT_EQ(turn["output"][0]["type"], "function_call");
+  EXPECT_EQ(turn["output"][0]["name"], "slow");
+  Json listed = Call("GET", Url("/v1/sessions/" + sid + "/turns")).body;
+  ASSERT_EQ(listed["data"].size(), 1u);
+  EXPECT_EQ(listed["data"][0]["output"].size(), 1u) << listed.dump();
+  EXPECT_EQ(WaitTurn(sid, a.body["id"])["status"], "completed");
+}
+
 // Idle sessions stay in memory only up to `resident_idle_sessions`, least recently used
 // leaving first; one that left is rebuilt from the journal with its whole conversation.
 TEST_F(AgentdTest, IdleSessionsBeyondTheResidentLimitLeaveMemoryAndComeBackWhole) {
