@@ -2,7 +2,9 @@
 //
 // The journal (`events`) is the truth; `sessions`, `turns` and `snapshots` are projections
 // of it, written in the same atomic batch as the events they derive from, so they are never
-// ahead of or behind the journal on disk. Agents are versioned definitions.
+// ahead of or behind the journal on disk. Agents are versioned definitions. Blobs are
+// immutable, content-addressed bytes (workspace files and manifests) shared by every session
+// that refers to them.
 //
 // Writes are group-committed: concurrent CommitBlocking() calls from every thread are
 // gathered into one transaction (one fsync), and a caller learns its batch is written only
@@ -65,6 +67,16 @@ struct AgentRow {
   int64_t created_ms = 0;
 };
 
+// Immutable bytes named by their content. The store does not compute or check `hash`: the
+// writer names the blob (workspaces use the BLAKE2b-256 hex of the uncompressed bytes) and
+// the reader verifies what it gets back. Two writes of one hash are the same blob.
+struct BlobRow {
+  std::string hash;   // the content address; 1 to 128 bytes
+  std::string data;   // the bytes as stored (compressed unless codec is empty)
+  int64_t size = 0;   // length of the uncompressed bytes
+  std::string codec;  // "" (data is the content itself) or "zstd"
+};
+
 // One atomic unit of writes.
 struct WriteBatch {
   std::vector<EventRecord> events;
@@ -73,10 +85,15 @@ struct WriteBatch {
   std::vector<SnapshotRow> snapshots;  // replace the session's snapshot
   std::vector<AgentRow> agents;        // inserts; an existing (id, version) is AlreadyExists
   std::vector<std::string> delete_sessions;  // removes a session and everything derived
+  // Insert-or-ignore: a blob whose hash is stored already (or earlier in this batch) is not
+  // written again. Deleting a session leaves blobs alone, since other sessions may share
+  // them; blobs no journal refers to any more are left for a garbage collector (not yet
+  // written) that marks from every session's journal and sweeps the rest.
+  std::vector<BlobRow> blobs;
 
   bool empty() const {
     return events.empty() && sessions.empty() && turns.empty() && snapshots.empty() &&
-           agents.empty() && delete_sessions.empty();
+           agents.empty() && delete_sessions.empty() && blobs.empty();
   }
 };
 
@@ -121,6 +138,12 @@ class Store {
   virtual Result<std::optional<AgentRow>> GetAgent(const std::string& id, int64_t version) = 0;
   // Latest version of each agent.
   virtual Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(const Page& page) = 0;
+  // The blob as written, or nullopt when none has this hash.
+  virtual Result<std::optional<BlobRow>> GetBlob(const std::string& hash) = 0;
+  // Those of `hashes` that no blob has, in their order, each once. Reads committed blobs
+  // only: a blob in a batch still queued counts as missing.
+  virtual Result<std::vector<std::string>> MissingBlobs(
+      const std::vector<std::string>& hashes) = 0;
 
   virtual StoreStats Stats() const = 0;
   // Waits for queued commits to finish. Later CommitBlocking calls fail with Unavailable.

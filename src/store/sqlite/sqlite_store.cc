@@ -13,7 +13,9 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <iterator>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <fmt/format.h>
@@ -22,8 +24,9 @@
 namespace agentd::store::sqlite {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
+// The schema of version 1; kMigrations bring it up to kSchemaVersion.
 constexpr const char* kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS agents(
@@ -47,6 +50,24 @@ CREATE UNIQUE INDEX IF NOT EXISTS turns_idem ON turns(session_id, idempotency_ke
 CREATE TABLE IF NOT EXISTS snapshots(
   session_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, state TEXT NOT NULL) WITHOUT ROWID;
 )sql";
+
+// kMigrations[i] takes a database from schema version i + 1 to i + 2, in the transaction
+// that records the new version. Existing databases upgrade in place when opened.
+constexpr const char* kMigrations[] = {
+    // 2: content-addressed blobs. A rowid table: its rows are large, and a lookup by hash
+    // reads only the index.
+    R"sql(
+CREATE TABLE IF NOT EXISTS blobs(
+  hash TEXT NOT NULL PRIMARY KEY, size INTEGER NOT NULL, codec TEXT NOT NULL,
+  data BLOB NOT NULL);
+)sql",
+};
+static_assert(std::size(kMigrations) == kSchemaVersion - 1);
+
+// Hashes asked for in one query of MissingBlobs; parameters left unbound are NULL and match
+// nothing.
+constexpr int kMissingBlobsChunk = 256;
+constexpr size_t kMaxBlobHashBytes = 128;
 
 // The session row is written when the session's status changes, not on every append: its
 // journal position and last activity are read from the journal itself (the last event of a
@@ -90,12 +111,19 @@ class Stmt {
     }
   }
   void Bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
+  void BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob64(s_, i, v.data(), v.size(), SQLITE_STATIC);
+  }
   int Step() { return sqlite3_step(s_); }
   std::string Text(int i) {
     auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, i));
     return p ? std::string(p, sqlite3_column_bytes(s_, i)) : std::string();
   }
   int64_t Int(int i) { return sqlite3_column_int64(s_, i); }
+  std::string Blob(int i) {
+    auto* p = static_cast<const char*>(sqlite3_column_blob(s_, i));
+    return p ? std::string(p, sqlite3_column_bytes(s_, i)) : std::string();
+  }
 
  private:
   sqlite3_stmt* s_ = nullptr;
@@ -368,6 +396,43 @@ class SqliteStore final : public Store {
         [](Stmt* s) { return AgentFrom(s); }, 5, page.limit);
   }
 
+  Result<std::optional<BlobRow>> GetBlob(const std::string& hash) override {
+    return ReadOne<BlobRow>(
+        "SELECT size, codec, data FROM blobs WHERE hash=?1", {hash},
+        [&](Stmt* s) { return BlobRow{hash, s->Blob(2), s->Int(0), s->Text(1)}; });
+  }
+
+  Result<std::vector<std::string>> MissingBlobs(const std::vector<std::string>& hashes) override {
+    static const std::string sql = [] {
+      std::string q = "SELECT hash FROM blobs WHERE hash IN (?1";
+      for (int i = 2; i <= kMissingBlobsChunk; ++i) q += fmt::format(",?{}", i);
+      return q + ")";
+    }();
+    std::unordered_set<std::string> found;
+    if (!hashes.empty()) {
+      auto conn = Borrow();
+      if (!conn.ok()) return conn.status();
+      Status st = Status::OK();
+      for (size_t at = 0; at < hashes.size() && st.ok(); at += kMissingBlobsChunk) {
+        auto* s = (*conn)->stmts->Get(sql.c_str());
+        size_t n = std::min<size_t>(kMissingBlobsChunk, hashes.size() - at);
+        for (size_t i = 0; i < n; ++i) s->Bind(static_cast<int>(i + 1), hashes[at + i]);
+        int rc;
+        while ((rc = s->Step()) == SQLITE_ROW) found.insert(s->Text(0));
+        if (rc != SQLITE_DONE) st = SqlError((*conn)->db, "find blobs");
+        s->Reset();
+      }
+      Return(std::move(*conn));
+      if (!st.ok()) return st;
+    }
+    std::vector<std::string> missing;
+    std::unordered_set<std::string_view> listed;
+    for (const auto& h : hashes) {
+      if (!found.contains(h) && listed.insert(h).second) missing.push_back(h);
+    }
+    return missing;
+  }
+
   StoreStats Stats() const override {
     return {commits_.load(), batches_.load(), events_.load()};
   }
@@ -408,19 +473,44 @@ class SqliteStore final : public Store {
     return v;
   }
 
+  // Brings the database to kSchemaVersion, one version per transaction, so that a crash
+  // leaves it at some version it records. A new database starts from version 1 (kSchema).
   Status Migrate() {
-    Stmt get(wdb_, "SELECT value FROM meta WHERE key='schema_version'");
-    if (!get.ok()) return Internal(get.error());
-    if (get.Step() == SQLITE_ROW) {
-      int v = std::atoi(get.Text(0).c_str());
-      if (v > kSchemaVersion) {
-        return FailedPrecondition(fmt::format(
-            "database schema version {} is newer than this agentd supports ({})", v,
-            kSchemaVersion));
+    int v = 1;
+    bool existing = false;
+    {
+      Stmt get(wdb_, "SELECT value FROM meta WHERE key='schema_version'");
+      if (!get.ok()) return Internal(get.error());
+      if (get.Step() == SQLITE_ROW) {
+        v = std::atoi(get.Text(0).c_str());
+        existing = true;
+      } else {
+        RETURN_IF_ERROR(
+            Exec(wdb_, "INSERT INTO meta(key, value) VALUES('schema_version', '1')"));
       }
-      return Status::OK();
     }
-    return Exec(wdb_, "INSERT INTO meta(key, value) VALUES('schema_version', '1')");
+    if (v > kSchemaVersion) {
+      return FailedPrecondition(fmt::format(
+          "database schema version {} is newer than this agentd supports ({})", v,
+          kSchemaVersion));
+    }
+    if (v < 1) return FailedPrecondition(fmt::format("database schema version {} is unknown", v));
+    for (; v < kSchemaVersion; ++v) {
+      RETURN_IF_ERROR(Exec(wdb_, "BEGIN IMMEDIATE"));
+      Status st = Exec(wdb_, kMigrations[v - 1]);
+      if (st.ok()) {
+        st = Exec(wdb_, fmt::format("UPDATE meta SET value='{}' WHERE key='schema_version'", v + 1)
+                            .c_str());
+      }
+      if (st.ok()) st = Exec(wdb_, "COMMIT");
+      if (!st.ok()) {
+        if (!sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
+        return Internal(fmt::format("migrating the database to schema version {}: {}", v + 1,
+                                    st.message()));
+      }
+      if (existing) spdlog::info("database migrated to schema version {}", v + 1);
+    }
+    return Status::OK();
   }
 
   Result<std::unique_ptr<ReadConn>> Borrow() {
@@ -555,6 +645,20 @@ class SqliteStore final : public Store {
       s->BindNullable(5, t.idempotency_key);
       s->Bind(6, t.body);
       RETURN_IF_ERROR(step(s, "upsert turn"));
+    }
+    for (const auto& blob : b.blobs) {
+      if (blob.hash.empty() || blob.hash.size() > kMaxBlobHashBytes) {
+        return InvalidArgument(fmt::format("blob hash must be 1 to {} bytes, not {}",
+                                           kMaxBlobHashBytes, blob.hash.size()));
+      }
+      auto* s = write_stmts_->Get(
+          "INSERT INTO blobs(hash, size, codec, data) VALUES(?1,?2,?3,?4) "
+          "ON CONFLICT(hash) DO NOTHING");
+      s->Bind(1, blob.hash);
+      s->Bind(2, blob.size);
+      s->Bind(3, blob.codec);
+      s->BindBlob(4, blob.data);
+      RETURN_IF_ERROR(step(s, "write blob"));
     }
     for (const auto& snap : b.snapshots) {
       auto* s = write_stmts_->Get(

@@ -288,5 +288,164 @@ TEST_F(SqliteStoreTest, RefusesNewerSchema) {
   EXPECT_EQ(s.status().code(), StatusCode::kFailedPrecondition);
 }
 
+BlobRow Blob(const std::string& hash, const std::string& data) {
+  return {hash, data, static_cast<int64_t>(data.size()), ""};
+}
+
+// A binary blob with NUL bytes comes back byte for byte; MissingBlobs names only what is
+// not stored, each once and in the caller's order, over more hashes than one query takes.
+TEST_F(SqliteStoreTest, BlobsAreStoredAndFoundByHash) {
+  std::string binary("\0\x01\xff zstd", 8);
+  WriteBatch b;
+  b.blobs.push_back({"h_bin", binary, 100, "zstd"});
+  b.blobs.push_back(Blob("h_text", "hello"));
+  ASSERT_FALSE(b.empty());
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  auto got = store_->GetBlob("h_bin");
+  ASSERT_TRUE(got.ok() && got->has_value()) << got.status().ToString();
+  EXPECT_EQ((*got)->hash, "h_bin");
+  EXPECT_EQ((*got)->data, binary);
+  EXPECT_EQ((*got)->size, 100);
+  EXPECT_EQ((*got)->codec, "zstd");
+  auto none = store_->GetBlob("h_none");
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+
+  std::vector<std::string> ask;
+  for (int i = 0; i < 600; ++i) ask.push_back("m_" + std::to_string(i));
+  ask.insert(ask.begin() + 300, "h_text");
+  ask.push_back("h_bin");
+  ask.push_back("m_7");
+  auto missing = store_->MissingBlobs(ask);
+  ASSERT_TRUE(missing.ok()) << missing.status().ToString();
+  ASSERT_EQ(missing->size(), 600u);
+  for (int i = 0; i < 600; ++i) EXPECT_EQ((*missing)[i], "m_" + std::to_string(i));
+  EXPECT_TRUE(store_->MissingBlobs({})->empty());
+}
+
+// A blob is written once: a second write of its hash, in the same batch, a later batch or
+// concurrent batches, succeeds and changes nothing.
+TEST_F(SqliteStoreTest, ABlobWrittenTwiceIsStoredOnce) {
+  WriteBatch b;
+  b.blobs.push_back(Blob("h_1", "first"));
+  b.blobs.push_back(Blob("h_1", "second"));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  WriteBatch again;
+  again.blobs.push_back(Blob("h_1", "third"));
+  again.events.push_back(Ev("ses_a", 1));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(again)).ok());
+  EXPECT_EQ((*store_->GetBlob("h_1"))->data, "first");
+  EXPECT_EQ(store_->ReadEvents("ses_a", 0, 10)->size(), 1u);
+
+  // Every thread's batches carry the same shared blob next to their events.
+  constexpr int kThreads = 8, kPerThread = 20;
+  EXPECT_EQ(CommitConcurrently(kThreads, kPerThread), 0);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> running;
+  for (int t = 0; t < kThreads; ++t) {
+    running.emplace_back([&, t] {
+      for (int i = 1; i <= kPerThread; ++i) {
+        WriteBatch w;
+        w.events.push_back(Ev("ses_shared_" + std::to_string(t), i));
+        w.blobs.push_back(Blob("h_shared", "shared"));
+        w.blobs.push_back(Blob("h_" + std::to_string(t) + "_" + std::to_string(i), "own"));
+        if (!store_->CommitBlocking(std::move(w)).ok()) failures++;
+      }
+    });
+  }
+  for (auto& t : running) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ((*store_->GetBlob("h_shared"))->data, "shared");
+  std::vector<std::string> all{"h_shared"};
+  for (int t = 0; t < kThreads; ++t) {
+    for (int i = 1; i <= kPerThread; ++i) {
+      all.push_back("h_" + std::to_string(t) + "_" + std::to_string(i));
+    }
+  }
+  EXPECT_TRUE(store_->MissingBlobs(all)->empty());
+}
+
+// A batch is atomic with its blobs: when it fails, alone or in a group, none of its blobs
+// is stored.
+TEST_F(SqliteStoreTest, AFailedBatchWritesNoneOfItsBlobs) {
+  WriteBatch first;
+  first.events.push_back(Ev("ses_x", 1));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(first)).ok());
+  WriteBatch dup;
+  dup.blobs.push_back(Blob("h_lost", "lost"));
+  dup.events.push_back(Ev("ses_x", 1));
+  EXPECT_EQ(store_->CommitBlocking(std::move(dup)).code(), StatusCode::kAlreadyExists);
+  EXPECT_FALSE(store_->GetBlob("h_lost")->has_value());
+
+  std::atomic<int> wrongly_committed{0};
+  int good_failed = CommitConcurrently(4, 30, [&](int t) {
+    WriteBatch bad;
+    bad.blobs.push_back(Blob("h_bad_" + std::to_string(t), "bad"));
+    bad.events.push_back(Ev("ses_x", 1));
+    if (store_->CommitBlocking(std::move(bad)).ok()) wrongly_committed++;
+  });
+  EXPECT_EQ(good_failed, 0);
+  EXPECT_EQ(wrongly_committed.load(), 0);
+  EXPECT_EQ(store_->MissingBlobs({"h_bad_0", "h_bad_1", "h_bad_2", "h_bad_3"})->size(), 4u);
+
+  // A hash the store cannot take fails the batch with its reason.
+  WriteBatch empty_hash;
+  empty_hash.blobs.push_back(Blob("", "x"));
+  EXPECT_EQ(store_->CommitBlocking(std::move(empty_hash)).code(), StatusCode::kInvalidArgument);
+  WriteBatch long_hash;
+  long_hash.blobs.push_back(Blob(std::string(129, 'a'), "x"));
+  EXPECT_EQ(store_->CommitBlocking(std::move(long_hash)).code(), StatusCode::kInvalidArgument);
+}
+
+// Blobs are durable, and deleting a session leaves them for the sessions that share them.
+TEST_F(SqliteStoreTest, BlobsSurviveReopenAndSessionDeletion) {
+  WriteBatch b;
+  b.events.push_back(Ev("ses_1", 1));
+  b.sessions.push_back(Row("ses_1", 1, false));
+  b.blobs.push_back(Blob("h_1", std::string(1 << 20, 'x')));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  Reopen();
+  WriteBatch d;
+  d.delete_sessions.push_back("ses_1");
+  ASSERT_TRUE(store_->CommitBlocking(std::move(d)).ok());
+  auto got = store_->GetBlob("h_1");
+  ASSERT_TRUE(got.ok() && got->has_value());
+  EXPECT_EQ((*got)->data.size(), 1u << 20);
+  EXPECT_TRUE(store_->MissingBlobs({"h_1"})->empty());
+}
+
+// A database of schema version 1 (before blobs) upgrades in place and keeps its rows.
+TEST_F(SqliteStoreTest, AVersion1DatabaseUpgradesInPlace) {
+  WriteBatch b;
+  b.events.push_back(Ev("ses_1", 1));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  store_.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_ / "db").string().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "DROP TABLE blobs; UPDATE meta SET value='1' "
+                         "WHERE key='schema_version'",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  Reopen();
+  ASSERT_TRUE(store_);
+  EXPECT_EQ(store_->ReadEvents("ses_1", 0, 10)->size(), 1u);
+  WriteBatch blobs;
+  blobs.blobs.push_back(Blob("h_1", "one"));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(blobs)).ok());
+  EXPECT_EQ((*store_->GetBlob("h_1"))->data, "one");
+  store_.reset();
+  ASSERT_EQ(sqlite3_open((dir_ / "db").string().c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  ASSERT_EQ(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='schema_version'", -1, &st,
+                               nullptr),
+            SQLITE_OK);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "2");
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
 }  // namespace
 }  // namespace agentd::store
