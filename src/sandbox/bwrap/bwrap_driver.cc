@@ -1,0 +1,825 @@
+#include "sandbox/bwrap/bwrap_driver.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <linux/magic.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "common/json.h"
+#include "sandbox/bwrap/seccomp_filter.h"
+#include "sandbox/cgroup.h"
+#include "sandbox/supervisor_protocol.h"
+
+namespace agentd::sandbox {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kInitInside = "/.agentd/init";
+constexpr const char* kEtcInside = "/.agentd/etc";
+constexpr int kSandboxUid = 1000;  // the uid tools see inside
+constexpr std::chrono::seconds kStartTimeout{10};
+constexpr std::chrono::seconds kKillGrace{5};
+constexpr size_t kStderrTail = 8192;
+constexpr int64_t kTmpMb = 64;  // private /tmp
+
+// Files of the host's /etc that programs need to run; the rest of /etc stays hidden.
+constexpr const char* kEtcFiles[] = {
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
+    "ca-certificates.conf", "localtime", "timezone", "nsswitch.conf", "protocols", "services",
+    "mime.types", "magic", "gitconfig", "bash.bashrc", "profile", "environment", "inputrc",
+    "python3", "python3.11", "perl", "java-17-openjdk", "nodejs",
+};
+
+Limits WithDefaults(Limits l) {
+  if (l.memory_mb <= 0) l.memory_mb = 512;
+  if (l.cpus <= 0) l.cpus = 1;
+  if (l.pids <= 0) l.pids = 256;
+  if (l.disk_mb <= 0) l.disk_mb = 256;
+  if (l.timeout_ms <= 0) l.timeout_ms = 60000;
+  return l;
+}
+
+std::string Errno(const std::string& what) { return what + ": " + strerror(errno); }
+
+bool IsTmpfs(const std::string& path) {
+  struct statfs s;
+  return statfs(path.c_str(), &s) == 0 && s.f_type == TMPFS_MAGIC;
+}
+
+bool IsMountPoint(const std::string& path) {
+  struct stat self, parent;
+  if (lstat(path.c_str(), &self) != 0) return false;
+  if (lstat((path + "/..").c_str(), &parent) != 0) return false;
+  return self.st_dev != parent.st_dev;
+}
+
+uid_t g_chown_uid;
+int ChownEntry(const char* path, const struct stat*, int, FTW*) {
+  return lchown(path, g_chown_uid, g_chown_uid) == 0 ? 0 : -1;
+}
+std::mutex g_chown_mu;  // nftw callbacks take no context: one walk at a time
+
+Status ChownTree(const std::string& dir, uid_t uid) {
+  std::lock_guard<std::mutex> lock(g_chown_mu);
+  g_chown_uid = uid;
+  if (nftw(dir.c_str(), ChownEntry, 32, FTW_PHYS) != 0) return Internal(Errno("chown " + dir));
+  return Status::OK();
+}
+
+void CloseFd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+// One process the supervisor started, as agentd sees it.
+struct Pending {
+  bool replied = false;  // "spawned" or "error" arrived
+  std::string error;
+  int fds[3] = {-1, -1, -1};  // stdin (write), stdout (read), stderr (read)
+  bool exited = false;
+  int code = -1;
+};
+
+}  // namespace
+
+struct BwrapDriver::Impl {
+  BwrapOptions options;
+  Capabilities caps;
+  std::string seccomp_bpf;
+  Cgroups cgroups;
+  bool root = false;
+  std::string etc_dir;
+  std::vector<std::string> layout;  // bwrap arguments shared by every sandbox
+
+  std::atomic<int> landlock_abi{0};  // as the last sandbox to start reported it
+
+  std::mutex mu;
+  std::set<uid_t> uids_in_use;  // guarded by mu
+
+  Result<uid_t> TakeUid() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (uid_t slot = 0; slot < options.uid_slots; ++slot) {
+      uid_t uid = options.uid_base + slot;
+      if (uids_in_use.insert(uid).second) return uid;
+    }
+    return ResourceExhausted("every sandbox uid is in use");
+  }
+  void ReturnUid(uid_t uid) {
+    std::lock_guard<std::mutex> lock(mu);
+    uids_in_use.erase(uid);
+  }
+};
+
+namespace {
+
+class BwrapSandbox;
+
+class BwrapProcess : public Process {
+ public:
+  BwrapProcess(std::shared_ptr<BwrapSandbox> box, int64_t id, int in, int out, int err);
+  ~BwrapProcess() override;
+  int stdin_fd() const override { return in_; }
+  int stdout_fd() const override { return out_; }
+  std::string StderrTail() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return tail_;
+  }
+  bool Running(int* exit_code) override;
+  void Kill() override;
+
+ private:
+  std::shared_ptr<BwrapSandbox> box_;
+  const int64_t id_;
+  int in_, out_, err_;
+  mutable std::mutex mu_;
+  std::string tail_;  // guarded by mu_
+  std::thread drain_;
+};
+
+class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSandbox> {
+ public:
+  BwrapSandbox(BwrapDriver::Impl* d, SandboxSpec spec, uid_t uid)
+      : d_(d), spec_(std::move(spec)), uid_(uid), workspace_(spec_.root + "/workspace") {
+    spec_.limits = WithDefaults(spec_.limits);
+  }
+  ~BwrapSandbox() override {
+    Shutdown();
+    if (d_->root) d_->ReturnUid(uid_);
+  }
+
+  Status Prepare() {
+    if (d_->root) {
+      if (!IsTmpfs(spec_.root) || !IsMountPoint(spec_.root)) {
+        std::string opts = "size=" + std::to_string(spec_.limits.disk_mb) + "m,mode=0700,uid=" +
+                           std::to_string(uid_) + ",gid=" + std::to_string(uid_);
+        if (mount("tmpfs", spec_.root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) != 0) {
+          return Internal(Errno("mount workspace tmpfs on " + spec_.root));
+        }
+      } else {
+        // Taken over from an earlier run: keep the files, apply this run's size and owner.
+        std::string opts = "size=" + std::to_string(spec_.limits.disk_mb) + "m";
+        if (mount(nullptr, spec_.root.c_str(), nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV,
+                  opts.c_str()) != 0) {
+          return Internal(Errno("remount workspace tmpfs " + spec_.root));
+        }
+      }
+    }
+    if (mkdir(workspace_.c_str(), 0755) != 0 && errno != EEXIST) {
+      return Internal(Errno("mkdir " + workspace_));
+    }
+    if (d_->root) RETURN_IF_ERROR(ChownTree(spec_.root, uid_));
+    auto cg = d_->cgroups.Create(spec_.id, spec_.limits);
+    if (!cg.ok()) return cg.status();
+    cgroup_ = std::move(cg).value();
+    return Start();
+  }
+
+  const std::string& workspace() const override { return workspace_; }
+  int64_t OomKills() const override { return cgroup_ ? cgroup_->OomKills() : 0; }
+
+  Result<ExecResult> Exec(const ExecRequest& req) override {
+    std::chrono::milliseconds timeout =
+        req.timeout.count() > 0 ? std::min<std::chrono::milliseconds>(
+                                      req.timeout, std::chrono::milliseconds(spec_.limits.timeout_ms))
+                                : std::chrono::milliseconds(spec_.limits.timeout_ms);
+    int64_t ooms_before = OomKills();
+    SpawnRequest spawn;
+    spawn.argv = {"/bin/sh", "-c", req.command};
+    int64_t id;
+    int fds[3];
+    RETURN_IF_ERROR(SpawnRaw(spawn, &id, fds));
+    ExecResult result;
+    Clock::time_point deadline = Clock::now() + timeout;
+    bool killed = false;
+    Pump(req, fds, deadline, id, &killed, &result);
+    result.timed_out = killed;
+    std::unique_lock<std::mutex> lock(mu_);
+    // Output has ended; the exit report follows at once (or the sandbox died).
+    bool reported = cv_.wait_for(lock, kKillGrace, [&] { return pending_[id].exited || dead_; });
+    if (!reported) {
+      lock.unlock();
+      Fail("the supervisor did not report the end of a command");
+      lock.lock();
+    }
+    if (!pending_[id].exited) {
+      pending_.erase(id);
+      return Internal("the sandbox ended while running the command" + BwrapErrorLocked());
+    }
+    result.exit_code = pending_[id].code;
+    pending_.erase(id);
+    lock.unlock();
+    result.oom_killed = OomKills() > ooms_before;
+    return result;
+  }
+
+  Result<std::unique_ptr<Process>> Spawn(const SpawnRequest& req) override {
+    int64_t id;
+    int fds[3];
+    RETURN_IF_ERROR(SpawnRaw(req, &id, fds));
+    return std::unique_ptr<Process>(new BwrapProcess(shared_from_this(), id, fds[0], fds[1], fds[2]));
+  }
+
+  void Shutdown() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    StopLocked(lock);
+  }
+
+  // Process support.
+  bool Exited(int64_t id, int* code) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return false;
+    if (!it->second.exited && !dead_) return false;
+    if (code != nullptr) *code = it->second.exited ? it->second.code : 128 + SIGKILL;
+    return true;
+  }
+  void KillId(int64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sock_ >= 0) SendMessage(sock_, Json{{"op", "kill"}, {"id", id}}.dump(), {});
+  }
+  void Forget(int64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending_.erase(id);
+  }
+
+ private:
+  std::vector<std::string> Args() const {
+    std::vector<std::string> a = {
+        d_->options.bwrap_path, "--unshare-user", "--unshare-pid", "--unshare-net",
+        "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--disable-userns",
+        "--uid", std::to_string(kSandboxUid), "--gid", std::to_string(kSandboxUid),
+        "--hostname", "sandbox", "--new-session", "--clearenv",
+        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+        "--setenv", "HOME", kInsidePath, "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "TMPDIR", "/tmp"};
+    a.insert(a.end(), d_->layout.begin(), d_->layout.end());
+    for (const auto& p : spec_.read_only_paths) {
+      a.insert(a.end(), {"--ro-bind", p, p});
+    }
+    a.insert(a.end(), {"--bind-fd", "5", kInsidePath, "--chdir", kInsidePath,
+                       "--remount-ro", "/", "--seccomp", "4", "--", kInitInside, "3",
+                       kInsidePath, "/tmp"});
+    return a;
+  }
+
+  Status Start() {
+    std::vector<std::string> args = Args();
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    std::vector<std::string> procs = cgroup_->procs_files();
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      return Internal(Errno("socketpair"));
+    }
+    // Descriptors bwrap binds (fds 5, 6, 7 in the child).
+    int ws = open(workspace_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int init = open(d_->options.init_path.c_str(), O_PATH | O_CLOEXEC);
+    int etc = open(d_->etc_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int bpf = memfd_create("agentd-seccomp", MFD_CLOEXEC);
+    int errpipe[2] = {-1, -1};
+    auto close_all = [&] {
+      for (int fd : {sv[0], sv[1], ws, init, etc, bpf, errpipe[0], errpipe[1]}) {
+        if (fd >= 0) close(fd);
+      }
+    };
+    if (ws < 0 || init < 0 || etc < 0 || bpf < 0 || pipe2(errpipe, O_CLOEXEC) != 0) {
+      Status st = Internal(Errno("sandbox descriptors (" + workspace_ + ")"));
+      close_all();
+      return st;
+    }
+    if (write(bpf, d_->seccomp_bpf.data(), d_->seccomp_bpf.size()) !=
+            static_cast<ssize_t>(d_->seccomp_bpf.size()) ||
+        lseek(bpf, 0, SEEK_SET) != 0) {
+      Status st = Internal(Errno("seccomp memfd"));
+      close_all();
+      return st;
+    }
+    const bool as_root = d_->root;
+    const uid_t uid = uid_;
+    pid_t pid = fork();
+    if (pid == 0) {
+      // Only async-signal-safe calls from here to exec.
+      for (const auto& f : procs) {
+        int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "0", 1) != 1) _exit(120);
+        close(fd);
+      }
+      if (as_root && (setgroups(0, nullptr) != 0 || setresgid(uid, uid, uid) != 0 ||
+                      setresuid(uid, uid, uid) != 0)) {
+        _exit(121);
+      }
+      // dup2 to the fixed numbers the arguments name; the sources are all above 7 or are
+      // moved first, so no dup2 overwrites a source still needed.
+      int src[6] = {sv[1], bpf, ws, init, etc, errpipe[1]};
+      for (int& fd : src) {
+        if (fd <= 7 && (fd = fcntl(fd, F_DUPFD_CLOEXEC, 8)) < 0) _exit(122);
+      }
+      for (int i = 0; i < 5; ++i) {
+        if (dup2(src[i], 3 + i) != 3 + i) _exit(122);
+      }
+      if (dup2(src[5], 2) != 2) _exit(122);
+      int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+      if (devnull < 0 || dup2(devnull, 0) != 0 || dup2(devnull, 1) != 1) _exit(123);
+      close_range(8, ~0U, 0);
+      execv(argv[0], argv.data());
+      _exit(124);
+    }
+    for (int fd : {sv[1], bpf, ws, init, etc, errpipe[1]}) close(fd);
+    if (pid < 0) {
+      close(sv[0]), close(errpipe[0]);
+      return Internal(Errno("fork"));
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    bwrap_pid_ = pid;
+    sock_ = sv[0];
+    err_fd_ = errpipe[0];
+    dead_ = false;
+    ready_ = false;
+    start_error_.clear();
+    bwrap_stderr_.clear();
+    reader_ = std::thread([this, sock = sv[0], err = errpipe[0]] { ReadLoop(sock, err); });
+    if (!cv_.wait_for(lock, kStartTimeout, [&] { return ready_ || dead_; })) {
+      start_error_ = "the sandbox did not start within " + std::to_string(kStartTimeout.count()) + " s";
+    }
+    if (!ready_) {
+      std::string why = start_error_.empty() ? "the sandbox failed to start" : start_error_;
+      why += BwrapErrorLocked();
+      StopLocked(lock);
+      return Unavailable(why);
+    }
+    return Status::OK();
+  }
+
+  std::string BwrapErrorLocked() const {
+    std::string e = bwrap_stderr_;
+    while (!e.empty() && (e.back() == '\n' || e.back() == ' ')) e.pop_back();
+    return e.empty() ? "" : " (" + e + ")";
+  }
+
+  // Reads the supervisor's messages until the socket closes; also collects bwrap's stderr.
+  void ReadLoop(int sock, int err) {
+    std::string text;
+    std::vector<int> fds;
+    for (;;) {
+      pollfd p[2] = {{sock, POLLIN, 0}, {err, POLLIN, 0}};
+      int n = poll(p, err >= 0 ? 2 : 1, -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      if (err >= 0 && (p[1].revents & (POLLIN | POLLHUP))) {
+        char buf[1024];
+        ssize_t r = read(err, buf, sizeof(buf));
+        std::lock_guard<std::mutex> lock(mu_);
+        if (r <= 0) {
+          err = -1;
+        } else if (bwrap_stderr_.size() < kStderrTail) {
+          bwrap_stderr_.append(buf, static_cast<size_t>(r));
+        }
+      }
+      if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      if (!ReceiveMessage(sock, &text, &fds)) break;
+      Json m = Json::parse(text, nullptr, false);
+      std::lock_guard<std::mutex> lock(mu_);
+      std::string op = m.is_object() ? m.value("op", "") : "";
+      if (op == "ready") {
+        ready_ = true;
+        d_->landlock_abi = m.value("landlock", 0);
+      } else if (op == "fatal") {
+        start_error_ = m.value("message", "the supervisor failed");
+      } else if (op == "spawned" || op == "error" || op == "exit") {
+        auto it = pending_.find(m.value("id", int64_t{-1}));
+        if (it == pending_.end()) {
+          for (int fd : fds) close(fd);
+          fds.clear();
+        } else if (op == "exit") {
+          it->second.exited = true;
+          it->second.code = m.value("code", -1);
+        } else {
+          it->second.replied = true;
+          if (op == "error" || fds.size() != 3) {
+            it->second.error = m.value("message", "the supervisor passed no pipes");
+            for (int fd : fds) close(fd);
+          } else {
+            std::copy(fds.begin(), fds.end(), it->second.fds);
+          }
+          fds.clear();
+        }
+      }
+      for (int fd : fds) close(fd);
+      cv_.notify_all();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    dead_ = true;
+    cv_.notify_all();
+  }
+
+  Status SpawnRaw(const SpawnRequest& req, int64_t* id_out, int fds_out[3]) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (dead_ || sock_ < 0) {
+      // The sandbox ended (a crash, or the kill at a limit): start a fresh one.
+      StopLocked(lock);
+      lock.unlock();
+      RETURN_IF_ERROR(Start());
+      lock.lock();
+    }
+    int64_t id = next_id_++;
+    Json env = {{"PATH", "/usr/local/bin:/usr/bin:/bin"}, {"HOME", kInsidePath},
+                {"LANG", "C.UTF-8"}, {"TMPDIR", "/tmp"}};
+    for (const auto& [k, v] : req.env) env[k] = v;
+    Json msg = {{"op", "spawn"}, {"id", id}, {"argv", req.argv}, {"env", env}};
+    pending_[id];
+    if (!SendMessage(sock_, msg.dump(), {})) {
+      pending_.erase(id);
+      return Unavailable(Errno("sandbox supervisor"));
+    }
+    cv_.wait_for(lock, kStartTimeout, [&] { return pending_[id].replied || dead_; });
+    Pending& p = pending_[id];
+    if (!p.replied) {
+      pending_.erase(id);
+      return Unavailable("the sandbox did not start the command" + BwrapErrorLocked());
+    }
+    if (!p.error.empty()) {
+      std::string e = p.error;
+      pending_.erase(id);
+      return Internal("the sandbox could not start the command: " + e);
+    }
+    *id_out = id;
+    std::copy(p.fds, p.fds + 3, fds_out);
+    return Status::OK();
+  }
+
+  // Feeds stdin and collects stdout/stderr until both end; kills the command at `deadline`.
+  void Pump(const ExecRequest& req, int fds[3], Clock::time_point deadline, int64_t id,
+            bool* killed, ExecResult* result) {
+    for (int i = 0; i < 3; ++i) fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+    size_t written = 0;
+    if (req.stdin_data.empty()) CloseFd(fds[0]);
+    std::string* sinks[2] = {&result->stdout_data, &result->stderr_data};
+    Clock::time_point hard_deadline = Clock::time_point::max();
+    while (fds[1] >= 0 || fds[2] >= 0) {
+      Clock::time_point now = Clock::now();
+      if (!*killed && now >= deadline) {
+        *killed = true;
+        KillId(id);
+        hard_deadline = now + kKillGrace;
+        CloseFd(fds[0]);
+      }
+      if (*killed && now >= hard_deadline) {
+        Fail("a command outlived its kill");
+        break;
+      }
+      pollfd p[3];
+      int n = 0;
+      int which[3];
+      if (fds[0] >= 0) p[n] = {fds[0], POLLOUT, 0}, which[n++] = 0;
+      if (fds[1] >= 0) p[n] = {fds[1], POLLIN, 0}, which[n++] = 1;
+      if (fds[2] >= 0) p[n] = {fds[2], POLLIN, 0}, which[n++] = 2;
+      Clock::time_point until = *killed ? hard_deadline : deadline;
+      auto wait_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
+      int r = poll(p, n, static_cast<int>(std::clamp<int64_t>(wait_ms + 1, 1, 1000)));
+      if (r < 0 && errno != EINTR) break;
+      for (int i = 0; i < n && r > 0; ++i) {
+        if (p[i].revents == 0) continue;
+        int w = which[i];
+        if (w == 0) {
+          ssize_t k = write(fds[0], req.stdin_data.data() + written, req.stdin_data.size() - written);
+          if (k > 0) written += static_cast<size_t>(k);
+          if (k < 0 && errno != EAGAIN) CloseFd(fds[0]);  // the command stopped reading
+          if (written == req.stdin_data.size()) CloseFd(fds[0]);
+          continue;
+        }
+        char buf[16384];
+        ssize_t k = read(fds[w], buf, sizeof(buf));
+        if (k > 0) {
+          std::string* sink = sinks[w - 1];
+          size_t room = req.max_output_bytes > sink->size() ? req.max_output_bytes - sink->size() : 0;
+          sink->append(buf, std::min(room, static_cast<size_t>(k)));
+          if (static_cast<size_t>(k) > room) result->truncated = true;
+        } else if (k == 0 || errno != EAGAIN) {
+          CloseFd(fds[w]);
+        }
+      }
+    }
+    for (int i = 0; i < 3; ++i) CloseFd(fds[i]);
+  }
+
+  // Gives up on the sandbox: kills everything in it; the next command starts a fresh one.
+  void Fail(const std::string& why) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (start_error_.empty()) start_error_ = why;
+    StopLocked(lock);
+  }
+
+  void StopLocked(std::unique_lock<std::mutex>& lock) {
+    if (bwrap_pid_ <= 0 && !reader_.joinable()) return;
+    pid_t pid = bwrap_pid_;
+    int sock = sock_;
+    bwrap_pid_ = -1;
+    sock_ = -1;
+    std::thread reader = std::move(reader_);
+    dead_ = true;
+    for (auto& [id, p] : pending_) {
+      for (int& fd : p.fds) CloseFd(fd);
+    }
+    cv_.notify_all();
+    lock.unlock();
+    // Closing the socket makes the supervisor kill everything and exit, ending bwrap; the
+    // cgroup kill covers a supervisor that no longer listens.
+    if (sock >= 0) shutdown(sock, SHUT_RDWR);
+    if (cgroup_) cgroup_->KillAll();
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    if (reader.joinable()) reader.join();
+    if (sock >= 0) close(sock);
+    lock.lock();
+    CloseFd(err_fd_);
+  }
+
+  BwrapDriver::Impl* const d_;
+  SandboxSpec spec_;
+  const uid_t uid_;
+  const std::string workspace_;
+  std::unique_ptr<Cgroup> cgroup_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  pid_t bwrap_pid_ = -1;  // guarded by mu_ (and every member below)
+  int sock_ = -1;
+  int err_fd_ = -1;
+  bool ready_ = false;
+  bool dead_ = true;
+  std::string start_error_;
+  std::string bwrap_stderr_;
+  std::thread reader_;
+  int64_t next_id_ = 1;
+  std::map<int64_t, Pending> pending_;
+};
+
+BwrapProcess::BwrapProcess(std::shared_ptr<BwrapSandbox> box, int64_t id, int in, int out, int err)
+    : box_(std::move(box)), id_(id), in_(in), out_(out), err_(err) {
+  drain_ = std::thread([this] {
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(err_, buf, sizeof(buf))) > 0 || (n < 0 && errno == EINTR)) {
+      if (n <= 0) continue;
+      std::lock_guard<std::mutex> lock(mu_);
+      tail_.append(buf, static_cast<size_t>(n));
+      if (tail_.size() > kStderrTail) tail_.erase(0, tail_.size() - kStderrTail);
+    }
+  });
+}
+
+BwrapProcess::~BwrapProcess() {
+  Kill();
+  close(in_);
+  close(out_);
+  drain_.join();  // the runner kills the tree, so stderr ends
+  close(err_);
+  box_->Forget(id_);
+}
+
+bool BwrapProcess::Running(int* exit_code) { return !box_->Exited(id_, exit_code); }
+
+void BwrapProcess::Kill() {
+  if (!box_->Exited(id_, nullptr)) box_->KillId(id_);
+}
+
+Status RemoveTree(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (ec) return Internal("remove " + dir + ": " + ec.message());
+  return Status::OK();
+}
+
+std::string FindOnPath(const std::string& name) {
+  const char* path = getenv("PATH");
+  std::string p = path ? path : "/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= p.size()) {
+    size_t end = p.find(':', start);
+    if (end == std::string::npos) end = p.size();
+    std::string candidate = p.substr(start, end - start) + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return "";
+}
+
+// When sandboxes run as other uids, bwrap (running as that uid) resolves the folders it
+// binds by path, so every folder above them must let others pass (mode o+x; listing is
+// not needed). Returns the first one that does not.
+std::string FirstUntraversable(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec);
+  for (; !p.empty(); p = p.parent_path()) {
+    struct stat st;
+    if (stat(p.c_str(), &st) == 0 && (st.st_mode & S_IXOTH) == 0) return p.string();
+    if (p == p.root_path()) break;
+  }
+  return "";
+}
+
+Status WriteText(const std::string& path, const std::string& text) {
+  FILE* f = fopen(path.c_str(), "we");
+  if (f == nullptr) return Internal(Errno(path));
+  bool ok = fputs(text.c_str(), f) >= 0;
+  ok = fclose(f) == 0 && ok;
+  return ok ? Status::OK() : Internal(Errno(path));
+}
+
+}  // namespace
+
+BwrapDriver::BwrapDriver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+BwrapDriver::~BwrapDriver() = default;
+
+const Capabilities& BwrapDriver::capabilities() const { return impl_->caps; }
+
+std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  Impl& d = *impl;
+  d.options = options;
+  d.caps.driver = "bwrap";
+  d.root = geteuid() == 0;
+  std::unique_ptr<BwrapDriver> driver(new BwrapDriver(std::move(impl)));
+  auto unavailable = [&](std::string why) {
+    d.caps.available = false;
+    d.caps.unavailable_reason = std::move(why);
+    return std::move(driver);
+  };
+  if (d.options.bwrap_path.empty()) d.options.bwrap_path = FindOnPath("bwrap");
+  if (d.options.bwrap_path.empty()) return unavailable("bwrap is not installed (Debian: bubblewrap)");
+  if (d.options.init_path.empty()) {
+    std::error_code ec;
+    d.options.init_path = (fs::read_symlink("/proc/self/exe", ec).parent_path() / "agentd-sandbox-init").string();
+  }
+  if (access(d.options.init_path.c_str(), X_OK) != 0) {
+    return unavailable("agentd-sandbox-init not found at " + d.options.init_path);
+  }
+  auto bpf = BuildSeccompFilter();
+  if (!bpf.ok()) return unavailable(bpf.status().message());
+  d.seccomp_bpf = std::move(bpf).value();
+
+  // The sandbox's /etc: a few host files programs need, and its own passwd and group.
+  d.etc_dir = d.options.state_dir + "/etc";
+  std::error_code ec;
+  fs::create_directories(d.etc_dir, ec);
+  if (ec) return unavailable("cannot create " + d.etc_dir + ": " + ec.message());
+  Status st = WriteText(d.etc_dir + "/passwd",
+                        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                        "agent:x:1000:1000:agent:/workspace:/bin/sh\n"
+                        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+  if (st.ok()) st = WriteText(d.etc_dir + "/group", "root:x:0:\nagent:x:1000:\nnogroup:x:65534:\n");
+  if (st.ok()) st = WriteText(d.etc_dir + "/hosts", "127.0.0.1 localhost sandbox\n::1 localhost\n");
+  if (!st.ok()) return unavailable(st.message());
+  chmod(d.options.state_dir.c_str(), 0711);
+  chmod(d.etc_dir.c_str(), 0755);
+  if (d.root) {
+    std::string blocked = FirstUntraversable(d.etc_dir);
+    if (!blocked.empty()) {
+      return unavailable("sandbox users cannot pass through " + blocked +
+                         " (its mode lacks o+x, which lets them reach their own workspace "
+                         "without listing anything)");
+    }
+  }
+
+  // The system directories, read-only; symlinks like /bin -> usr/bin kept as symlinks.
+  d.layout = {"--ro-bind", "/usr", "/usr"};
+  for (const char* top : {"bin", "sbin", "lib", "lib32", "lib64", "libx32"}) {
+    std::string host = std::string("/") + top;
+    std::error_code e;
+    if (fs::is_symlink(host, e)) {
+      d.layout.insert(d.layout.end(), {"--symlink", fs::read_symlink(host, e).string(), host});
+    } else if (fs::is_directory(host, e)) {
+      d.layout.insert(d.layout.end(), {"--ro-bind", host, host});
+    }
+  }
+  d.layout.insert(d.layout.end(), {"--dir", "/etc"});
+  for (const char* f : kEtcFiles) {
+    std::string host = std::string("/etc/") + f;
+    d.layout.insert(d.layout.end(), {"--ro-bind-try", host, host});
+  }
+  // agentd's own files come in by descriptor (fds 6 and 7, see Start), so the sandbox's uid
+  // needs no access to the folders that hold them.
+  d.layout.insert(d.layout.end(), {"--ro-bind-fd", "6", kInitInside, "--ro-bind-fd", "7",
+                                   kEtcInside});
+  for (const char* f : {"passwd", "group", "hosts"}) {
+    d.layout.insert(d.layout.end(), {"--symlink", std::string(kEtcInside) + "/" + f,
+                                     std::string("/etc/") + f});
+  }
+  d.layout.insert(d.layout.end(), {"--proc", "/proc", "--dev", "/dev", "--size",
+                                   std::to_string(kTmpMb << 20), "--tmpfs", "/tmp"});
+
+  d.cgroups = Cgroups::Detect();
+  d.caps.enforced = {"namespaces:user,pid,mount,net,ipc,uts,cgroup", "capabilities:none",
+                     "seccomp", "no_new_user_namespaces", "network:none",
+                     "timeout:per_command", "filesystem:read_only_system"};
+  d.cgroups.Report(&d.caps);
+  if (d.root) {
+    d.caps.enforced.push_back("disk:tmpfs");
+    d.caps.enforced.push_back("uid:per_sandbox");
+  } else {
+    d.caps.not_enforced["disk"] = "agentd is not root: cannot mount a size-capped workspace";
+    d.caps.not_enforced["uid"] = "agentd is not root: sandboxes run as agentd's own user";
+  }
+
+  // Probe: one sandbox, one command.
+  d.caps.available = true;
+  std::string probe_root = d.options.state_dir + "/probe";
+  driver->Discard(probe_root).IgnoreError();
+  fs::create_directories(probe_root, ec);
+  SandboxSpec spec;
+  spec.id = "probe-" + std::to_string(getpid());
+  spec.root = probe_root;
+  spec.limits.disk_mb = 1;
+  int landlock = 0;
+  {
+    auto box = driver->Create(spec);
+    if (!box.ok()) {
+      st = box.status();
+    } else {
+      auto r = (*box)->Exec(ExecRequest{"true", "", std::chrono::milliseconds(10000)});
+      if (!r.ok()) st = r.status();
+      else if (r->exit_code != 0) st = Internal("`true` exited with " + std::to_string(r->exit_code));
+      landlock = d.landlock_abi.load();
+    }
+  }
+  driver->Discard(probe_root).IgnoreError();
+  if (!st.ok()) return unavailable("the probe sandbox failed: " + st.message());
+  if (landlock > 0) {
+    d.caps.enforced.push_back("landlock:abi" + std::to_string(landlock));
+  } else {
+    d.caps.not_enforced["landlock"] = "the kernel has no Landlock";
+  }
+  return driver;
+}
+
+Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
+  if (!impl_->caps.available) return Unavailable("bwrap driver: " + impl_->caps.unavailable_reason);
+  uid_t uid = geteuid();
+  if (impl_->root) {
+    auto taken = impl_->TakeUid();
+    if (!taken.ok()) return taken.status();
+    uid = *taken;
+  }
+  if (impl_->root) {
+    std::string blocked = FirstUntraversable(fs::path(spec.root).parent_path().string());
+    if (!blocked.empty()) {
+      impl_->ReturnUid(uid);
+      return FailedPrecondition("sandbox root " + spec.root + ": its uid cannot pass through " +
+                                blocked + " (mode lacks o+x)");
+    }
+  }
+  auto box = std::make_shared<BwrapSandbox>(impl_.get(), spec, uid);
+  RETURN_IF_ERROR(box->Prepare());
+  // Callers hold a unique_ptr; spawned processes share the sandbox, so the unique owner
+  // is a thin handle that keeps the shared object alive.
+  class Handle : public Sandbox {
+   public:
+    explicit Handle(std::shared_ptr<BwrapSandbox> b) : b_(std::move(b)) {}
+    ~Handle() override { b_->Shutdown(); }
+    const std::string& workspace() const override { return b_->workspace(); }
+    Result<ExecResult> Exec(const ExecRequest& r) override { return b_->Exec(r); }
+    Result<std::unique_ptr<Process>> Spawn(const SpawnRequest& r) override { return b_->Spawn(r); }
+    void Shutdown() override { b_->Shutdown(); }
+    int64_t OomKills() const override { return b_->OomKills(); }
+
+   private:
+    std::shared_ptr<BwrapSandbox> b_;
+  };
+  return std::unique_ptr<Sandbox>(new Handle(std::move(box)));
+}
+
+Status BwrapDriver::Discard(const std::string& root) {
+  if (IsMountPoint(root) && umount2(root.c_str(), MNT_DETACH) != 0) {
+    return Internal(Errno("unmount " + root));
+  }
+  return RemoveTree(root);
+}
+
+}  // namespace agentd::sandbox
