@@ -253,13 +253,21 @@ Status ReadName(FieldReader& r, std::string_view key, size_t max_len, std::strin
 
 // ---- blobs ----
 
-Result<store::BlobRow> MakeBlob(std::string hash, std::string_view data, int level) {
+// zstd contexts, reused across the blobs of one snapshot or restore: making one costs more
+// than compressing a small file.
+using CompressContext = std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)>;
+using DecompressContext = std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)>;
+CompressContext NewCompressContext() { return {ZSTD_createCCtx(), ZSTD_freeCCtx}; }
+DecompressContext NewDecompressContext() { return {ZSTD_createDCtx(), ZSTD_freeDCtx}; }
+
+Result<store::BlobRow> MakeBlob(ZSTD_CCtx* zc, std::string hash, std::string_view data, int level) {
   store::BlobRow b;
   b.hash = std::move(hash);
   b.size = static_cast<int64_t>(data.size());
   if (data.size() >= 64) {
     std::string out(ZSTD_compressBound(data.size()), '\0');
-    size_t n = ZSTD_compress(out.data(), out.size(), data.data(), data.size(), level);
+    if (zc == nullptr) return ResourceExhausted("out of memory for zstd");
+    size_t n = ZSTD_compressCCtx(zc, out.data(), out.size(), data.data(), data.size(), level);
     if (ZSTD_isError(n)) return Internal(fmt::format("zstd: {}", ZSTD_getErrorName(n)));
     // Content that does not shrink (already compressed, random) is kept as it is.
     if (n < data.size()) {
@@ -275,8 +283,8 @@ Result<store::BlobRow> MakeBlob(std::string hash, std::string_view data, int lev
 
 // The content of `blob`, checked against its hash and against `expected_size` (the size the
 // referring manifest states; -1 for any up to `max_size`). `what` names the referrer.
-Result<std::string> OpenBlob(const store::BlobRow& blob, int64_t expected_size, int64_t max_size,
-                             const std::string& what) {
+Result<std::string> OpenBlob(ZSTD_DCtx* zd, const store::BlobRow& blob, int64_t expected_size,
+                             int64_t max_size, const std::string& what) {
   auto corrupt = [&](std::string_view why) {
     return Internal(fmt::format("workspace blob {} of {} is corrupt: {}", blob.hash, what, why));
   };
@@ -297,7 +305,9 @@ Result<std::string> OpenBlob(const store::BlobRow& blob, int64_t expected_size, 
       return corrupt("bad zstd frame header");
     }
     data.resize(static_cast<size_t>(blob.size));
-    size_t got = ZSTD_decompress(data.data(), data.size(), blob.data.data(), blob.data.size());
+    if (zd == nullptr) return ResourceExhausted("out of memory for zstd");
+    size_t got =
+        ZSTD_decompressDCtx(zd, data.data(), data.size(), blob.data.data(), blob.data.size());
     if (ZSTD_isError(got)) return corrupt(fmt::format("zstd: {}", ZSTD_getErrorName(got)));
     if (got != data.size()) return corrupt("truncated");
   } else {
@@ -359,7 +369,8 @@ class Snapshotter {
     result_.manifest_hash = ContentHash(text);
     ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs({result_.manifest_hash}));
     if (!missing.empty()) {
-      ASSIGN_OR_RETURN(auto blob, MakeBlob(result_.manifest_hash, text, options_.zstd_level));
+      ASSIGN_OR_RETURN(auto blob,
+                       MakeBlob(zc_.get(), result_.manifest_hash, text, options_.zstd_level));
       Add(std::move(blob));
     }
     return std::move(result_);
@@ -552,7 +563,7 @@ class Snapshotter {
       for (Pending& p : pending_) {
         const std::string& h = result_.manifest.entries[p.entry].hash;
         if (!want.contains(h) || added_.contains(h)) continue;
-        ASSIGN_OR_RETURN(auto blob, MakeBlob(h, p.data, options_.zstd_level));
+        ASSIGN_OR_RETURN(auto blob, MakeBlob(zc_.get(), h, p.data, options_.zstd_level));
         Add(std::move(blob));
       }
     }
@@ -585,7 +596,7 @@ class Snapshotter {
       if (static_cast<int64_t>(data.size()) != e.size || ContentHash(data) != e.hash) {
         return Aborted(fmt::format("workspace file '{}' changed during the snapshot", e.path));
       }
-      ASSIGN_OR_RETURN(auto blob, MakeBlob(e.hash, data, options_.zstd_level));
+      ASSIGN_OR_RETURN(auto blob, MakeBlob(zc_.get(), e.hash, data, options_.zstd_level));
       Add(std::move(blob));
     }
     return Status::OK();
@@ -620,6 +631,7 @@ class Snapshotter {
   std::vector<Pending> pending_;
   int64_t pending_bytes_ = 0;
   std::unordered_set<std::string> added_;  // hashes of blobs_
+  CompressContext zc_ = NewCompressContext();
   std::vector<store::BlobRow> blobs_;
 };
 
@@ -680,7 +692,12 @@ Status WriteAll(int fd, std::string_view data, const std::string& path) {
 
 class Restorer {
  public:
-  Restorer(store::Store& store, const RestoreOptions& options) : store_(store), options_(options) {}
+  Restorer(store::Store& store, const RestoreOptions& options)
+      : store_(store),
+        options_(options),
+        chown_(options.owner_uid >= 0 || options.owner_gid >= 0),
+        uid_(static_cast<uid_t>(options.owner_uid)),
+        gid_(static_cast<gid_t>(options.owner_gid)) {}
 
   // Builds `manifest` inside the empty directory `root_fd` (not closed).
   Status Build(int root_fd, Manifest& manifest) {
@@ -698,6 +715,9 @@ class Restorer {
           if (::symlinkat(e.target.c_str(), dir, leaf.c_str()) != 0) {
             return Errno("cannot create symlink", e.path);
           }
+          if (chown_ && ::fchownat(dir, leaf.c_str(), uid_, gid_, AT_SYMLINK_NOFOLLOW) != 0) {
+            return Errno("cannot chown", e.path);
+          }
           break;
         case EntryType::kFile:
           RETURN_IF_ERROR(WriteFile(dir, leaf, e));
@@ -713,8 +733,11 @@ class Restorer {
       Fd d(OpenPath(it->path));
       if (!d.ok()) return Errno("cannot open", it->path);
       if (::fchmod(d.get(), it->mode) != 0) return Errno("cannot chmod", it->path);
+      if (chown_ && ::fchown(d.get(), uid_, gid_) != 0) return Errno("cannot chown", it->path);
     }
     if (::fchmod(root_fd, manifest.root_mode) != 0) return Errno("cannot chmod", "workspace root");
+    if (chown_ && ::fchown(root_fd, uid_, gid_) != 0)
+      return Errno("cannot chown", "workspace root");
     return Status::OK();
   }
 
@@ -724,8 +747,9 @@ class Restorer {
     if (!row) {
       return NotFound(fmt::format("workspace blob {} of '{}' is not in the store", e.hash, e.path));
     }
-    ASSIGN_OR_RETURN(std::string data,
-                     OpenBlob(*row, e.size, options_.limits.max_file_bytes, "'" + e.path + "'"));
+    ASSIGN_OR_RETURN(
+        std::string data,
+        OpenBlob(zd_.get(), *row, e.size, options_.limits.max_file_bytes, "'" + e.path + "'"));
     Fd fd(::openat(dir, leaf.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd.ok()) return Errno("cannot create", e.path);
     RETURN_IF_ERROR(WriteAll(fd.get(), data, e.path));
@@ -738,6 +762,7 @@ class Restorer {
     }
     if (::futimens(fd.get(), times) != 0) return Errno("cannot set the times of", e.path);
     if (::fchmod(fd.get(), e.mode) != 0) return Errno("cannot chmod", e.path);
+    if (chown_ && ::fchown(fd.get(), uid_, gid_) != 0) return Errno("cannot chown", e.path);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) return Errno("cannot stat", e.path);
     e.signature = SignatureOf(st);
@@ -777,6 +802,10 @@ class Restorer {
 
   store::Store& store_;
   const RestoreOptions& options_;
+  const bool chown_;
+  const uid_t uid_;  // -1 (unchanged) when owner_uid is
+  const gid_t gid_;
+  DecompressContext zd_ = NewDecompressContext();
   int root_fd_ = -1;
   std::optional<std::string> parent_path_;
   Fd parent_fd_;
@@ -929,7 +958,8 @@ Result<Manifest> LoadManifest(const std::string& manifest_hash, store::Store& st
   ASSIGN_OR_RETURN(auto row, store.GetBlob(manifest_hash));
   if (!row)
     return NotFound(fmt::format("workspace snapshot {} is not in the store", manifest_hash));
-  ASSIGN_OR_RETURN(std::string text, OpenBlob(*row, -1, kMaxManifestBytes, "the manifest"));
+  ASSIGN_OR_RETURN(std::string text, OpenBlob(NewDecompressContext().get(), *row, -1,
+                                              kMaxManifestBytes, "the manifest"));
   return DecodeManifest(text, limits);
 }
 
@@ -1015,14 +1045,33 @@ Result<Manifest> RestoreBlocking(const std::string& manifest_hash, store::Store&
     if (e.signature && e.signature->ctime_ns >= trusted_before) e.signature.reset();
   }
   tmp_fd.Reset();
-  unsigned flags = exists ? RENAME_EXCHANGE : RENAME_NOREPLACE;
-  if (::renameat2(parent_fd.get(), tmp_name.c_str(), parent_fd.get(), name.c_str(), flags) != 0) {
+  const int pfd = parent_fd.get();
+  std::string replaced;  // where the old tree went
+  if (!exists) {
+    if (::renameat2(pfd, tmp_name.c_str(), pfd, name.c_str(), RENAME_NOREPLACE) != 0) {
+      return fail(Errno("cannot move the restored workspace into", target));
+    }
+  } else if (::renameat2(pfd, tmp_name.c_str(), pfd, name.c_str(), RENAME_EXCHANGE) == 0) {
+    replaced = tmp_name;
+  } else if (errno == EINVAL) {
+    // A file system without RENAME_EXCHANGE: the target is briefly absent, never partial.
+    replaced = tmp_name + ".old";
+    if (::renameat(pfd, name.c_str(), pfd, replaced.c_str()) != 0) {
+      return fail(Errno("cannot move aside", target));
+    }
+    if (::renameat(pfd, tmp_name.c_str(), pfd, name.c_str()) != 0) {
+      Status st = Errno("cannot move the restored workspace into", target);
+      if (::renameat(pfd, replaced.c_str(), pfd, name.c_str()) != 0) {
+        spdlog::error("workspace restore: cannot put '{}' back: {}", target, std::strerror(errno));
+      }
+      return fail(st);
+    }
+  } else {
     return fail(Errno("cannot move the restored workspace into", target));
   }
-  // After an exchange, tmp_name holds the replaced tree.
-  if (exists) {
+  if (!replaced.empty()) {
     // The restore has succeeded; what is left is removed by the next restore of this target.
-    if (Status st = RemoveTreeAt(parent_fd.get(), tmp_name); !st.ok()) {
+    if (Status st = RemoveTreeAt(pfd, replaced); !st.ok()) {
       spdlog::warn("workspace restore: cannot remove the replaced tree: {}", st.ToString());
     }
   }

@@ -125,6 +125,9 @@ struct RestoreOptions {
   bool sync = true;  // flush the restored tree to disk before it replaces the target
   // As in SnapshotOptions: files written this recently get no signature.
   int64_t racy_window_ms = 3000;
+  // Owner of everything restored (the sandbox's user); -1 keeps the caller's.
+  int64_t owner_uid = -1;
+  int64_t owner_gid = -1;
 };
 
 // Replaces the directory `target` (created when missing; its parent must exist) with the
