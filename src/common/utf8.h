@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cstddef>
+#include <string_view>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -69,6 +70,23 @@ inline size_t Utf8Sequence(const unsigned char* p, const unsigned char* end, siz
     hi = 0xBF;
   }
   return len;
+}
+
+// True when `s` is well-formed UTF-8 throughout.
+inline bool IsValidUtf8(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const auto* end = p + s.size();
+  while (p < end) {
+    if (*p < 0x80) {
+      ++p;
+      continue;
+    }
+    size_t bad = 0;
+    size_t len = Utf8Sequence(p, end, &bad);
+    if (len == 0) return false;
+    p += len;
+  }
+  return true;
 }
 
 }  // namespace agentd

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -44,7 +45,9 @@ struct ExecRequest {
   std::string command;  // run by /bin/sh -c, with the workspace as working directory
   std::string stdin_data;
   std::chrono::milliseconds timeout{0};  // 0: the sandbox's limit
-  size_t max_output_bytes = 64 * 1024;   // per stream; the rest is dropped and counted
+  size_t max_output_bytes = 64 * 1024;   // per stream; the rest is dropped
+  // Polled while the command runs; returning true kills it (ExecResult.cancelled).
+  std::function<bool()> should_abort;
 };
 
 struct ExecResult {
@@ -54,6 +57,7 @@ struct ExecResult {
   bool timed_out = false;  // killed at the wall-clock limit
   bool truncated = false;  // an output stream went over max_output_bytes
   bool oom_killed = false; // killed at the memory limit
+  bool cancelled = false;  // killed because should_abort said so
 };
 
 // A long-lived process inside the sandbox (an MCP stdio server). Its stdin/stdout belong to
@@ -108,6 +112,8 @@ class SandboxDriver {
  public:
   virtual ~SandboxDriver() = default;
   virtual const Capabilities& capabilities() const = 0;
+  // Prepares the sandbox's root and workspace; its processes start with the first Exec or
+  // Spawn, so the caller may fill the workspace (a restore) in between.
   virtual Result<std::unique_ptr<Sandbox>> Create(const SandboxSpec& spec) = 0;
   // Removes a sandbox's root and everything in it, including a filesystem the driver
   // mounted there. The sandbox must be destroyed first; its files are gone afterwards.

@@ -190,11 +190,10 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     if (mkdir(workspace_.c_str(), 0755) != 0 && errno != EEXIST) {
       return Internal(Errno("mkdir " + workspace_));
     }
-    if (d_->root) RETURN_IF_ERROR(ChownTree(spec_.root, uid_));
     auto cg = d_->cgroups.Create(spec_.id, spec_.limits);
     if (!cg.ok()) return cg.status();
     cgroup_ = std::move(cg).value();
-    return Start();
+    return Status::OK();  // the processes start with the first command
   }
 
   const std::string& workspace() const override { return workspace_; }
@@ -215,7 +214,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     Clock::time_point deadline = Clock::now() + timeout;
     bool killed = false;
     Pump(req, fds, deadline, id, &killed, &result);
-    result.timed_out = killed;
+    result.timed_out = killed && !result.cancelled;
     std::unique_lock<std::mutex> lock(mu_);
     // Output has ended; the exit report follows at once (or the sandbox died).
     bool reported = cv_.wait_for(lock, kKillGrace, [&] { return pending_[id].exited || dead_; });
@@ -286,6 +285,9 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
   }
 
   Status Start() {
+    // Files put in the workspace from the host (a restore, an earlier run's uid) become the
+    // sandbox user's.
+    if (d_->root) RETURN_IF_ERROR(ChownTree(spec_.root, uid_));
     std::vector<std::string> args = Args();
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
@@ -482,6 +484,10 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     Clock::time_point hard_deadline = Clock::time_point::max();
     while (fds[1] >= 0 || fds[2] >= 0) {
       Clock::time_point now = Clock::now();
+      if (!*killed && req.should_abort && req.should_abort()) {
+        result->cancelled = true;
+        deadline = now;
+      }
       if (!*killed && now >= deadline) {
         *killed = true;
         KillId(id);
@@ -500,7 +506,8 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       if (fds[2] >= 0) p[n] = {fds[2], POLLIN, 0}, which[n++] = 2;
       Clock::time_point until = *killed ? hard_deadline : deadline;
       auto wait_ms = std::chrono::duration_cast<std::chrono::milliseconds>(until - now).count();
-      int r = poll(p, n, static_cast<int>(std::clamp<int64_t>(wait_ms + 1, 1, 1000)));
+      // Wake at least every 50 ms to poll should_abort.
+      int r = poll(p, n, static_cast<int>(std::clamp<int64_t>(wait_ms + 1, 1, 50)));
       if (r < 0 && errno != EINTR) break;
       for (int i = 0; i < n && r > 0; ++i) {
         if (p[i].revents == 0) continue;
@@ -763,7 +770,10 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
     if (!box.ok()) {
       st = box.status();
     } else {
-      auto r = (*box)->Exec(ExecRequest{"true", "", std::chrono::milliseconds(10000)});
+      ExecRequest req;
+      req.command = "true";
+      req.timeout = std::chrono::milliseconds(10000);
+      auto r = (*box)->Exec(req);
       if (!r.ok()) st = r.status();
       else if (r->exit_code != 0) st = Internal("`true` exited with " + std::to_string(r->exit_code));
       landlock = d.landlock_abi.load();
