@@ -63,6 +63,9 @@ http::Response JsonResponse(int status, const Json& body) {
   return {status, "application/json", DumpJson(body), {}};
 }
 
+// The largest workspace file GET /v1/sessions/{id}/workspace/{path} serves.
+constexpr size_t kMaxDownloadBytes = 64u << 20;
+
 // Splits "/v1/sessions/x/turns" into {"v1","sessions","x","turns"}.
 std::vector<std::string> Segments(const std::string& path) {
   std::vector<std::string> out;
@@ -265,6 +268,18 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     if (seg.size() == 4 && seg[3] == "events") {
       if (m != "GET") return method_not_allowed("GET");
       return HandleEvents(req, ex, sid);
+    }
+    // /v1/sessions/{id}/workspace[/{path...}]: the session's files.
+    if (seg.size() >= 4 && seg[3] == "workspace") {
+      if (m != "GET") return method_not_allowed("GET");
+      if (seg.size() == 4) return reply(engine_->ListWorkspace(sid));
+      std::string path = seg[4];
+      for (size_t i = 5; i < seg.size(); ++i) path += "/" + seg[i];
+      auto file = engine_->ReadWorkspaceFile(sid, path, kMaxDownloadBytes);
+      if (!file.ok()) return reply(file.status());
+      return ex.Respond({200, "application/octet-stream", std::move(file).value(),
+                         {{"X-Content-Type-Options", "nosniff"},
+                          {"Content-Disposition", "attachment"}}});
     }
     if (seg.size() >= 4 && seg[3] == "turns") {
       if (seg.size() == 4) {

@@ -29,6 +29,60 @@ Status ReadString(const YAML::Node& n, const std::string& key, std::string* out)
   return Status::OK();
 }
 
+Status ReadDouble(const YAML::Node& n, const std::string& key, double min, double max,
+                  double* out) {
+  try {
+    double v = n.as<double>();
+    if (!(v >= min && v <= max)) {
+      return InvalidArgument(fmt::format("config key '{}' must be between {} and {}", key, min, max));
+    }
+    *out = v;
+    return Status::OK();
+  } catch (const std::exception&) {
+    return InvalidArgument(fmt::format("config key '{}' must be a number", key));
+  }
+}
+
+Status ReadLimits(const YAML::Node& n, const std::string& path, sandbox::Limits* l) {
+  if (!n.IsMap()) return InvalidArgument(fmt::format("config key '{}' must be a mapping", path));
+  for (const auto& kv : n) {
+    std::string key = kv.first.as<std::string>();
+    std::string full = path + "." + key;
+    const YAML::Node& v = kv.second;
+    if (key == "memory_mb") {
+      RETURN_IF_ERROR(ReadInt(v, full, 16, 1 << 20, &l->memory_mb));
+    } else if (key == "cpus") {
+      RETURN_IF_ERROR(ReadDouble(v, full, 0.01, 1024, &l->cpus));
+    } else if (key == "pids") {
+      RETURN_IF_ERROR(ReadInt(v, full, 8, 1 << 22, &l->pids));
+    } else if (key == "disk_mb") {
+      RETURN_IF_ERROR(ReadInt(v, full, 1, 1 << 24, &l->disk_mb));
+    } else if (key == "timeout_ms") {
+      RETURN_IF_ERROR(ReadInt(v, full, 100, 86400000, &l->timeout_ms));
+    } else {
+      return InvalidArgument(fmt::format("unknown config key '{}'", full));
+    }
+  }
+  return Status::OK();
+}
+
+Status ReadSandbox(const YAML::Node& n, Config* cfg) {
+  if (!n.IsMap()) return InvalidArgument("config key 'sandbox' must be a mapping");
+  for (const auto& kv : n) {
+    std::string key = kv.first.as<std::string>();
+    if (key == "defaults") {
+      RETURN_IF_ERROR(ReadLimits(kv.second, "sandbox.defaults", &cfg->sandbox_defaults));
+    } else if (key == "max") {
+      RETURN_IF_ERROR(ReadLimits(kv.second, "sandbox.max", &cfg->sandbox_max));
+    } else if (key == "uid_base") {
+      RETURN_IF_ERROR(ReadInt(kv.second, "sandbox.uid_base", 1000, 4000000000LL, &cfg->sandbox_uid_base));
+    } else {
+      return InvalidArgument(fmt::format("unknown config key 'sandbox.{}'", key));
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
@@ -80,6 +134,8 @@ Status LoadConfigFile(const std::string& path, Config* cfg) {
       RETURN_IF_ERROR(ReadInt(v, key, 0, 1000000, &cfg->resident_idle_sessions));
     } else if (key == "drain_timeout_ms") {
       RETURN_IF_ERROR(ReadInt(v, key, 0, 3600000, &cfg->drain_timeout_ms));
+    } else if (key == "sandbox") {
+      RETURN_IF_ERROR(ReadSandbox(v, cfg));
     } else {
       return InvalidArgument(fmt::format("unknown config key '{}' in '{}'", key, path));
     }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/status.h"
+#include "sandbox/sandbox.h"
 
 namespace agentd::daemon {
 
@@ -21,6 +22,12 @@ struct Config {
   int64_t resident_idle_sessions = 64;    // idle sessions kept in memory for their next turn
   int64_t drain_timeout_ms = 30000;       // SIGTERM: how long in-flight steps may finish
   bool sync_full = true;                  // SQLite synchronous=FULL (false only for tests)
+  // `sandbox:` {defaults: {...}, max: {...}, uid_base}: limits of session sandboxes for
+  // agents that leave them out, the most an agent may ask for, and the first host uid of
+  // sandbox users (when agentd runs as root).
+  sandbox::Limits sandbox_defaults{512, 1.0, 256, 256, 60000};
+  sandbox::Limits sandbox_max{8192, 4.0, 4096, 10240, 3600000};
+  int64_t sandbox_uid_base = 1000000000;
 };
 
 // Reads a YAML file into `cfg` (keys override defaults).

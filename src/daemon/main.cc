@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "daemon/config.h"
 #include "engine/engine.h"
 #include "model/openai_chat/openai_chat.h"
+#include "sandbox/bwrap/bwrap_driver.h"
 #include "store/sqlite/sqlite_store.h"
 
 using namespace agentd;
@@ -73,7 +75,9 @@ int main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
   if (ec) return Fail("cannot create data directory '" + cfg.data_dir + "': " + ec.message());
-  chmod(cfg.data_dir.c_str(), 0700);
+  // Only agentd lists or reads the data directory. When agentd is root, sandboxes run as
+  // other uids that must pass through it (not list it) to reach their own workspace.
+  chmod(cfg.data_dir.c_str(), geteuid() == 0 ? 0711 : 0700);
   std::string lock_path = cfg.data_dir + "/agentd.lock";
   int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
@@ -98,12 +102,37 @@ int main(int argc, char** argv) {
   model::openai_chat::OpenAIChatProvider openai_chat;
   engine::ModelProviders providers = {{"openai-chat", &openai_chat}};
 
+  // Sandbox drivers, registered by name like the providers.
+  sandbox::BwrapOptions bo;
+  bo.state_dir = cfg.data_dir + "/sandbox";
+  bo.uid_base = static_cast<uid_t>(cfg.sandbox_uid_base);
+  std::unique_ptr<sandbox::BwrapDriver> bwrap = sandbox::BwrapDriver::Open(bo);
+  engine::SandboxDrivers drivers = {{"bwrap", bwrap.get()}};
+  Json sandbox_report = Json::object();
+  for (const auto& [name, driver] : drivers) {
+    const sandbox::Capabilities& c = driver->capabilities();
+    Json j = {{"available", c.available}, {"enforced", c.enforced}, {"not_enforced", c.not_enforced}};
+    if (!c.available) {
+      j["reason"] = c.unavailable_reason;
+      spdlog::warn("sandbox driver {}: not available: {}", name, c.unavailable_reason);
+    } else {
+      spdlog::info("sandbox driver {}: enforces {}", name, fmt::join(c.enforced, ", "));
+      for (const auto& [what, why] : c.not_enforced) {
+        spdlog::warn("sandbox driver {}: does not enforce {}: {}", name, what, why);
+      }
+    }
+    sandbox_report[name] = std::move(j);
+  }
+
   engine::EngineOptions eo;
+  eo.sandbox_root = cfg.data_dir + "/workspaces";
+  eo.sandbox_defaults = cfg.sandbox_defaults;
+  eo.sandbox_max = cfg.sandbox_max;
   eo.snapshot_every = static_cast<int>(cfg.snapshot_every);
   eo.max_workers = static_cast<size_t>(cfg.max_workers);
   eo.resident_idle_sessions = static_cast<size_t>(cfg.resident_idle_sessions);
   eo.drain_timeout = std::chrono::milliseconds(cfg.drain_timeout_ms);
-  engine::Engine engine(eo, store->get(), providers, SystemClock::Default());
+  engine::Engine engine(eo, store->get(), providers, SystemClock::Default(), drivers);
 
   std::atomic<bool> ready{false};
   std::atomic<size_t> resumed{0};
@@ -111,7 +140,8 @@ int main(int argc, char** argv) {
     return Json{{"ready", ready.load()},
                 {"store", "sqlite"},
                 {"resumed_sessions", resumed.load()},
-                {"resident_sessions", engine.ResidentSessions()}};
+                {"resident_sessions", engine.ResidentSessions()},
+                {"sandbox_drivers", sandbox_report}};
   });
   http::ServerOptions ho;
   ho.host = host;

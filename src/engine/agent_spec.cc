@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "common/clock.h"
+#include "tools/builtin/builtin_tools.h"
 #include "tools/json_schema.h"
 
 namespace agentd::engine {
@@ -49,20 +50,65 @@ Status ParseModel(const Json& j, const std::set<std::string>& providers, ModelDe
   return r.NoUnknownKeys();
 }
 
+// A built-in tool: its parameters and idempotence are fixed; the description may be
+// replaced. A `parameters` equal to the fixed schema is accepted, so a fetched agent can be
+// PUT back.
+Status ParseBuiltinTool(FieldReader& r, const std::string& path, ToolDef* t) {
+  const tools::BuiltinTool* b = tools::FindBuiltinTool(t->name);
+  if (b == nullptr) {
+    std::string names;
+    for (auto n : tools::BuiltinToolNames()) names += (names.empty() ? "" : ", ") + std::string(n);
+    return InvalidArgument(
+        fmt::format("'{}.name' \"{}\" is not a built-in tool (they are: {})", path, t->name, names));
+  }
+  RETURN_IF_ERROR(r.String("description", &t->description, false, 4096));
+  if (t->description.empty()) t->description = std::string(b->description);
+  t->parameters = Json::parse(b->parameters);
+  t->idempotent = b->idempotent;
+  const Json* params = nullptr;
+  RETURN_IF_ERROR(r.Value("parameters", &params, false));
+  if (params != nullptr && *params != t->parameters) {
+    return InvalidArgument(fmt::format(
+        "'{}.parameters': the parameters of built-in tool '{}' are fixed; leave them out", path,
+        t->name));
+  }
+  return r.NoUnknownKeys();
+}
+
+Status ParseSandbox(const Json& j, SandboxDef* d) {
+  FieldReader r(j, "sandbox");
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("driver", &d->driver, false, 32));
+  if (d->driver.empty()) d->driver = "bwrap";
+  RETURN_IF_ERROR(r.Int("memory_mb", &d->limits.memory_mb, false, 16, 1 << 20));
+  RETURN_IF_ERROR(r.Double("cpus", &d->limits.cpus, false, 0.01, 1024));
+  RETURN_IF_ERROR(r.Int("pids", &d->limits.pids, false, 8, 1 << 22));
+  RETURN_IF_ERROR(r.Int("disk_mb", &d->limits.disk_mb, false, 1, 1 << 24));
+  RETURN_IF_ERROR(r.Int("timeout_ms", &d->limits.timeout_ms, false, 100, 86400000));
+  const Json* egress = nullptr;
+  RETURN_IF_ERROR(r.Value("egress", &egress, false));
+  if (egress != nullptr && !(egress->is_array() && egress->empty())) {
+    return InvalidArgument(
+        "'sandbox.egress': network egress is not supported yet; sandboxes have no network");
+  }
+  return r.NoUnknownKeys();
+}
+
 Status ParseTool(const Json& j, size_t index, ToolDef* t) {
   std::string path = fmt::format("tools[{}]", index);
   FieldReader r(j, path);
   RETURN_IF_ERROR(r.CheckObject());
   RETURN_IF_ERROR(r.String("type", &t->type, true, 32));
-  if (t->type != "http" && t->type != "client") {
-    return InvalidArgument(
-        fmt::format("'{}.type' must be \"http\" or \"client\" (got \"{}\")", path, t->type));
+  if (t->type != "http" && t->type != "client" && t->type != "builtin") {
+    return InvalidArgument(fmt::format(
+        "'{}.type' must be \"http\", \"client\" or \"builtin\" (got \"{}\")", path, t->type));
   }
   RETURN_IF_ERROR(r.String("name", &t->name, true, 64));
   if (!ValidToolName(t->name)) {
     return InvalidArgument(fmt::format(
         "'{}.name' must be 1-64 characters of letters, digits, '_' or '-'", path));
   }
+  if (t->type == "builtin") return ParseBuiltinTool(r, path, t);
   RETURN_IF_ERROR(r.String("description", &t->description, false, 4096));
   const Json* params = nullptr;
   RETURN_IF_ERROR(r.Value("parameters", &params, false));
@@ -95,6 +141,13 @@ Status ParseRetry(const Json& j, RetryPolicy* p) {
 
 }  // namespace
 
+bool AgentSpec::UsesSandbox() const {
+  for (const auto& t : tools) {
+    if (t.type == "builtin") return true;
+  }
+  return false;
+}
+
 const ToolDef* AgentSpec::FindTool(const std::string& n) const {
   for (const auto& t : tools) {
     if (t.name == n) return &t;
@@ -114,6 +167,15 @@ Json AgentSpec::ToJson() const {
     }
     tools_json.push_back(std::move(tj));
   }
+  Json sandbox_json = {{"driver", sandbox.driver}};
+  auto limit = [&](const char* key, auto value) {
+    if (value > 0) sandbox_json[key] = value;
+  };
+  limit("memory_mb", sandbox.limits.memory_mb);
+  limit("cpus", sandbox.limits.cpus);
+  limit("pids", sandbox.limits.pids);
+  limit("disk_mb", sandbox.limits.disk_mb);
+  limit("timeout_ms", sandbox.limits.timeout_ms);
   Json model_json = {{"provider", model.provider},
                      {"name", model.name},
                      {"base_url", model.base_url},
@@ -126,6 +188,7 @@ Json AgentSpec::ToJson() const {
           {"instructions", instructions},
           {"model", model_json},
           {"tools", tools_json},
+          {"sandbox", sandbox_json},
           {"retry",
            {{"max_attempts", retry.max_attempts},
             {"initial_backoff_ms", retry.initial_backoff_ms},
@@ -160,6 +223,9 @@ Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& 
       a.tools.push_back(std::move(t));
     }
   }
+  const Json* sandbox = nullptr;
+  RETURN_IF_ERROR(r.Value("sandbox", &sandbox, false));
+  if (sandbox) RETURN_IF_ERROR(ParseSandbox(*sandbox, &a.sandbox));
   const Json* retry = nullptr;
   RETURN_IF_ERROR(r.Value("retry", &retry, false));
   if (retry) RETURN_IF_ERROR(ParseRetry(*retry, &a.retry));

@@ -11,6 +11,7 @@
 #include "common/json.h"
 #include "common/retry.h"
 #include "common/status.h"
+#include "sandbox/sandbox.h"
 
 namespace agentd::engine {
 
@@ -23,13 +24,19 @@ struct ModelDef {
 };
 
 struct ToolDef {
-  std::string type;  // "http" | "client"
+  std::string type;  // "http" | "client" | "builtin"
   std::string name;
   std::string description;
   Json parameters;  // JSON Schema (object)
   std::string url;  // http
   int64_t timeout_ms = 30000;
   bool idempotent = false;
+};
+
+// Where the agent's built-in tools run. Limits left at 0 take the daemon's defaults.
+struct SandboxDef {
+  std::string driver = "bwrap";
+  sandbox::Limits limits;
 };
 
 struct AgentSpec {
@@ -39,11 +46,14 @@ struct AgentSpec {
   std::string instructions;
   ModelDef model;
   std::vector<ToolDef> tools;
+  SandboxDef sandbox;
   RetryPolicy retry;
   std::string turn_policy = "enqueue";  // enqueue | reject
   int64_t created_ms = 0;
 
   const ToolDef* FindTool(const std::string& name) const;
+  // True when a tool needs the session's sandbox.
+  bool UsesSandbox() const;
   Json ToJson() const;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <future>
 #include <list>
 #include <optional>
@@ -14,6 +15,9 @@
 #include "journal/events.h"
 #include "journal/state.h"
 #include "memory/context.h"
+#include "sandbox/workspace/workspace.h"
+#include "tools/builtin/builtin_tools.h"
+#include "tools/builtin/workspace_files.h"
 #include "tools/json_schema.h"
 #include "tools/tools.h"
 
@@ -23,6 +27,30 @@ namespace ev = journal::ev;
 using journal::NextKind;
 using journal::SessionState;
 using journal::TurnState;
+
+// A session's sandbox while its actor is in memory. Destroying it stops the sandbox's
+// processes; a workspace whose files are all in the store (snapshotted after the last tool
+// that could change them) leaves the host too, and comes back from the store when the
+// session next needs it. One with unsnapshotted changes (agentd stopped mid-turn) stays on
+// the host, where the next sandbox of the session takes it over.
+struct Engine::SessionSandbox {
+  sandbox::SandboxDriver* driver = nullptr;
+  std::string root;
+  std::unique_ptr<sandbox::Sandbox> box;
+  // The last snapshot's or restore's manifest, so the next snapshot reads only what changed.
+  std::optional<sandbox::workspace::Manifest> manifest;
+  bool dirty = false;    // a built-in tool ran since the last snapshot; guarded by Actor::mu
+  bool discard = false;  // the session was deleted; guarded by Actor::mu
+
+  ~SessionSandbox() {
+    box.reset();
+    if (driver != nullptr && (discard || !dirty)) {
+      if (Status st = driver->Discard(root); !st.ok()) {
+        spdlog::warn("sandbox root {}: {}", root, st.ToString());
+      }
+    }
+  }
+};
 
 struct Engine::Actor {
   explicit Actor(std::string sid) : id(std::move(sid)) {}
@@ -47,6 +75,9 @@ struct Engine::Actor {
   std::map<std::string, std::string> stored_turn_status;  // guarded by mu
   // The conversation as the provider last encoded it; guarded by mu.
   std::unique_ptr<model::EncodeCache> encode_cache;
+  // Created by the session's worker on the first built-in tool call; the pointer is written
+  // under mu by that worker only, which may read it unlocked.
+  std::unique_ptr<SessionSandbox> sandbox;
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
   // Set under mu: memory is ahead of a failed commit, the session was deleted or it did not
@@ -132,10 +163,11 @@ std::string OutputText(const Json& output) {
 }  // namespace
 
 Engine::Engine(EngineOptions options, store::Store* store, ModelProviders providers,
-               Clock* clock)
+               Clock* clock, SandboxDrivers sandbox_drivers)
     : options_(options),
       store_(store),
       providers_(std::move(providers)),
+      sandbox_drivers_(std::move(sandbox_drivers)),
       clock_(clock),
       workers_("turns", 0, options.max_workers) {}
 
@@ -160,6 +192,7 @@ size_t Engine::ResidentSessions() const {
 
 Result<Json> Engine::CreateAgent(const Json& body) {
   ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
+  RETURN_IF_ERROR(CheckSandbox(a));
   a.id = NewId("agt_");
   a.version = 1;
   a.created_ms = clock_->NowMillis();
@@ -174,6 +207,7 @@ Result<Json> Engine::UpdateAgent(const std::string& id, const Json& body) {
   ASSIGN_OR_RETURN(auto current, store_->GetAgent(id, 0));
   if (!current) return NotFound(fmt::format("agent '{}' not found", id));
   ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
+  RETURN_IF_ERROR(CheckSandbox(a));
   a.id = id;
   a.version = current->version + 1;
   a.created_ms = clock_->NowMillis();
@@ -285,6 +319,7 @@ Status Engine::DeleteSession(const std::string& id) {
     std::unique_lock lock(a->mu);
     a->deleted = true;
     a->broken = true;  // nothing more may be staged for this session
+    if (a->sandbox) a->sandbox->discard = true;
     a->cancel_turn = a->state.current_turn;
     a->cv.notify_all();
     a->staged = {};
@@ -296,6 +331,16 @@ Status Engine::DeleteSession(const std::string& id) {
   }
   // Whoever waits on the session (wait: true, streams) looks again and finds it gone.
   if (st.ok()) Notify(id, INT64_MAX, true);
+  // A workspace left on the host by an earlier run, with no sandbox in memory to take it.
+  bool leftover = false;
+  {
+    std::lock_guard lock(a->mu);
+    leftover = st.ok() && !a->sandbox;
+  }
+  if (auto d = sandbox_drivers_.find(a->agent.sandbox.driver);
+      leftover && d != sandbox_drivers_.end() && std::filesystem::exists(SandboxRoot(id))) {
+    d->second->Discard(SandboxRoot(id)).IgnoreError();
+  }
   Release(a);
   return st;
 }
@@ -358,11 +403,17 @@ Result<std::shared_ptr<Engine::Actor>> Engine::Acquire(const std::string& sessio
 }
 
 void Engine::Release(const std::shared_ptr<Actor>& a) {
+  // Actors leaving memory are destroyed after actors_mu_ is released (declared first, so
+  // destroyed last): stopping a sandbox takes a while.
+  std::vector<std::shared_ptr<Actor>> dropped;
   std::lock_guard lock(actors_mu_);
   if (--a->pins > 0) return;
-  auto drop = [this](const std::shared_ptr<Actor>& victim) {
+  auto drop = [this, &dropped](const std::shared_ptr<Actor>& victim) {
     auto it = actors_.find(victim->id);
-    if (it != actors_.end() && it->second == victim) actors_.erase(it);
+    if (it != actors_.end() && it->second == victim) {
+      dropped.push_back(std::move(it->second));
+      actors_.erase(it);
+    }
   };
   if (a->broken) {
     drop(a);
@@ -408,6 +459,12 @@ Status Engine::Load(Actor& a) {
 
 Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data) {
   if (a.broken) return Unavailable("session cannot record events");
+  // The workspace is snapshotted whenever the turn ends or stops to wait for someone.
+  if (a.sandbox && a.sandbox->dirty &&
+      (journal::IsTurnTerminal(type) || type == ev::kTurnRequiresAction ||
+       type == ev::kSessionNeedsAttention)) {
+    SnapshotWorkspaceLocked(a, turn_id);
+  }
   // A tool call's outcome names the tool, so a reader of one event knows what it is about.
   if ((type == ev::kToolCallCompleted || type == ev::kToolCallFailed) && !data.contains("name")) {
     auto t = a.state.open_turns.find(turn_id);
@@ -1072,12 +1129,20 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   // The model's answer and this intent are durable before the tool runs.
   if (!FlushLocked(*a).ok()) return;
 
-  tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent};
   Actor* raw = a.get();
-  lock.unlock();
-  tools::ToolOutcome out =
-      tools::CallHttpToolBlocking(spec, arguments, key, [this, raw] { return ShouldAbort(*raw); });
-  lock.lock();
+  tools::ToolOutcome out;
+  if (tool->type == "builtin") {
+    std::string manifest = s.workspace_manifest;
+    lock.unlock();
+    out = RunBuiltin(a, name, args, manifest);
+    lock.lock();
+  } else {
+    tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent};
+    lock.unlock();
+    out = tools::CallHttpToolBlocking(spec, arguments, key,
+                                      [this, raw] { return ShouldAbort(*raw); });
+    lock.lock();
+  }
 
   if (a->deleted || abandon_.load()) return;  // unjournaled: recovery decides
   if (!a->cancel_turn.empty()) return;        // turn.cancelled closes the call
@@ -1119,6 +1184,175 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   }
   FlushLocked(*a).IgnoreError();
   SleepLocked(*a, lock, wait);
+}
+
+// ---------------------------------------------------------------------------------------
+// Sandboxes and workspaces
+
+std::string Engine::SandboxRoot(const std::string& session_id) const {
+  return options_.sandbox_root + "/" + session_id;
+}
+
+Status Engine::CheckSandbox(const AgentSpec& a) const {
+  if (!a.UsesSandbox()) return Status::OK();
+  auto d = sandbox_drivers_.find(a.sandbox.driver);
+  if (d == sandbox_drivers_.end()) {
+    std::string names;
+    for (const auto& [name, drv] : sandbox_drivers_) names += (names.empty() ? "" : ", ") + name;
+    return InvalidArgument(fmt::format("'sandbox.driver' \"{}\" is not a driver of this agentd{}",
+                                       a.sandbox.driver,
+                                       names.empty() ? "" : " (it has: " + names + ")"));
+  }
+  const sandbox::Capabilities& caps = d->second->capabilities();
+  if (!caps.available) {
+    return FailedPrecondition(fmt::format("sandbox driver '{}' is not available on this host: {}",
+                                          a.sandbox.driver, caps.unavailable_reason));
+  }
+  const sandbox::Limits& l = a.sandbox.limits;
+  const sandbox::Limits& max = options_.sandbox_max;
+  auto over = [](auto value, auto limit) { return limit > 0 && value > limit; };
+  auto refuse = [](const char* field, auto limit) {
+    return InvalidArgument(fmt::format("'sandbox.{}' is above this agentd's maximum of {}", field, limit));
+  };
+  if (over(l.memory_mb, max.memory_mb)) return refuse("memory_mb", max.memory_mb);
+  if (over(l.cpus, max.cpus)) return refuse("cpus", max.cpus);
+  if (over(l.pids, max.pids)) return refuse("pids", max.pids);
+  if (over(l.disk_mb, max.disk_mb)) return refuse("disk_mb", max.disk_mb);
+  if (over(l.timeout_ms, max.timeout_ms)) return refuse("timeout_ms", max.timeout_ms);
+  return Status::OK();
+}
+
+tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std::string& name,
+                                      const Json& args, const std::string& manifest) {
+  auto unavailable = [](const std::string& why) {
+    tools::ToolOutcome o;
+    o.kind = tools::ToolOutcome::Kind::kRetryable;
+    o.output = why;
+    o.not_sent = true;
+    return o;
+  };
+  if (!a->sandbox) {
+    auto d = sandbox_drivers_.find(a->agent.sandbox.driver);
+    if (d == sandbox_drivers_.end()) {
+      return unavailable(fmt::format("sandbox driver '{}' is not available", a->agent.sandbox.driver));
+    }
+    auto ss = std::make_unique<SessionSandbox>();
+    ss->root = SandboxRoot(a->id);
+    std::error_code ec;
+    // Files left by an earlier run of agentd are newer than (or equal to) the last snapshot.
+    bool on_host = std::filesystem::exists(ss->root + "/workspace", ec);
+    std::filesystem::create_directories(ss->root, ec);
+    if (ec) return unavailable("cannot create the sandbox folder: " + ec.message());
+    sandbox::SandboxSpec spec;
+    spec.id = a->id + "-" + NewId("");
+    spec.root = ss->root;
+    spec.limits = a->agent.sandbox.limits;
+    const sandbox::Limits& dl = options_.sandbox_defaults;
+    if (spec.limits.memory_mb <= 0) spec.limits.memory_mb = dl.memory_mb;
+    if (spec.limits.cpus <= 0) spec.limits.cpus = dl.cpus;
+    if (spec.limits.pids <= 0) spec.limits.pids = dl.pids;
+    if (spec.limits.disk_mb <= 0) spec.limits.disk_mb = dl.disk_mb;
+    if (spec.limits.timeout_ms <= 0) spec.limits.timeout_ms = dl.timeout_ms;
+    auto box = d->second->Create(spec);
+    if (!box.ok()) return unavailable("the sandbox did not start: " + box.status().message());
+    ss->driver = d->second;
+    ss->box = std::move(box).value();
+    if (!on_host && !manifest.empty()) {
+      auto restored = sandbox::workspace::RestoreBlocking(manifest, *store_, ss->box->workspace());
+      if (!restored.ok()) {
+        ss->dirty = true;  // keep the root for inspection rather than discarding it
+        return unavailable("the workspace could not be restored: " + restored.status().message());
+      }
+      ss->manifest = std::move(restored).value();
+    }
+    std::lock_guard lock(a->mu);
+    a->sandbox = std::move(ss);
+  }
+  {
+    std::lock_guard lock(a->mu);
+    a->sandbox->dirty = true;
+  }
+  Actor* raw = a.get();
+  return tools::CallBuiltinTool(name, args, *a->sandbox->box,
+                                [this, raw] { return ShouldAbort(*raw); });
+}
+
+void Engine::SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id) {
+  SessionSandbox& ss = *a.sandbox;
+  auto r = sandbox::workspace::Snapshot(ss.box->workspace(), ss.manifest ? &*ss.manifest : nullptr,
+                                        *store_, a.staged);
+  if (!r.ok()) {
+    // The files stay on the host (the sandbox stays dirty) and the next turn end tries again.
+    spdlog::error("session {}: workspace snapshot failed: {}", a.id, r.status().ToString());
+    return;
+  }
+  ss.dirty = false;
+  Stage(a, ev::kWorkspaceSnapshot, turn_id,
+        {{"manifest", r->manifest_hash},
+         {"files", r->stats.files},
+         {"bytes", r->stats.bytes_total},
+         {"new_blobs", r->stats.blobs_new}})
+      .IgnoreError();
+  ss.manifest = std::move(r->manifest);
+}
+
+Result<Json> Engine::ListWorkspace(const std::string& session_id) {
+  ASSIGN_OR_RETURN(auto a, Acquire(session_id));
+  std::string manifest;
+  {
+    std::lock_guard lock(a->mu);
+    manifest = a->state.workspace_manifest;
+  }
+  Release(a);
+  Json data = Json::array();
+  bool truncated = false;
+  std::string host = SandboxRoot(session_id) + "/workspace";
+  std::error_code ec;
+  if (std::filesystem::exists(host, ec)) {
+    ASSIGN_OR_RETURN(auto files, tools::WorkspaceFiles::Open(host));
+    ASSIGN_OR_RETURN(auto entries, files.List("", true, 10000, &truncated));
+    for (const auto& e : entries) {
+      Json j = {{"path", e.path}, {"type", e.type}};
+      if (e.type == "file") j["size"] = e.size;
+      data.push_back(std::move(j));
+    }
+  } else if (!manifest.empty()) {
+    ASSIGN_OR_RETURN(auto m, sandbox::workspace::LoadManifest(manifest, *store_));
+    for (const auto& e : m.entries) {
+      using sandbox::workspace::EntryType;
+      Json j = {{"path", e.path},
+                {"type", e.type == EntryType::kDir    ? "dir"
+                         : e.type == EntryType::kFile ? "file"
+                                                      : "symlink"}};
+      if (e.type == EntryType::kFile) j["size"] = e.size;
+      if (data.size() >= 10000) {
+        truncated = true;
+        break;
+      }
+      data.push_back(std::move(j));
+    }
+  }
+  return Json{{"object", "list"}, {"data", std::move(data)}, {"truncated", truncated}};
+}
+
+Result<std::string> Engine::ReadWorkspaceFile(const std::string& session_id,
+                                              const std::string& path, size_t max_bytes) {
+  ASSIGN_OR_RETURN(auto a, Acquire(session_id));
+  std::string manifest;
+  {
+    std::lock_guard lock(a->mu);
+    manifest = a->state.workspace_manifest;
+  }
+  Release(a);
+  RETURN_IF_ERROR(tools::WorkspaceFiles::CheckPath(path));
+  std::string host = SandboxRoot(session_id) + "/workspace";
+  std::error_code ec;
+  if (std::filesystem::exists(host, ec)) {
+    ASSIGN_OR_RETURN(auto files, tools::WorkspaceFiles::Open(host));
+    return files.ReadBytes(path, max_bytes);
+  }
+  if (manifest.empty()) return NotFound(fmt::format("'{}' does not exist", path));
+  return sandbox::workspace::ReadSnapshotFile(manifest, path, *store_, max_bytes);
 }
 
 void Engine::DrainBlocking() {

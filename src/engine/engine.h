@@ -30,6 +30,8 @@
 #include "common/thread_pool.h"
 #include "engine/agent_spec.h"
 #include "model/model.h"
+#include "sandbox/sandbox.h"
+#include "tools/tools.h"
 #include "store/store.h"
 
 namespace agentd::engine {
@@ -42,7 +44,13 @@ struct EngineOptions {
   // Sessions with no work kept in memory after their last use, least recently used leaving
   // first; 0 keeps none (every turn rebuilds its session from the snapshot and journal).
   size_t resident_idle_sessions = 64;
+  // Sandboxes: each session's sandbox root is sandbox_root/<session id> (created as needed).
+  std::string sandbox_root;
+  sandbox::Limits sandbox_defaults;  // for limits an agent leaves at 0
+  sandbox::Limits sandbox_max;       // an agent asking for more is refused (0: no maximum)
 };
+
+using SandboxDrivers = std::map<std::string, sandbox::SandboxDriver*>;
 
 using ModelProviders = std::map<std::string, model::ModelProvider*>;
 
@@ -54,7 +62,8 @@ struct SubmitResult {
 
 class Engine {
  public:
-  Engine(EngineOptions options, store::Store* store, ModelProviders providers, Clock* clock);
+  Engine(EngineOptions options, store::Store* store, ModelProviders providers, Clock* clock,
+         SandboxDrivers sandbox_drivers = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -95,6 +104,13 @@ class Engine {
   void WaitForEventsBlocking(const std::string& session_id, int64_t after_seq,
                              std::chrono::milliseconds timeout);
 
+  // The session's workspace: {data: [{path, type, size}], truncated}, from its files when
+  // they are on this host, else from its latest snapshot.
+  Result<Json> ListWorkspace(const std::string& session_id);
+  // One file's bytes (at most `max_bytes`).
+  Result<std::string> ReadWorkspaceFile(const std::string& session_id, const std::string& path,
+                                        size_t max_bytes);
+
   std::set<std::string> ProviderNames() const;
   size_t ResidentSessions() const;
   size_t ActiveWorkers() const { return active_workers_.load(); }
@@ -102,6 +118,7 @@ class Engine {
  private:
   struct Actor;
   struct Watch;
+  struct SessionSandbox;
 
   Result<std::shared_ptr<Actor>> Acquire(const std::string& session_id);
   void Release(const std::shared_ptr<Actor>& a);
@@ -120,6 +137,16 @@ class Engine {
   // Waits up to `d` unless cancel or drain interrupts; returns false when interrupted.
   bool SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d);
   bool ShouldAbort(const Actor& a) const;
+  // Checks an agent's sandbox block against the drivers and the daemon's maxima.
+  Status CheckSandbox(const AgentSpec& a) const;
+  // Runs a built-in tool in the session's sandbox, creating it (and restoring its workspace
+  // from the latest snapshot) first if need be. Called by the session's worker, unlocked.
+  tools::ToolOutcome RunBuiltin(const std::shared_ptr<Actor>& a, const std::string& name,
+                                const Json& args, const std::string& manifest);
+  // Stages a workspace.snapshot for `turn_id` when a built-in tool changed the workspace since
+  // the last one; the snapshot's blobs go into the same batch. a.mu held.
+  void SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id);
+  std::string SandboxRoot(const std::string& session_id) const;
   void Notify(const std::string& session_id, int64_t seq, bool rest);
   // A waiter registers before it reads what it waits on, so no notification is missed.
   std::shared_ptr<Watch> AddWatcher(const std::string& session_id);
@@ -132,6 +159,7 @@ class Engine {
   const EngineOptions options_;
   store::Store* const store_;
   const ModelProviders providers_;
+  const SandboxDrivers sandbox_drivers_;
   Clock* const clock_;
   ThreadPool workers_;
 

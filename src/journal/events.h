@@ -23,6 +23,8 @@ inline constexpr std::string_view kSessionNeedsAttention = "session.needs_attent
 inline constexpr std::string_view kTurnCompleted = "turn.completed";
 inline constexpr std::string_view kTurnFailed = "turn.failed";
 inline constexpr std::string_view kTurnCancelled = "turn.cancelled";
+// The session's workspace files as the turn leaves them: a snapshot in the store.
+inline constexpr std::string_view kWorkspaceSnapshot = "workspace.snapshot";
 }  // namespace ev
 
 // True for the events that end a turn.

@@ -179,6 +179,8 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
         s.needs_attention = false;
       }
     }
+  } else if (type == ev::kWorkspaceSnapshot) {
+    s.workspace_manifest = Str(d, "manifest");
   } else if (type == ev::kTurnRequiresAction) {
     t->status = "requires_action";
     t->pending_action = d.value("pending", Json::array());
@@ -295,7 +297,8 @@ Json StateToJson(const SessionState& s) {
           {"current_turn", s.current_turn},
           {"turn_count", s.turn_count},
           {"idempotency", s.idempotency},
-          {"needs_attention", s.needs_attention}};
+          {"needs_attention", s.needs_attention},
+          {"workspace_manifest", s.workspace_manifest}};
 }
 
 std::string StateToText(SessionState& s) {
@@ -328,6 +331,7 @@ Result<SessionState> StateFromJson(Json j) {
     s.turn_count = j.at("turn_count").get<int64_t>();
     s.idempotency = j.at("idempotency").get<std::map<std::string, std::string>>();
     s.needs_attention = j.at("needs_attention").get<bool>();
+    s.workspace_manifest = j.value("workspace_manifest", "");
     for (auto& tj : j.at("open_turns")) {
       TurnState t;
       t.id = tj.at("id").get<std::string>();

@@ -70,6 +70,8 @@ struct SessionState {
   int64_t turn_count = 0;
   std::map<std::string, std::string> idempotency;  // Idempotency-Key -> turn id
   bool needs_attention = false;
+  // Hash of the latest workspace snapshot's manifest ("" when none was taken).
+  std::string workspace_manifest;
 
   std::string Status() const;  // idle|running|requires_action|needs_attention
   bool Active() const { return !current_turn.empty() || !queue.empty(); }

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "tests/support/process.h"
 
@@ -27,6 +30,15 @@ class AgentdTest : public ::testing::Test {
     if (agentd_.proc) {
       agentd_.proc->Signal(SIGTERM);
       agentd_.proc->Wait();
+    }
+    // Workspaces agentd left mounted (it keeps those with unsnapshotted changes).
+    std::ifstream mounts("/proc/self/mountinfo");
+    std::string line;
+    while (std::getline(mounts, line)) {
+      std::istringstream fields(line);
+      std::string id, parent, dev, root, point;
+      fields >> id >> parent >> dev >> root >> point;
+      if (point.rfind(dir_ + "/", 0) == 0) umount2(point.c_str(), MNT_DETACH);
     }
     if (!HasFailure()) std::filesystem::remove_all(dir_);
   }

@@ -963,6 +963,26 @@ Result<Manifest> LoadManifest(const std::string& manifest_hash, store::Store& st
   return DecodeManifest(text, limits);
 }
 
+Result<std::string> ReadSnapshotFile(const std::string& manifest_hash, const std::string& path,
+                                     store::Store& store, size_t max_bytes) {
+  ASSIGN_OR_RETURN(Manifest m, LoadManifest(manifest_hash, store));
+  auto it = std::lower_bound(m.entries.begin(), m.entries.end(), path,
+                             [](const Entry& e, const std::string& p) { return e.path < p; });
+  if (it == m.entries.end() || it->path != path) {
+    return NotFound(fmt::format("'{}' does not exist", path));
+  }
+  if (it->type != EntryType::kFile) {
+    return InvalidArgument(fmt::format("'{}' is not a regular file", path));
+  }
+  if (it->size > static_cast<int64_t>(max_bytes)) {
+    return ResourceExhausted(fmt::format("'{}' is {} bytes, more than the {} bytes this reads",
+                                         path, it->size, max_bytes));
+  }
+  ASSIGN_OR_RETURN(auto row, store.GetBlob(it->hash));
+  if (!row) return NotFound(fmt::format("the content of '{}' is not in the store", path));
+  return OpenBlob(NewDecompressContext().get(), *row, it->size, it->size, path);
+}
+
 Result<SnapshotResult> SnapshotAt(int root_fd, const Manifest* previous, store::Store& store,
                                   store::WriteBatch& batch, const SnapshotOptions& options) {
   Snapshotter s(previous, store, options);

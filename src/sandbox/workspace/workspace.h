@@ -143,6 +143,11 @@ Result<Manifest> RestoreBlocking(const std::string& manifest_hash, store::Store&
 std::string EncodeManifest(const Manifest& manifest);
 Result<Manifest> DecodeManifest(std::string_view text, const Limits& limits);
 
+// The content of the regular file `path` in snapshot `manifest_hash`, checked against its
+// hash; NotFound when the snapshot has no such file, ResourceExhausted over `max_bytes`.
+Result<std::string> ReadSnapshotFile(const std::string& manifest_hash, const std::string& path,
+                                     store::Store& store, size_t max_bytes);
+
 // BLAKE2b-256 of `data`, as lowercase hex.
 std::string ContentHash(std::string_view data);
 

@@ -1,0 +1,179 @@
+// Built-in tools and session workspaces through the HTTP API: a real agentd running the
+// tools in bwrap sandboxes, the fake model asking for them, and the workspace kept across
+// turns, restarts (from its snapshot in the store) and crashes (from the host).
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "tests/integration/fixture.h"
+
+namespace agentd::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+class WorkspaceTest : public AgentdTest {
+ protected:
+  std::string CreateSandboxAgent(Json sandbox = Json::object()) {
+    Json tools = Json::array();
+    for (const char* name : {"exec", "read_file", "write_file", "list_files", "edit_file"}) {
+      tools.push_back({{"type", "builtin"}, {"name", name}});
+    }
+    Json extra = {{"tools", tools}};
+    if (!sandbox.empty()) extra["sandbox"] = sandbox;
+    return CreateAgent(extra);
+  }
+  // The tool's answer as the model saw it ("done: <output>").
+  static Json ToolOutput(const Json& turn) {
+    for (const auto& item : turn["output"]) {
+      if (item["type"] == "function_call_output") {
+        return Json::parse(item["output"].get<std::string>(), nullptr, false);
+      }
+    }
+    return Json();
+  }
+  std::string WorkspaceRoot(const std::string& sid) const { return dir_ + "/data/workspaces/" + sid; }
+};
+
+TEST_F(WorkspaceTest, FilesLiveAcrossTurnsAndRestartsAndComeBackFromTheStore) {
+  std::string sid = CreateSession(CreateSandboxAgent());
+  Json t1 = Turn(sid, R"(call write_file {"path": "notes/a.txt", "content": "hello"})");
+  ASSERT_EQ(t1["status"], "completed") << t1.dump();
+  EXPECT_EQ(ToolOutput(t1), Json({{"bytes_written", 5}}));
+  Json t2 = Turn(sid, R"(call exec {"command": "cat notes/a.txt; echo ' world' >> notes/a.txt; id -u"})");
+  ASSERT_EQ(t2["status"], "completed") << t2.dump();
+  EXPECT_EQ(ToolOutput(t2)["stdout"], "hello1000\n");
+  EXPECT_EQ(ToolOutput(t2)["exit_code"], 0);
+
+  // Every turn that used the sandbox recorded its snapshot before it ended.
+  Json events = Events(sid);
+  ExpectDenseSeq(events);
+  std::vector<std::string> manifests;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (events[i]["type"] != "workspace.snapshot") continue;
+    manifests.push_back(events[i]["data"]["manifest"]);
+    EXPECT_EQ(events[i + 1]["type"], "turn.completed");
+    EXPECT_EQ(events[i]["turn_id"], events[i + 1]["turn_id"]);
+  }
+  ASSERT_EQ(manifests.size(), 2u);
+  EXPECT_NE(manifests[0], manifests[1]);  // the second turn changed a file
+
+  Reply list = Call("GET", Url("/v1/sessions/" + sid + "/workspace"));
+  ASSERT_EQ(list.status, 200) << list.raw;
+  EXPECT_EQ(list.body["data"], Json::parse(R"([{"path":"notes","type":"dir"},
+      {"path":"notes/a.txt","size":12,"type":"file"}])"));
+  Reply file = Call("GET", Url("/v1/sessions/" + sid + "/workspace/notes/a.txt"));
+  ASSERT_EQ(file.status, 200);
+  EXPECT_EQ(file.raw, "hello world\n");
+  EXPECT_EQ(file.headers["content-type"], "application/octet-stream");
+
+  // A clean stop takes the workspace off the host: it is all in the store.
+  RestartDaemon(SIGTERM);
+  EXPECT_FALSE(fs::exists(WorkspaceRoot(sid)));
+  list = Call("GET", Url("/v1/sessions/" + sid + "/workspace"));
+  EXPECT_EQ(list.body["data"].size(), 2u) << list.raw;
+  file = Call("GET", Url("/v1/sessions/" + sid + "/workspace/notes/a.txt"));
+  EXPECT_EQ(file.raw, "hello world\n");
+
+  // The next turn gets its files back from the snapshot.
+  Json t3 = Turn(sid, R"(call read_file {"path": "notes/a.txt"})");
+  ASSERT_EQ(t3["status"], "completed") << t3.dump();
+  EXPECT_EQ(ToolOutput(t3), Json({{"content", "hello world\n"}}));
+  Json t4 = Turn(sid, R"(call exec {"command": "ls -ln notes | tail -1 | awk '{print $3}'"})");
+  EXPECT_EQ(ToolOutput(t4)["stdout"], "1000\n");  // restored files belong to the sandbox user
+}
+
+TEST_F(WorkspaceTest, RefusalsReachTheModelAndTheSessionStaysUsable) {
+  std::string sid = CreateSession(CreateSandboxAgent());
+  Json t = Turn(sid, R"(call read_file {"path": "../../../etc/passwd"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  std::string out = t["output"][1]["output"];
+  EXPECT_NE(out.find("'..'"), std::string::npos) << out;
+  t = Turn(sid, R"(call exec {"command": "ln -s /etc host-etc"})");
+  t = Turn(sid, R"(call read_file {"path": "host-etc/hostname"})");
+  out = t["output"][1]["output"];
+  EXPECT_NE(out.find("outside the workspace"), std::string::npos) << out;
+  // Arguments that do not fit the tool's schema never reach the sandbox.
+  t = Turn(sid, R"(call exec {"cmd": "true"})");
+  out = t["output"][1]["output"];
+  EXPECT_NE(out.find("schema"), std::string::npos) << out;
+  t = Turn(sid, R"(call exec {"command": "echo still here"})");
+  EXPECT_EQ(ToolOutput(t)["stdout"], "still here\n");
+  Reply bad = Call("GET", Url("/v1/sessions/" + sid + "/workspace/..%2F..%2Fagentd.db"));
+  EXPECT_EQ(bad.status, 400) << bad.raw;
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid + "/workspace/missing.txt")).status, 404);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/ses_nope/workspace")).status, 404);
+}
+
+TEST_F(WorkspaceTest, AgentSandboxSettingsAreChecked) {
+  auto post = [&](Json tools, Json sandbox) {
+    Json body = {{"name", "x"}, {"model", ModelSpec()}, {"tools", tools}};
+    if (!sandbox.is_null()) body["sandbox"] = sandbox;
+    return Call("POST", Url("/v1/agents"), body);
+  };
+  Json exec = Json::array({{{"type", "builtin"}, {"name", "exec"}}});
+  Reply r = post(Json::array({{{"type", "builtin"}, {"name", "rm_rf"}}}), Json());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("tools[0].name"), std::string::npos) << r.raw;
+  r = post(exec, {{"memory_mb", 1 << 19}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.memory_mb"), std::string::npos);
+  r = post(exec, {{"egress", {"example.com:443"}}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.egress"), std::string::npos);
+  r = post(exec, {{"driver", "vmware"}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.driver"), std::string::npos);
+  r = post(exec, {{"memroy_mb", 64}});
+  EXPECT_EQ(r.status, 400);
+  r = post(Json::array({{{"type", "builtin"}, {"name", "exec"}, {"parameters", {{"type", "object"}}}}}),
+           Json());
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("fixed"), std::string::npos);
+  // A valid agent round-trips: what GET returns can be PUT back.
+  r = post(exec, {{"memory_mb", 128}, {"timeout_ms", 5000}});
+  ASSERT_EQ(r.status, 201) << r.raw;
+  EXPECT_EQ(r.body["sandbox"], Json({{"driver", "bwrap"}, {"memory_mb", 128}, {"timeout_ms", 5000}}));
+  Reply put = Call("PUT", Url("/v1/agents/" + r.body["id"].get<std::string>()), r.body);
+  EXPECT_EQ(put.status, 200) << put.raw;
+  // /readyz says what the sandbox enforces.
+  Reply ready = Call("GET", Url("/readyz"));
+  EXPECT_EQ(ready.body["sandbox_drivers"]["bwrap"]["available"], true) << ready.raw;
+  EXPECT_FALSE(ready.body["sandbox_drivers"]["bwrap"]["enforced"].empty());
+}
+
+TEST_F(WorkspaceTest, DeletingASessionRemovesItsWorkspace) {
+  std::string sid = CreateSession(CreateSandboxAgent());
+  Json t = Turn(sid, R"(call write_file {"path": "x.txt", "content": "x"})");
+  ASSERT_EQ(t["status"], "completed");
+  EXPECT_TRUE(fs::exists(WorkspaceRoot(sid) + "/workspace/x.txt"));
+  EXPECT_EQ(Call("DELETE", Url("/v1/sessions/" + sid)).status, 204);
+  for (int i = 0; i < 100 && fs::exists(WorkspaceRoot(sid)); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_FALSE(fs::exists(WorkspaceRoot(sid)));
+}
+
+TEST_F(WorkspaceTest, AKilledAgentdKeepsTheFilesOfAnInterruptedCommand) {
+  std::string sid = CreateSession(CreateSandboxAgent());
+  Reply r = Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                 {{"input", R"(call exec {"command": "echo partial > p.txt; sleep 60"})"}});
+  ASSERT_EQ(r.status, 202) << r.raw;
+  // Wait until the command has run far enough to write its file.
+  for (int i = 0; i < 500 && !fs::exists(WorkspaceRoot(sid) + "/workspace/p.txt"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(fs::exists(WorkspaceRoot(sid) + "/workspace/p.txt"));
+  RestartDaemon(SIGKILL);
+  // exec is not idempotent: its outcome is unknown, so a person decides; nothing is rerun.
+  Json turn = WaitTurn(sid, r.body["id"]);
+  EXPECT_EQ(turn["status"], "requires_action") << turn.dump();
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid)).body["status"], "needs_attention");
+  // The files the command wrote before the crash are still the session's.
+  Reply file = Call("GET", Url("/v1/sessions/" + sid + "/workspace/p.txt"));
+  EXPECT_EQ(file.raw, "partial\n");
+}
+
+}  // namespace
+}  // namespace agentd::testing
