@@ -7,7 +7,8 @@
 # Environment knobs:
 #   BENCH_RUNS=3        repetitions (agentd_bench --runs, and RUNS of the peers' run_all.sh)
 #   BENCH_PEER_N=1000   steps per peer session (run_all.sh N; the 8-session shape runs N/4 each)
-#   BENCH_ONLY=         passed as agentd_bench --only (seq|conc|latency|resume|history|idle)
+#   BENCH_ONLY=         passed as agentd_bench --only (seq|conc|latency|resume|history|idle);
+#                       "sandbox" runs only sandbox_bench
 #   BENCH_ARGS=         extra agentd_bench arguments, e.g. "--idle-sessions 20000"
 #   BENCH_PEERS=1       0 skips the peers
 #   PEERS_DIR=../shared/peers (relative to the repo root)
@@ -94,6 +95,16 @@ rmdir "$OUT/tmp" 2>/dev/null || true
 if [ "$AGENTD_RC" != 0 ]; then
   note "agentd_bench FAILED with exit status $AGENTD_RC (stderr: agentd.stderr.log; its temp dir, if left, under tmp/)"
   tail -20 "$OUT/agentd.stderr.log" >&2
+fi
+
+# 1b. Sandboxes (sandbox_bench): cold start and warm exec beside bare bwrap, idle memory,
+#     workspace snapshot/restore. Skipped with BENCH_ONLY set to one of agentd_bench's parts.
+SANDBOX_RC=0
+if [ -z "$ONLY" ] || [ "$ONLY" = sandbox ]; then
+  log "sandbox: $ROOT/build/bin/sandbox_bench --dir $OUT"
+  "$ROOT/build/bin/sandbox_bench" --dir "$OUT" 2> "$OUT/sandbox.stderr.log" | tee "$OUT/sandbox.jsonl"
+  SANDBOX_RC=${PIPESTATUS[0]}
+  [ "$SANDBOX_RC" != 0 ] && note "sandbox_bench FAILED with exit status $SANDBOX_RC (stderr: sandbox.stderr.log)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +509,30 @@ P()
 P("n/a: a figure is missing (benchmark not run, skipped or failed). The steps are not the same work: "
   "an agentd step makes two loopback HTTP calls and journals both, a peer step does nothing.")
 P()
+
+# ---- sandboxes
+S = {r.get("bench", "?"): r for r in read_jsonl(os.path.join(out, "sandbox.jsonl"))}
+if S:
+    P("## Sandboxes\n")
+    P("| measurement | p50 | p99 | baseline / note |\n|---|---|---|---|")
+    c = S.get("sandbox_cold_start", {})
+    if c:
+        t, b = c.get("to_first_command", {}), c.get("bare_bwrap_true", {})
+        P("| bwrap sandbox: cold start to first command (`true`) | %s | %s | bare `bwrap ... true` in the same run: p50 %s, ratio %s |" % (
+            num(t.get("p50_ms"), " ms"), num(t.get("p99_ms"), " ms"), num(b.get("p50_ms"), " ms"), num(c.get("ratio_p50"))))
+    w = S.get("sandbox_warm_exec", {}).get("exec_true", {})
+    if w:
+        P("| bwrap sandbox: `exec` round trip, warm | %s | %s | |" % (num(w.get("p50_ms"), " ms"), num(w.get("p99_ms"), " ms")))
+    m = S.get("sandbox_idle_memory", {})
+    if m:
+        P("| memory per idle sandbox | RSS %s KiB | | PSS %s KiB (shared pages split) |" % (num(m.get("rss_kib_each")), num(m.get("pss_kib_each"))))
+    ws = S.get("workspace_snapshot", {})
+    for key, label in (("first_snapshot", "first snapshot, 10 MB in 1,000 files"), ("one_file_changed", "snapshot after a one-file change"),
+                       ("unchanged", "snapshot, nothing changed"), ("restore", "restore of the 10 MB snapshot")):
+        r = ws.get(key, {})
+        if r:
+            P("| workspace: %s | %s | %s | on %s |" % (label, num(r.get("p50_ms"), " ms"), num(r.get("p99_ms"), " ms"), ws.get("workspace_fs", "?")))
+    P()
 if warn or notes:
     P("## Notes\n")
     for w in warn + notes:

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -126,6 +127,16 @@ bool EnableV2(const std::string& dir, const std::string& controller, std::string
   return true;
 }
 
+// Groups left by an agentd that was killed: their processes died with it (the supervisor
+// exits when agentd's end of its socket closes), so they are empty and rmdir removes them.
+// A group still in use (another agentd's) is not empty, and rmdir leaves it alone.
+void RemoveEmptyGroups(const std::string& folder) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(folder, ec)) {
+    if (entry.is_directory(ec)) rmdir(entry.path().c_str());
+  }
+}
+
 }  // namespace
 
 Cgroups Cgroups::Detect() {
@@ -140,6 +151,7 @@ Cgroups Cgroups::Detect() {
       dir += kFolder;
       if (MakeDir(dir, &error)) {
         cg.places_[c] = {dir, 1};
+        RemoveEmptyGroups(dir);
         continue;
       }
     } else if (!mounts.v2.empty() && own.count("") != 0) {
@@ -155,6 +167,7 @@ Cgroups Cgroups::Detect() {
       } else if (EnableV2(parent, c, &error) && MakeDir(parent + "/" + kFolder, &error) &&
                  EnableV2(parent + "/" + kFolder, c, &error)) {
         cg.places_[c] = {parent + "/" + kFolder, 2};
+        RemoveEmptyGroups(parent + "/" + kFolder);
         continue;
       }
     } else {
