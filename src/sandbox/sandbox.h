@@ -106,7 +106,16 @@ struct SandboxSpec {
   // Host paths made visible read-only inside the sandbox at the same path (npm packages of
   // MCP servers, say).
   std::vector<std::string> read_only_paths;
+  // When set, programs in the sandbox reach the network through an HTTP proxy at
+  // 127.0.0.1:3128 inside it (HTTP_PROXY, HTTPS_PROXY and ALL_PROXY say so), and each
+  // connection to that address is handed here (the callee owns the descriptor), to be served
+  // outside the sandbox under the agent's egress policy. Unset: no network at all. Called on
+  // a driver thread; it must not block.
+  std::function<void(int fd)> on_egress_connection;
 };
+
+// Where programs in a sandbox find the egress proxy.
+inline constexpr int kEgressProxyPort = 3128;
 
 class SandboxDriver {
  public:

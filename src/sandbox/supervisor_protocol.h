@@ -9,6 +9,7 @@
 // supervisor -> driver
 //   {"op":"ready","landlock":ABI}           once, after start-up (ABI 0: not enforced)
 //   {"op":"exit","id":N,"code":C}           C = exit status, or 128 + signal
+//   {"op":"connection","id":0} + fd         a program connected to the egress proxy address
 //
 // When a spawned process exits, everything it started is killed too, so no stray process
 // outlives its command or keeps its pipes open. When the socket closes (agentd went away),

@@ -278,8 +278,11 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       a.insert(a.end(), {"--ro-bind", p, p});
     }
     a.insert(a.end(), {"--bind-fd", "5", kInsidePath, "--chdir", kInsidePath,
-                       "--remount-ro", "/", "--seccomp", "4", "--", kInitInside, "3",
-                       kInsidePath, "/tmp"});
+                       "--remount-ro", "/", "--seccomp", "4", "--", kInitInside, "3"});
+    if (spec_.on_egress_connection) {
+      a.insert(a.end(), {"--proxy", std::to_string(kEgressProxyPort)});
+    }
+    a.insert(a.end(), {kInsidePath, "/tmp"});
     return a;
   }
 
@@ -404,8 +407,17 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       if (!ReceiveMessage(sock, &text, &fds)) break;
       Json m = Json::parse(text, nullptr, false);
-      std::lock_guard<std::mutex> lock(mu_);
       std::string op = m.is_object() ? m.value("op", "") : "";
+      if (op == "connection") {
+        // Handed on outside the lock: the proxy takes it from here.
+        if (fds.size() == 1 && spec_.on_egress_connection) {
+          spec_.on_egress_connection(fds[0]);
+          fds.clear();
+        }
+        for (int fd : fds) close(fd);
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mu_);
       if (op == "ready") {
         ready_ = true;
         d_->landlock_abi = m.value("landlock", 0);
@@ -450,6 +462,13 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     int64_t id = next_id_++;
     Json env = {{"PATH", "/usr/local/bin:/usr/bin:/bin"}, {"HOME", kInsidePath},
                 {"LANG", "C.UTF-8"}, {"TMPDIR", "/tmp"}};
+    if (spec_.on_egress_connection) {
+      std::string proxy = "http://127.0.0.1:" + std::to_string(kEgressProxyPort);
+      for (const char* k : {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
+                            "https_proxy", "all_proxy"}) {
+        env[k] = proxy;
+      }
+    }
     for (const auto& [k, v] : req.env) env[k] = v;
     Json msg = {{"op", "spawn"}, {"id", id}, {"argv", req.argv}, {"env", env}};
     pending_[id];

@@ -1,7 +1,9 @@
 // agentd-sandbox-init: the first process of every sandbox (after the driver's own init).
 //
-// Usage (by a driver only): agentd-sandbox-init FD RW_DIR...
+// Usage (by a driver only): agentd-sandbox-init FD [--proxy PORT] RW_DIR...
 //   FD      the SOCK_SEQPACKET socket to agentd (supervisor_protocol.h)
+//   PORT    listen on 127.0.0.1:PORT and hand every connection to agentd, whose egress
+//           proxy serves it (the sandbox has no other way out)
 //   RW_DIR  directories that stay writable under Landlock; everything else is read-only
 //
 // It restricts itself with Landlock (inherited by everything it starts), then serves spawn
@@ -12,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/landlock.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,6 +22,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,6 +80,23 @@ int RestrictWithLandlock(const std::vector<std::string>& rw_dirs) {
   }
   close(ruleset);
   return abi;
+}
+
+// A TCP listener on 127.0.0.1:port (the sandbox's own loopback).
+int ListenOnLoopback(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(fd, 64) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
 }
 
 std::vector<pid_t> Children() {
@@ -179,7 +200,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   int sock = atoi(argv[1]);
-  std::vector<std::string> rw_dirs(argv + 2, argv + argc);
+  int first_dir = 2;
+  int proxy = -1;  // listening socket of the egress proxy, when enabled
+  if (argc > 3 && strcmp(argv[2], "--proxy") == 0) {
+    first_dir = 4;
+    proxy = ListenOnLoopback(atoi(argv[3]));
+    if (proxy < 0) {
+      SendMessage(sock, json{{"op", "fatal"}, {"message", std::string("egress proxy listener: ") + strerror(errno)}}.dump(), {});
+      return 1;
+    }
+  }
+  std::vector<std::string> rw_dirs(argv + first_dir, argv + argc);
   // Orphans of a runner that died come here, to be swept (below) instead of living on.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   int abi = RestrictWithLandlock(rw_dirs);
@@ -200,8 +231,8 @@ int main(int argc, char** argv) {
   std::string text;
   std::vector<int> fds;
   for (;;) {
-    pollfd p[2] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}};
-    if (poll(p, 2, -1) < 0) {
+    pollfd p[3] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}, {proxy, POLLIN, 0}};
+    if (poll(p, proxy >= 0 ? 3 : 2, -1) < 0) {
       if (errno == EINTR) continue;
       break;
     }
@@ -221,6 +252,14 @@ int main(int argc, char** argv) {
           if (!WIFEXITED(status)) KillChildren(runners);
         }
         break;
+      }
+    }
+    if (proxy >= 0 && (p[2].revents & POLLIN)) {
+      // A program connected to the proxy address: agentd decides and serves it.
+      int conn = accept4(proxy, nullptr, nullptr, SOCK_CLOEXEC);
+      if (conn >= 0) {
+        SendMessage(sock, json{{"op", "connection"}, {"id", 0}}.dump(), {conn});
+        close(conn);
       }
     }
     if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
@@ -254,6 +293,7 @@ int main(int argc, char** argv) {
     if (runner == 0) {
       close(sock);
       close(sfd);
+      if (proxy >= 0) close(proxy);
       sigprocmask(SIG_UNBLOCK, &mask, nullptr);
       close(in[1]);
       close(out[0]);

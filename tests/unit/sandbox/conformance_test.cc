@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "sandbox/bwrap/bwrap_driver.h"
@@ -222,6 +223,51 @@ TEST_P(SandboxConformance, HasNoNetwork) {
   EXPECT_EQ(Probe(b, "connect 169.254.169.254 80").rfind("denied", 0), 0u);
   EXPECT_EQ(Probe(b, "connect 10.0.0.1 80").rfind("denied", 0), 0u);
   close(fd);
+}
+
+TEST_P(SandboxConformance, HandsProxyConnectionsOutAndNothingElse) {
+  // The stand-in for the egress proxy: reads the request and refuses it.
+  std::mutex mu;
+  std::vector<std::string> requests;
+  std::vector<std::thread> servers;
+  std::string root = dir_ + "/egress";
+  fs::create_directories(root);
+  roots_.push_back(root);
+  SandboxSpec spec;
+  spec.id = "egress-" + std::to_string(getpid());
+  spec.root = root;
+  spec.on_egress_connection = [&](int fd) {
+    std::lock_guard<std::mutex> lock(mu);
+    servers.emplace_back([&, fd] {
+      char buf[4096];
+      ssize_t n = read(fd, buf, sizeof(buf));
+      {
+        std::lock_guard<std::mutex> l(mu);
+        requests.emplace_back(buf, n > 0 ? static_cast<size_t>(n) : 0);
+      }
+      const char reply[] = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      (void)!write(fd, reply, sizeof(reply) - 1);
+      close(fd);
+    });
+  };
+  auto box = driver_->Create(spec);
+  ASSERT_TRUE(box.ok()) << box.status().ToString();
+  ExecRequest req;
+  req.command = "curl -s -o /dev/null -w '%{http_code}' http://example.com/x; echo; echo $HTTPS_PROXY";
+  auto r = (*box)->Exec(req);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->stdout_data, "403\nhttp://127.0.0.1:3128\n") << r->stderr_data;
+  // Going around the proxy finds no network.
+  fs::copy_file(AGENTD_SANDBOX_PROBE, (*box)->workspace() + "/probe");
+  req.command = "./probe connect 93.184.216.34 80";
+  r = (*box)->Exec(req);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->stdout_data.rfind("denied", 0), 0u) << r->stdout_data;
+  box->reset();
+  std::lock_guard<std::mutex> lock(mu);
+  for (auto& t : servers) t.join();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].rfind("GET http://example.com/x HTTP/1.1\r\n", 0), 0u) << requests[0];
 }
 
 TEST_P(SandboxConformance, StopsACommandAtItsTimeoutWithEverythingItStarted) {
