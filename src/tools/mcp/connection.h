@@ -1,0 +1,106 @@
+// Internal to the MCP client: one live transport to a server (a stdio process or an HTTP
+// endpoint) that carries JSON-RPC requests and notifications. The client above it knows the
+// protocol's eras and methods; a Connection knows framing, ids, progress tokens,
+// cancellation on its transport, and answers the server's own requests (ping).
+//
+// Thread-safe: Call() may run on several threads at once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/json.h"
+#include "common/status.h"
+#include "sandbox/sandbox.h"
+#include "tools/mcp/mcp_client.h"
+
+namespace agentd::tools::mcp::internal {
+
+// JSON-RPC error codes the client acts on.
+inline constexpr int64_t kParseError = -32700;
+inline constexpr int64_t kInvalidRequest = -32600;
+inline constexpr int64_t kMethodNotFound = -32601;
+inline constexpr int64_t kInvalidParams = -32602;
+inline constexpr int64_t kHeaderMismatch = -32020;
+inline constexpr int64_t kMissingRequiredClientCapability = -32021;
+inline constexpr int64_t kUnsupportedProtocolVersion = -32022;
+// Not a JSON-RPC code: an HTTP error status whose body was no JSON-RPC error.
+inline constexpr int64_t kHttpStatusError = -1;
+
+struct RpcError {
+  int64_t code = 0;
+  std::string message;
+  Json data;
+};
+
+// The server's answer to one request: a result or a JSON-RPC error.
+struct RpcReply {
+  Json result;
+  std::optional<RpcError> error;
+  int http_status = 0;  // HTTP only
+};
+
+struct RequestOptions {
+  std::chrono::steady_clock::time_point deadline;
+  std::function<bool()> should_abort;
+  // notifications/progress params for this request; set => params._meta.progressToken.
+  std::function<void(const Json& params)> on_progress;
+};
+
+// Server notifications the connection does not consume itself (list_changed, ...).
+using NotificationSink = std::function<void(const std::string& method, const Json& params)>;
+
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  // Sends a request and waits for its answer. A non-OK Status is a transport failure,
+  // a timeout (DeadlineExceeded) or the caller's abort (Cancelled).
+  virtual Result<RpcReply> Call(const std::string& method, Json params,
+                                const RequestOptions& options) = 0;
+  virtual Status Notify(const std::string& method, Json params) = 0;
+  // Sends a request whose answer nobody waits for (subscriptions/listen); stdio only.
+  virtual Status SendDetached(const std::string& method, Json params) = 0;
+  // The revision in use: selects HTTP headers (MCP-Protocol-Version, Mcp-Method, ...).
+  // "" before a handshake-era initialize.
+  virtual void SetProtocolVersion(const std::string& version) = 0;
+  // True once the connection cannot carry requests any more; `why` says why.
+  virtual bool Broken(Status* why) = 0;
+};
+
+Result<std::unique_ptr<Connection>> StartStdioConnection(
+    std::unique_ptr<sandbox::Process> process, const ClientOptions& options,
+    NotificationSink sink);
+std::unique_ptr<Connection> StartHttpConnection(const HttpTarget& target,
+                                                const ClientOptions& options,
+                                                NotificationSink sink);
+
+// The answer to a request the server sent us: `ping` gets an empty result, anything else
+// -32601 (the client declares no capabilities, so servers have nothing else to ask).
+Json AnswerServerRequest(const Json& request);
+
+// Incremental Server-Sent Events parser (the WHATWG event stream format): feed bytes, get
+// each event's data. Comments, `event`, `id` and `retry` fields are ignored.
+class SseParser {
+ public:
+  explicit SseParser(size_t max_event_bytes) : max_event_bytes_(max_event_bytes) {}
+  // Calls `on_event` with each complete event's data; fails when an event or a line grows
+  // over the limit.
+  Status Feed(std::string_view bytes, const std::function<void(std::string)>& on_event);
+
+ private:
+  size_t max_event_bytes_;
+  std::string line_;
+  std::string data_;
+  bool has_data_ = false;
+  bool skip_lf_ = false;
+};
+
+// The first `max` bytes of `s` for error messages, with "..." when cut.
+std::string Excerpt(std::string_view s, size_t max = 200);
+
+}  // namespace agentd::tools::mcp::internal
