@@ -66,7 +66,8 @@ struct EgressEvent {
   std::chrono::milliseconds duration{0};  // since Serve was called
 };
 
-// Called on the connection's thread. It must not block for long and must not call Shutdown.
+// Called on the connection's thread (for a connection refused by Serve itself, on Serve's
+// caller's thread). It must not block for long and must not call Shutdown.
 using EgressCallback = std::function<void(const EgressEvent&)>;
 
 // Resolves a host name to addresses; blocking. The default uses getaddrinfo.
