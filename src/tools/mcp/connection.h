@@ -72,9 +72,9 @@ class Connection {
   virtual bool Broken(Status* why) = 0;
 };
 
-Result<std::unique_ptr<Connection>> StartStdioConnection(
-    std::unique_ptr<sandbox::Process> process, const ClientOptions& options,
-    NotificationSink sink);
+Result<std::unique_ptr<Connection>> StartStdioConnection(std::unique_ptr<sandbox::Process> process,
+                                                         const ClientOptions& options,
+                                                         NotificationSink sink);
 std::unique_ptr<Connection> StartHttpConnection(const HttpTarget& target,
                                                 const ClientOptions& options,
                                                 NotificationSink sink);

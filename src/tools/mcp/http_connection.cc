@@ -29,6 +29,7 @@ using std::chrono::milliseconds;
 
 constexpr milliseconds kNotifyTimeout{10000};
 constexpr milliseconds kDeleteTimeout{2000};
+constexpr milliseconds kLingerAfterResponse{2000};
 
 std::string Base64(std::string_view in) {
   static constexpr char kAlphabet[] =
@@ -57,8 +58,8 @@ std::string Base64(std::string_view in) {
 
 // A header value as the 2026-07-28 Streamable HTTP binding wants it ("Value Encoding").
 std::string HeaderValue(std::string_view v) {
-  bool plain = !v.empty() && v.front() != ' ' && v.front() != '\t' && v.back() != ' ' &&
-               v.back() != '\t';
+  bool plain =
+      !v.empty() && v.front() != ' ' && v.front() != '\t' && v.back() != ' ' && v.back() != '\t';
   for (char c : v) {
     auto u = static_cast<unsigned char>(c);
     if (!((u >= 0x20 && u <= 0x7E) || u == '\t')) plain = false;
@@ -120,8 +121,8 @@ class HttpConnection final : public Connection {
 
     auto left = std::chrono::duration_cast<milliseconds>(options.deadline - Clock::now());
     if (left.count() <= 0) {
-      return DeadlineExceeded(fmt::format("MCP server '{}' did not answer {} in time", server_,
-                                          method));
+      return DeadlineExceeded(
+          fmt::format("MCP server '{}' did not answer {} in time", server_, method));
     }
     HttpRequest req;
     req.method = "POST";
@@ -135,7 +136,6 @@ class HttpConnection final : public Connection {
     req.body = DumpJson(msg);
     req.timeout = left;
     req.connect_timeout = target_.connect_timeout;
-    req.should_abort = options.should_abort;
 
     // The body is sniffed: JSON starts with '{' or '['; anything else is an event stream.
     // (on_body runs before the caller sees the headers.)
@@ -144,13 +144,14 @@ class HttpConnection final : public Connection {
     std::string head;  // the start of an event stream, for error messages
     SseParser sse(max_message_bytes_);
     std::optional<RpcReply> reply;
+    std::optional<Clock::time_point> reply_at;
     Status stream_error;
     std::vector<std::thread> answers;
     req.on_body = [&](std::string_view bytes) -> bool {
       if (kind == Kind::kUnknown) {
         size_t i = 0;
-        while (i < bytes.size() && (bytes[i] == ' ' || bytes[i] == '\r' || bytes[i] == '\n' ||
-                                    bytes[i] == '\t')) {
+        while (i < bytes.size() &&
+               (bytes[i] == ' ' || bytes[i] == '\r' || bytes[i] == '\n' || bytes[i] == '\t')) {
           ++i;
         }
         if (i == bytes.size()) {
@@ -177,7 +178,14 @@ class HttpConnection final : public Connection {
         stream_error = ResourceExhausted(fmt::format("MCP server '{}': {}", server_, st.message()));
         return false;
       }
-      return !reply && stream_error.ok();  // stop reading once the response is in
+      if (reply && !reply_at) reply_at = Clock::now();
+      return stream_error.ok();
+    };
+    // After the response the stream should end; it is read to its end, so that the response
+    // headers (Mcp-Session-Id) are kept, but not for longer than kLingerAfterResponse.
+    req.should_abort = [&]() -> bool {
+      if (reply_at) return Clock::now() - *reply_at > kLingerAfterResponse;
+      return options.should_abort && options.should_abort();
     };
 
     auto resp = HttpDoBlocking(req);
@@ -284,14 +292,14 @@ class HttpConnection final : public Connection {
 
   // One SSE event of the response stream to request `id`.
   void OnEvent(int64_t id, const std::string& data, const RequestOptions& options,
-               std::optional<RpcReply>* reply, Status* error,
-               std::vector<std::thread>* answers) {
+               std::optional<RpcReply>* reply, Status* error, std::vector<std::thread>* answers) {
     if (data.empty()) return;  // priming events carry no data
     auto parsed = ParseJson(data, "MCP message");
     if (!parsed.ok() || !parsed->is_object()) {
-      *error = Internal(fmt::format("MCP server '{}' sent an event that is not a JSON-RPC "
-                                    "message: '{}'",
-                                    server_, Excerpt(data, 120)));
+      *error =
+          Internal(fmt::format("MCP server '{}' sent an event that is not a JSON-RPC "
+                               "message: '{}'",
+                               server_, Excerpt(data, 120)));
       return;
     }
     Json& msg = *parsed;
@@ -321,8 +329,8 @@ class HttpConnection final : public Connection {
       } else if (msg.contains("result")) {
         r.result = std::move(msg["result"]);
       } else {
-        *error = Internal(fmt::format("MCP server '{}' sent a response without result or error",
-                                      server_));
+        *error = Internal(
+            fmt::format("MCP server '{}' sent a response without result or error", server_));
         return;
       }
       r.http_status = 200;
@@ -341,8 +349,7 @@ class HttpConnection final : public Connection {
     req.max_response_bytes = 64 * 1024;
     auto r = HttpDoBlocking(req);
     if (!r.ok()) {
-      spdlog::warn("MCP server '{}': cannot answer its request: {}", server_,
-                   r.status().message());
+      spdlog::warn("MCP server '{}': cannot answer its request: {}", server_, r.status().message());
     }
   }
 
@@ -358,14 +365,16 @@ class HttpConnection final : public Connection {
     }
     if (was_sse) {
       if (resp.Header("content-type").find("text/event-stream") == std::string::npos) {
-        return Internal(fmt::format("MCP server '{}' answered {} with HTTP {} and a body that is "
-                                    "not a JSON-RPC message: '{}'",
-                                    server_, method, resp.status, Excerpt(raw, 120)));
+        return Internal(
+            fmt::format("MCP server '{}' answered {} with HTTP {} and a body that is "
+                        "not a JSON-RPC message: '{}'",
+                        server_, method, resp.status, Excerpt(raw, 120)));
       }
       if (resp.status >= 200 && resp.status < 300) {
-        return Aborted(fmt::format("MCP server '{}' closed the event stream of {} without "
-                                   "answering it",
-                                   server_, method));
+        return Aborted(
+            fmt::format("MCP server '{}' closed the event stream of {} without "
+                        "answering it",
+                        server_, method));
       }
     }
     RpcReply reply;
@@ -387,9 +396,10 @@ class HttpConnection final : public Connection {
         }
       }
       if (resp.status >= 200 && resp.status < 300) {
-        return Internal(fmt::format("MCP server '{}' answered {} with a body that is not its "
-                                    "JSON-RPC response: '{}'",
-                                    server_, method, Excerpt(raw, 120)));
+        return Internal(
+            fmt::format("MCP server '{}' answered {} with a body that is not its "
+                        "JSON-RPC response: '{}'",
+                        server_, method, Excerpt(raw, 120)));
       }
     }
     if (resp.status >= 200 && resp.status < 300) {

@@ -98,22 +98,22 @@ Result<McpTool> ParseTool(const Json& t) {
 
 struct McpClient::Impl {
   ClientOptions options;
-  ProcessFactory factory;           // stdio
-  std::optional<HttpTarget> http;   // Streamable HTTP
+  ProcessFactory factory;          // stdio
+  std::optional<HttpTarget> http;  // Streamable HTTP
 
   std::mutex connect_mu;  // one connect at a time; held while connecting
 
   mutable std::mutex mu;
-  std::shared_ptr<Connection> conn;  // GUARDED_BY(mu)
-  Era era = Era::kHandshake;         // GUARDED_BY(mu)
-  std::string version;               // GUARDED_BY(mu)
-  Json capabilities = Json::object();  // GUARDED_BY(mu)
-  Json server_info;                  // GUARDED_BY(mu)
-  std::string instructions;          // GUARDED_BY(mu)
-  std::vector<McpTool> tools;        // GUARDED_BY(mu)
-  bool tools_valid = false;          // GUARDED_BY(mu)
+  std::shared_ptr<Connection> conn;               // GUARDED_BY(mu)
+  Era era = Era::kHandshake;                      // GUARDED_BY(mu)
+  std::string version;                            // GUARDED_BY(mu)
+  Json capabilities = Json::object();             // GUARDED_BY(mu)
+  Json server_info;                               // GUARDED_BY(mu)
+  std::string instructions;                       // GUARDED_BY(mu)
+  std::vector<McpTool> tools;                     // GUARDED_BY(mu)
+  bool tools_valid = false;                       // GUARDED_BY(mu)
   std::optional<Clock::time_point> tools_expiry;  // GUARDED_BY(mu)
-  uint64_t tools_generation = 0;     // GUARDED_BY(mu): bumped by list_changed
+  uint64_t tools_generation = 0;                  // GUARDED_BY(mu): bumped by list_changed
 
   // Connections are destroyed outside `mu`: a stdio connection joins its reader thread,
   // which may be waiting for `mu` in OnNotification.
@@ -152,8 +152,8 @@ struct McpClient::Impl {
     if (!factory) return FailedPrecondition("no process factory");
     auto proc = factory();
     if (!proc.ok()) {
-      return Status(proc.status().code(), fmt::format("MCP server '{}': cannot start: {}",
-                                                      server(), proc.status().message()));
+      return Status(proc.status().code(), fmt::format("MCP server '{}': cannot start: {}", server(),
+                                                      proc.status().message()));
     }
     return internal::StartStdioConnection(std::move(proc).value(), options, sink);
   }
@@ -188,9 +188,8 @@ struct McpClient::Impl {
         auto r = c.conn->Call("server/discover", Json{{"_meta", ModernMeta(v)}}, ro);
         if (r.ok() && !r->error) {
           const Json& res = r->result;
-          std::string chosen = PickModern(modern, res.contains("supportedVersions")
-                                                      ? res["supportedVersions"]
-                                                      : Json::array());
+          std::string chosen = PickModern(
+              modern, res.contains("supportedVersions") ? res["supportedVersions"] : Json::array());
           if (chosen.empty()) {
             return FailedPrecondition(fmt::format(
                 "MCP server '{}' supports protocol versions {} but the client only {}", server(),
@@ -213,9 +212,9 @@ struct McpClient::Impl {
         if (r.ok() && r->error->code == internal::kUnsupportedProtocolVersion) {
           // A modern server without our preferred version: retry with a common one.
           const Json& data = r->error->data;
-          std::string chosen = PickModern(
-              modern, data.is_object() && data.contains("supported") ? data["supported"]
-                                                                     : Json::array());
+          std::string chosen =
+              PickModern(modern, data.is_object() && data.contains("supported") ? data["supported"]
+                                                                                : Json::array());
           // A second refusal of a version the server says it supports ends the retries.
           if (chosen.empty() || attempt >= 2) {
             return FailedPrecondition(fmt::format(
@@ -234,8 +233,8 @@ struct McpClient::Impl {
         if (legacy.empty()) {
           if (!r.ok()) return r.status();
           return FailedPrecondition(fmt::format(
-              "MCP server '{}' does not speak protocol version {} (server/discover: {})",
-              server(), Join(modern), r->error->message));
+              "MCP server '{}' does not speak protocol version {} (server/discover: {})", server(),
+              Join(modern), r->error->message));
         }
         if (!r.ok()) {
           if (r.status().code() != StatusCode::kDeadlineExceeded &&
@@ -258,23 +257,23 @@ struct McpClient::Impl {
     c.conn->SetProtocolVersion("");
     RequestOptions ro;
     ro.deadline = deadline;
-    Json params = {{"protocolVersion", want},
-                   {"capabilities", Json::object()},
-                   {"clientInfo",
-                    {{"name", options.client_name}, {"version", options.client_version}}}};
+    Json params = {
+        {"protocolVersion", want},
+        {"capabilities", Json::object()},
+        {"clientInfo", {{"name", options.client_name}, {"version", options.client_version}}}};
     auto r = c.conn->Call("initialize", std::move(params), ro);
     if (!r.ok()) return r.status();
     if (r->error) return RpcStatus(server(), "initialize", *r->error);
     const Json& res = r->result;
     const std::string* got = FindString(res, "protocolVersion");
     if (got == nullptr) {
-      return Internal(fmt::format("MCP server '{}' answered initialize without protocolVersion",
-                                  server()));
+      return Internal(
+          fmt::format("MCP server '{}' answered initialize without protocolVersion", server()));
     }
     if (!Contains(legacy, *got)) {
       return FailedPrecondition(
-          fmt::format("MCP server '{}' speaks protocol version {}; the client speaks {}",
-                      server(), *got, Join(options.protocol_versions)));
+          fmt::format("MCP server '{}' speaks protocol version {}; the client speaks {}", server(),
+                      *got, Join(options.protocol_versions)));
     }
     c.era = Era::kHandshake;
     c.version = *got;
@@ -340,7 +339,8 @@ struct McpClient::Impl {
     if (c != nullptr && !options.auto_reconnect) return why;
     RETURN_IF_ERROR(Install(c, false));
     std::lock_guard<std::mutex> lock(mu);
-    if (conn == nullptr) return Unavailable(fmt::format("MCP server '{}' is not connected", server()));
+    if (conn == nullptr)
+      return Unavailable(fmt::format("MCP server '{}' is not connected", server()));
     return conn;
   }
 
@@ -377,9 +377,10 @@ struct McpClient::Impl {
       if (r->error) return RpcStatus(server(), method, *r->error);
       Json result = std::move(r->result);
       if (!result.is_object()) {
-        return Internal(fmt::format("MCP server '{}' answered {} with a result that is not an "
-                                    "object",
-                                    server(), method));
+        return Internal(
+            fmt::format("MCP server '{}' answered {} with a result that is not an "
+                        "object",
+                        server(), method));
       }
       std::string type = result.value("resultType", std::string("complete"));
       if (type == "complete") return result;
@@ -423,9 +424,10 @@ struct McpClient::Impl {
       if (!responses.empty()) (*params)["inputResponses"] = std::move(responses);
     }
     if (!params->contains("requestState") && !params->contains("inputResponses")) {
-      return Internal(fmt::format("MCP server '{}' answered {} with an input_required result "
-                                  "that asks for nothing",
-                                  server(), method));
+      return Internal(
+          fmt::format("MCP server '{}' answered {} with an input_required result "
+                      "that asks for nothing",
+                      server(), method));
     }
     return Status::OK();
   }
@@ -447,8 +449,8 @@ Result<std::unique_ptr<McpClient>> McpClient::ConnectStdioBlocking(ClientOptions
 Result<std::unique_ptr<McpClient>> McpClient::ConnectHttpBlocking(ClientOptions options,
                                                                   HttpTarget target) {
   if (target.url.rfind("http://", 0) != 0 && target.url.rfind("https://", 0) != 0) {
-    return InvalidArgument(fmt::format("MCP server URL '{}' is not http(s)",
-                                       internal::Excerpt(target.url, 200)));
+    return InvalidArgument(
+        fmt::format("MCP server URL '{}' is not http(s)", internal::Excerpt(target.url, 200)));
   }
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
@@ -461,8 +463,8 @@ Result<std::vector<McpTool>> McpClient::ListToolsBlocking(bool refresh) {
   uint64_t generation;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    bool fresh = impl_->tools_valid &&
-                 (!impl_->tools_expiry || Clock::now() < *impl_->tools_expiry);
+    bool fresh =
+        impl_->tools_valid && (!impl_->tools_expiry || Clock::now() < *impl_->tools_expiry);
     if (!refresh && fresh) {
       Status why;
       if (impl_->conn != nullptr && !impl_->conn->Broken(&why)) return impl_->tools;
@@ -502,8 +504,8 @@ Result<std::vector<McpTool>> McpClient::ListToolsBlocking(bool refresh) {
     const std::string* next = FindString(result, "nextCursor");
     if (next == nullptr || next->empty()) break;
     if (!cursors.insert(*next).second) {
-      return Internal(fmt::format("MCP server '{}' repeats tools/list cursor '{}'",
-                                  impl_->server(), internal::Excerpt(*next, 80)));
+      return Internal(fmt::format("MCP server '{}' repeats tools/list cursor '{}'", impl_->server(),
+                                  internal::Excerpt(*next, 80)));
     }
     cursor = *next;
   }
@@ -524,15 +526,15 @@ Result<CallResult> McpClient::CallToolBlocking(const std::string& name, const Js
     return Cancelled(fmt::format("MCP server '{}': tools/call {} cancelled", impl_->server(),
                                  internal::Excerpt(name, 80)));
   }
-  Json params = {{"name", name},
-                 {"arguments", arguments.is_null() ? Json::object() : arguments}};
+  Json params = {{"name", name}, {"arguments", arguments.is_null() ? Json::object() : arguments}};
   RequestOptions ro;
   ro.deadline = Clock::now() + options.timeout;
   ro.should_abort = options.should_abort;
   if (options.on_progress) {
     ro.on_progress = [&options](const Json& p) {
       ProgressUpdate u;
-      if (p.contains("progress") && p["progress"].is_number()) u.progress = p["progress"].get<double>();
+      if (p.contains("progress") && p["progress"].is_number())
+        u.progress = p["progress"].get<double>();
       if (p.contains("total") && p["total"].is_number()) u.total = p["total"].get<double>();
       if (const std::string* m = FindString(p, "message")) u.message = *m;
       options.on_progress(u);
@@ -542,9 +544,10 @@ Result<CallResult> McpClient::CallToolBlocking(const std::string& name, const Js
   CallResult out;
   if (result.contains("content")) {
     if (!result["content"].is_array()) {
-      return Internal(fmt::format("MCP server '{}' answered tools/call {} with content that is "
-                                  "not an array",
-                                  impl_->server(), internal::Excerpt(name, 80)));
+      return Internal(
+          fmt::format("MCP server '{}' answered tools/call {} with content that is "
+                      "not an array",
+                      impl_->server(), internal::Excerpt(name, 80)));
     }
     out.content = std::move(result["content"]);
   } else if (!result.contains("structuredContent")) {

@@ -22,8 +22,7 @@ Json AnswerServerRequest(const Json& request) {
                                         method != nullptr ? *method : std::string("?"))}}}};
 }
 
-Status SseParser::Feed(std::string_view bytes,
-                       const std::function<void(std::string)>& on_event) {
+Status SseParser::Feed(std::string_view bytes, const std::function<void(std::string)>& on_event) {
   for (char c : bytes) {
     if (skip_lf_) {
       skip_lf_ = false;
@@ -80,8 +79,8 @@ std::string Excerpt(std::string_view s, size_t max) {
 namespace {
 
 bool IsNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '_' || c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-';
 }
 
 }  // namespace
@@ -117,8 +116,7 @@ Result<std::string> NamespacedToolName(std::string_view server, std::string_view
     return InvalidArgument(fmt::format(
         "MCP server '{}' tool '{}' cannot be offered to the model: '{}' is longer than {} "
         "characters",
-        server, internal::Excerpt(tool, 80), internal::Excerpt(full, 80),
-        kMaxFunctionNameLength));
+        server, internal::Excerpt(tool, 80), internal::Excerpt(full, 80), kMaxFunctionNameLength));
   }
   return full;
 }

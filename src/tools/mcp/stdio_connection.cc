@@ -121,9 +121,9 @@ class StdioConnection final : public Connection {
     Status st = Write(msg, options.deadline);
     if (!st.ok()) {
       Forget(id, *pending);
-      return WithStderr(fmt::format("MCP server '{}': cannot send {}: {}", server_, method,
-                                    st.message()),
-                        st.code());
+      return WithStderr(
+          fmt::format("MCP server '{}': cannot send {}: {}", server_, method, st.message()),
+          st.code());
     }
 
     std::unique_lock<std::mutex> lock(mu_);
@@ -243,8 +243,8 @@ class StdioConnection final : public Connection {
       pollfd p{fd, POLLIN, 0};
       int r = ::poll(&p, 1, static_cast<int>(kPollInterval.count()));
       if (r < 0 && errno != EINTR) {
-        Break(Unavailable(fmt::format("MCP server '{}': poll failed: {}", server_,
-                                      std::strerror(errno))));
+        Break(Unavailable(
+            fmt::format("MCP server '{}': poll failed: {}", server_, std::strerror(errno))));
         return;
       }
       if (r <= 0) continue;
@@ -283,8 +283,8 @@ class StdioConnection final : public Connection {
   }
 
   Status Oversized() const {
-    return ResourceExhausted(fmt::format(
-        "MCP server '{}' sent a message larger than {} bytes", server_, max_message_bytes_));
+    return ResourceExhausted(fmt::format("MCP server '{}' sent a message larger than {} bytes",
+                                         server_, max_message_bytes_));
   }
 
   void OnEof() {
@@ -295,8 +295,8 @@ class StdioConnection final : public Connection {
     for (int i = 0; i < 20 && (running = process_->Running(&code)); ++i) {
       std::this_thread::sleep_for(milliseconds(25));
     }
-    std::string how = running ? std::string("closed its stdout")
-                              : fmt::format("exited with code {}", code);
+    std::string how =
+        running ? std::string("closed its stdout") : fmt::format("exited with code {}", code);
     Break(WithStderr(fmt::format("MCP server '{}' {}", server_, how), StatusCode::kUnavailable));
   }
 
@@ -304,9 +304,10 @@ class StdioConnection final : public Connection {
   bool HandleLine(std::string_view line) {
     auto parsed = ParseJson(line, "MCP message");
     if (!parsed.ok() || !parsed->is_object()) {
-      Break(Internal(fmt::format("MCP server '{}' wrote a line to stdout that is not a JSON-RPC "
-                                 "message: '{}'",
-                                 server_, Excerpt(line, 120))));
+      Break(
+          Internal(fmt::format("MCP server '{}' wrote a line to stdout that is not a JSON-RPC "
+                               "message: '{}'",
+                               server_, Excerpt(line, 120))));
       return false;
     }
     Json& msg = *parsed;
@@ -315,8 +316,8 @@ class StdioConnection final : public Connection {
     if (method != nullptr && has_id) {
       Json answer = AnswerServerRequest(msg);
       Status st = Write(answer, Clock::now() + kNotifyWriteTimeout);
-      if (!st.ok()) spdlog::warn("MCP server '{}': cannot answer {}: {}", server_, *method,
-                                 st.message());
+      if (!st.ok())
+        spdlog::warn("MCP server '{}': cannot answer {}: {}", server_, *method, st.message());
       return true;
     }
     const Json params = msg.contains("params") ? msg["params"] : Json::object();
@@ -333,9 +334,10 @@ class StdioConnection final : public Connection {
       DeliverReply(msg["id"].get<int64_t>(), msg);
       return true;
     }
-    spdlog::warn("MCP server '{}' sent a message that is neither request, notification nor "
-                 "response: '{}'",
-                 server_, Excerpt(line, 120));
+    spdlog::warn(
+        "MCP server '{}' sent a message that is neither request, notification nor "
+        "response: '{}'",
+        server_, Excerpt(line, 120));
     return true;
   }
 
@@ -408,9 +410,9 @@ class StdioConnection final : public Connection {
 
 }  // namespace
 
-Result<std::unique_ptr<Connection>> StartStdioConnection(
-    std::unique_ptr<sandbox::Process> process, const ClientOptions& options,
-    NotificationSink sink) {
+Result<std::unique_ptr<Connection>> StartStdioConnection(std::unique_ptr<sandbox::Process> process,
+                                                         const ClientOptions& options,
+                                                         NotificationSink sink) {
   if (process == nullptr) return Internal("no process to talk to");
   auto conn = std::make_unique<StdioConnection>(std::move(process), options, std::move(sink));
   conn->Start();

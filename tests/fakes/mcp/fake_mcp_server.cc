@@ -94,7 +94,8 @@ std::FILE* g_trace = nullptr;  // FAKE_MCP_TRACE=<file>: every stdio line in and
 
 void Trace(const char* dir, const std::string& line) {
   if (g_trace == nullptr) return;
-  std::fprintf(g_trace, "%s %s%s", dir, line.c_str(), line.empty() || line.back() != '\n' ? "\n" : "");
+  std::fprintf(g_trace, "%s %s%s", dir, line.c_str(),
+               line.empty() || line.back() != '\n' ? "\n" : "");
   std::fflush(g_trace);
 }
 
@@ -117,9 +118,7 @@ Json ErrorResponse(const Json& id, int code, const std::string& message, Json da
   if (!data.is_null()) e["data"] = std::move(data);
   return Json{{"jsonrpc", "2.0"}, {"id", id}, {"error", std::move(e)}};
 }
-Json Text(const std::string& text) {
-  return Json::array({Json{{"type", "text"}, {"text", text}}});
-}
+Json Text(const std::string& text) { return Json::array({Json{{"type", "text"}, {"text", text}}}); }
 
 class FakeServer {
  public:
@@ -144,9 +143,8 @@ class FakeServer {
               tool("ask_input"),
               tool("forget_session"),
               tool("bad.name")};
-    tools_[1]["outputSchema"] = {{"type", "object"},
-                                 {"properties", {{"sum", {{"type", "number"}}}}},
-                                 {"required", {"sum"}}};
+    tools_[1]["outputSchema"] = {
+        {"type", "object"}, {"properties", {{"sum", {{"type", "number"}}}}}, {"required", {"sum"}}};
   }
 
   // Handles one client message. Runs on its own thread (stdio) or a handler thread (HTTP).
@@ -161,8 +159,8 @@ class FakeServer {
       }
       return;
     }
-    Json params = msg.contains("params") && msg["params"].is_object() ? msg["params"]
-                                                                      : Json::object();
+    Json params =
+        msg.contains("params") && msg["params"].is_object() ? msg["params"] : Json::object();
     if (!has_id) {
       if (*method == "notifications/initialized") {
         std::lock_guard<std::mutex> lock(mu_);
@@ -175,9 +173,10 @@ class FakeServer {
       return;
     }
     const Json& id = msg["id"];
-    Json meta = params.contains("_meta") && params["_meta"].is_object() ? params["_meta"]
-                                                                        : Json::object();
-    const std::string* version = agentd::FindString(meta, "io.modelcontextprotocol/protocolVersion");
+    Json meta =
+        params.contains("_meta") && params["_meta"].is_object() ? params["_meta"] : Json::object();
+    const std::string* version =
+        agentd::FindString(meta, "io.modelcontextprotocol/protocolVersion");
     bool modern_request = version != nullptr;
 
     if (*method == "initialize") {
@@ -275,8 +274,8 @@ class FakeServer {
  private:
   static Json Complete(Json result) {
     result["resultType"] = "complete";
-    result["_meta"] = {
-        {"io.modelcontextprotocol/serverInfo", {{"name", "fake_mcp_server"}, {"version", "1.0.0"}}}};
+    result["_meta"] = {{"io.modelcontextprotocol/serverInfo",
+                        {{"name", "fake_mcp_server"}, {"version", "1.0.0"}}}};
     return result;
   }
 
@@ -378,8 +377,7 @@ class FakeServer {
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (tools_.back()["name"] != "extra") {
-          tools_.push_back(Json{{"name", "extra"},
-                                {"inputSchema", {{"type", "object"}}}});
+          tools_.push_back(Json{{"name", "extra"}, {"inputSchema", {{"type", "object"}}}});
         }
         listen_id = listen_id_;
       }
@@ -407,7 +405,8 @@ class FakeServer {
       ch.Send(Json{{"jsonrpc", "2.0"}, {"id", bogus_id}, {"method", "bogus/method"}});
       std::unique_lock<std::mutex> lock(mu_);
       bool got = cv_.wait_for(lock, std::chrono::seconds(10), [&] {
-        return answers_.count(agentd::DumpJson(ping_id)) && answers_.count(agentd::DumpJson(bogus_id));
+        return answers_.count(agentd::DumpJson(ping_id)) &&
+               answers_.count(agentd::DumpJson(bogus_id));
       });
       if (!got) {
         lock.unlock();
@@ -607,7 +606,8 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
   Json msg = std::move(parsed).value();
   const std::string* method = agentd::FindString(msg, "method");
   Json id = msg.contains("id") ? msg["id"] : Json();
-  Json params = msg.contains("params") && msg["params"].is_object() ? msg["params"] : Json::object();
+  Json params =
+      msg.contains("params") && msg["params"].is_object() ? msg["params"] : Json::object();
   const std::string* version = nullptr;
   if (params.contains("_meta") && params["_meta"].is_object()) {
     version = agentd::FindString(params["_meta"], "io.modelcontextprotocol/protocolVersion");

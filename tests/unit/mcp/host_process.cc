@@ -19,8 +19,7 @@ Result<std::unique_ptr<HostProcess>> HostProcess::Spawn(
     const std::vector<std::string>& argv, const std::map<std::string, std::string>& env) {
   if (argv.empty()) return InvalidArgument("empty argv");
   int in[2], out[2], err[2];
-  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0 ||
-      ::pipe2(err, O_CLOEXEC) != 0) {
+  if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {
     return Internal(std::string("pipe: ") + std::strerror(errno));
   }
   std::vector<char*> args;

@@ -40,7 +40,7 @@ class HostProcess final : public sandbox::Process {
   int stderr_fd_ = -1;
   std::thread stderr_reader_;
   mutable std::mutex mu_;
-  std::string stderr_;  // GUARDED_BY(mu_), the last 8 KiB
+  std::string stderr_;   // GUARDED_BY(mu_), the last 8 KiB
   bool exited_ = false;  // GUARDED_BY(mu_)
   int exit_code_ = 0;    // GUARDED_BY(mu_)
 };

@@ -1,5 +1,7 @@
 // The MCP client against the fake MCP server (tests/fakes/mcp), a real process over stdio
 // and over Streamable HTTP, in every protocol era, well-behaved and hostile.
+#include "tools/mcp/mcp_client.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -11,7 +13,6 @@
 
 #include "host_process.h"
 #include "tests/support/process.h"
-#include "tools/mcp/mcp_client.h"
 
 namespace agentd::tools::mcp {
 namespace {
@@ -82,7 +83,8 @@ class McpEraTest : public ::testing::TestWithParam<Param> {
     };
     if (GetParam().http) {
       if (!fake_.proc) fake_ = StartHttpFake(GetParam().era, extra);
-      auto c = McpClient::ConnectHttpBlocking(options, HttpTarget{fake_.url, {}, milliseconds(5000)});
+      auto c =
+          McpClient::ConnectHttpBlocking(options, HttpTarget{fake_.url, {}, milliseconds(5000)});
       ASSERT_TRUE(c.ok()) << c.status().ToString();
       client_ = std::move(c).value();
     } else {
@@ -310,7 +312,8 @@ TEST(McpDetectionTest, HandshakeOnlyClientFailsClearlyAgainstAStatelessServer) {
 
 TEST(McpDetectionTest, HttpLegacyServerRejectingTheProbeIsUsedWithInitialize) {
   HttpFake fake = StartHttpFake("2025-11-25");
-  auto c = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+  auto c =
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ((*c)->era(), Era::kHandshake);
 }
@@ -323,9 +326,11 @@ TEST(McpStatelessTest, AnswersInputRequiredByDecliningElicitation) {
     Result<std::unique_ptr<McpClient>> c = InvalidArgument("unset");
     if (http) {
       fake = StartHttpFake("2026-07-28");
-      c = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+      c = McpClient::ConnectHttpBlocking(FastOptions(),
+                                         HttpTarget{fake.url, {}, milliseconds(5000)});
     } else {
-      c = McpClient::ConnectStdioBlocking(FastOptions(), HostFactory({kFake, "--era", "2026-07-28"}));
+      c = McpClient::ConnectStdioBlocking(FastOptions(),
+                                          HostFactory({kFake, "--era", "2026-07-28"}));
     }
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     auto r = (*c)->CallToolBlocking("ask_input", Json::object());
@@ -342,9 +347,11 @@ TEST(McpServerRequestTest, PingIsAnsweredAndUnknownMethodsGetMethodNotFound) {
     Result<std::unique_ptr<McpClient>> c = InvalidArgument("unset");
     if (http) {
       fake = StartHttpFake("2025-11-25");
-      c = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+      c = McpClient::ConnectHttpBlocking(FastOptions(),
+                                         HttpTarget{fake.url, {}, milliseconds(5000)});
     } else {
-      c = McpClient::ConnectStdioBlocking(FastOptions(), HostFactory({kFake, "--era", "2025-11-25"}));
+      c = McpClient::ConnectStdioBlocking(FastOptions(),
+                                          HostFactory({kFake, "--era", "2025-11-25"}));
     }
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     auto r = (*c)->CallToolBlocking("ping_client", Json::object());
@@ -436,18 +443,18 @@ TEST_F(McpStdioFaultTest, CrashedServerIsRestartedOnTheNextCall) {
 }
 
 TEST_F(McpStdioFaultTest, ProcessThatCannotStartIsReported) {
-  auto c = McpClient::ConnectStdioBlocking(
-      FastOptions(), HostFactory({"/nonexistent/mcp-server-binary"}));
+  auto c = McpClient::ConnectStdioBlocking(FastOptions(),
+                                           HostFactory({"/nonexistent/mcp-server-binary"}));
   EXPECT_EQ(c.status().code(), StatusCode::kUnavailable) << c.status().ToString();
   EXPECT_NE(c.status().message().find("exec /nonexistent/mcp-server-binary"), std::string::npos)
       << c.status().ToString();
 }
 
 TEST_F(McpStdioFaultTest, FactoryFailureIsReported) {
-  auto c = McpClient::ConnectStdioBlocking(
-      FastOptions(), []() -> Result<std::unique_ptr<sandbox::Process>> {
-        return ResourceExhausted("sandbox pids limit");
-      });
+  auto c = McpClient::ConnectStdioBlocking(FastOptions(),
+                                           []() -> Result<std::unique_ptr<sandbox::Process>> {
+                                             return ResourceExhausted("sandbox pids limit");
+                                           });
   EXPECT_EQ(c.status().code(), StatusCode::kResourceExhausted);
   EXPECT_NE(c.status().message().find("sandbox pids limit"), std::string::npos);
 }
@@ -456,7 +463,8 @@ TEST_F(McpStdioFaultTest, FactoryFailureIsReported) {
 
 TEST(McpHttpFaultTest, NonJsonBodyIsInternal) {
   HttpFake fake = StartHttpFake("2025-11-25");
-  auto c = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+  auto c =
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto r = (*c)->CallToolBlocking("garbage", Json::object());
   EXPECT_EQ(r.status().code(), StatusCode::kInternal) << r.status().ToString();
@@ -474,7 +482,8 @@ TEST(McpHttpFaultTest, OversizedResponseIsResourceExhausted) {
 
 TEST(McpHttpFaultTest, ExpiredSessionIsInitializedAgain) {
   HttpFake fake = StartHttpFake("2025-11-25");
-  auto c = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+  auto c =
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   ASSERT_TRUE((*c)->CallToolBlocking("forget_session", Json::object()).ok());
   auto r = (*c)->CallToolBlocking("echo", {{"text", "new session"}});
@@ -484,7 +493,8 @@ TEST(McpHttpFaultTest, ExpiredSessionIsInitializedAgain) {
 
 TEST(McpHttpFaultTest, ServerExitingMidCallFailsClearly) {
   HttpFake fake = StartHttpFake("2025-11-25");
-  auto c = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+  auto c =
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto r = (*c)->CallToolBlocking("exit", Json::object());
   EXPECT_FALSE(r.ok());
@@ -495,8 +505,8 @@ TEST(McpHttpFaultTest, ServerExitingMidCallFailsClearly) {
 }
 
 TEST(McpHttpFaultTest, NothingListeningIsUnavailable) {
-  auto c = McpClient::ConnectHttpBlocking(FastOptions(),
-                                          HttpTarget{"http://127.0.0.1:1/mcp", {}, milliseconds(2000)});
+  auto c = McpClient::ConnectHttpBlocking(
+      FastOptions(), HttpTarget{"http://127.0.0.1:1/mcp", {}, milliseconds(2000)});
   EXPECT_EQ(c.status().code(), StatusCode::kUnavailable) << c.status().ToString();
 }
 
