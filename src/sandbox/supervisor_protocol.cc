@@ -71,4 +71,45 @@ bool ReceiveMessage(int sock, std::string* text, std::vector<int>* fds) {
   return true;
 }
 
+void AppendFrame(std::string* out, uint32_t kind, int64_t id, const char* data, size_t size) {
+  char h[kFrameHeader];
+  uint32_t len = static_cast<uint32_t>(size);
+  uint64_t uid = static_cast<uint64_t>(id);
+  for (int i = 0; i < 4; ++i) h[i] = static_cast<char>(len >> (8 * i));
+  for (int i = 0; i < 4; ++i) h[4 + i] = static_cast<char>(kind >> (8 * i));
+  for (int i = 0; i < 8; ++i) h[8 + i] = static_cast<char>(uid >> (8 * i));
+  out->append(h, kFrameHeader);
+  out->append(data, size);
+}
+
+int TakeFrame(std::string* in, Frame* frame) {
+  if (in->size() < kFrameHeader) return 0;
+  const auto* h = reinterpret_cast<const unsigned char*>(in->data());
+  uint32_t len = 0, kind = 0;
+  uint64_t id = 0;
+  for (int i = 0; i < 4; ++i) len |= static_cast<uint32_t>(h[i]) << (8 * i);
+  for (int i = 0; i < 4; ++i) kind |= static_cast<uint32_t>(h[4 + i]) << (8 * i);
+  for (int i = 0; i < 8; ++i) id |= static_cast<uint64_t>(h[8 + i]) << (8 * i);
+  if (len > kMaxFramePayload) return -1;
+  if (in->size() < kFrameHeader + len) return 0;
+  frame->kind = kind;
+  frame->id = static_cast<int64_t>(id);
+  frame->payload.assign(in->data() + kFrameHeader, len);
+  in->erase(0, kFrameHeader + len);
+  return 1;
+}
+
+std::string EncodeU64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(v >> (8 * i));
+  return s;
+}
+
+uint64_t DecodeU64(const std::string& p) {
+  if (p.size() < 8) return 0;
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  return v;
+}
+
 }  // namespace agentd::sandbox

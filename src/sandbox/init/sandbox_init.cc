@@ -13,7 +13,10 @@
 // status.
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
+#include <linux/filter.h>
 #include <linux/landlock.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -27,8 +30,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -39,6 +44,7 @@ namespace {
 using nlohmann::json;
 using agentd::sandbox::ReceiveMessage;
 using agentd::sandbox::SendMessage;
+namespace proto = agentd::sandbox;
 
 // Filesystem rights by Landlock ABI version (the kernel header may predate the newest).
 uint64_t HandledFsRights(int abi) {
@@ -107,7 +113,32 @@ std::vector<pid_t> Children() {
     int pid;
     while (fscanf(f, "%d", &pid) == 1) pids.push_back(pid);
     fclose(f);
+    return pids;
   }
+  // Kernels without that file (gVisor): every process whose parent we are.
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return pids;
+  while (dirent* e = readdir(proc)) {
+    int pid = atoi(e->d_name);
+    if (pid <= 0) continue;
+    char stat_path[64];
+    snprintf(stat_path, sizeof(stat_path), "/proc/%d/stat", pid);
+    FILE* f = fopen(stat_path, "re");
+    if (f == nullptr) continue;
+    char line[512];
+    size_t n = fread(line, 1, sizeof(line) - 1, f);
+    fclose(f);
+    line[n] = '\0';
+    // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+    const char* close_paren = strrchr(line, ')');
+    int ppid = 0;
+    char state = 0;
+    if (close_paren != nullptr && sscanf(close_paren + 1, " %c %d", &state, &ppid) == 2 &&
+        ppid == getpid()) {
+      pids.push_back(pid);
+    }
+  }
+  closedir(proc);
   return pids;
 }
 
@@ -192,9 +223,388 @@ void KillChildren(const std::map<pid_t, long long>& keep = {}) {
   _exit(code);
 }
 
+
+// ---- The stdio mode (supervisor_protocol.h) ----
+
+// Loads a classic BPF seccomp program on this process (inherited by everything it starts).
+bool LoadSeccomp(const char* path) {
+  std::string bpf;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) bpf.append(buf, static_cast<size_t>(n));
+  close(fd);
+  if (n < 0 || bpf.empty() || bpf.size() % sizeof(sock_filter) != 0) return false;
+  sock_fprog prog{};
+  prog.len = static_cast<unsigned short>(bpf.size() / sizeof(sock_filter));
+  prog.filter = reinterpret_cast<sock_filter*>(bpf.data());
+  return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) == 0;
+}
+
+struct Child {
+  pid_t runner = -1;
+  int in_w = -1, out_r = -1, err_r = -1;
+  std::string stdin_buf;      // received from the driver, not yet written to the process
+  bool stdin_eof = false;     // the driver closed its end
+  size_t out_unacked = 0;     // output bytes sent and not yet acknowledged
+  bool attached = true;       // false after a restore until the driver attaches again
+  bool exited = false;
+};
+
+void CloseFd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+// Closes a process's stdin, or the sending half of a proxy connection (whose other
+// descriptor, a dup, stays open for reading).
+void CloseWrite(int& fd) {
+  if (fd >= 0) shutdown(fd, SHUT_WR);
+  CloseFd(fd);
+}
+
+class StdioSupervisor {
+ public:
+  StdioSupervisor(int sfd, int proxy) : sfd_(sfd), proxy_(proxy) {}
+
+  int Serve(int landlock_abi, bool seccomp) {
+    fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+    fcntl(1, F_SETFL, fcntl(1, F_GETFL) | O_NONBLOCK);
+    landlock_abi_ = landlock_abi;
+    seccomp_ = seccomp;
+    SendReady();
+    bool input_open = true;
+    while (input_open || !out_.empty()) {
+      std::vector<pollfd> p;
+      std::vector<std::pair<long long, int>> who;  // (child id, 0 stdin / 1 stdout / 2 stderr)
+      p.push_back({0, static_cast<short>(input_open ? POLLIN : 0), 0});
+      p.push_back({1, static_cast<short>(out_.empty() ? 0 : POLLOUT), 0});
+      p.push_back({sfd_, POLLIN, 0});
+      p.push_back({proxy_, static_cast<short>(proxy_ >= 0 ? POLLIN : 0), 0});
+      const bool room = out_.size() < 4 * proto::kStdioWindow;
+      for (auto& [id, c] : kids_) {
+        if (c.in_w >= 0 && !c.stdin_buf.empty()) {
+          p.push_back({c.in_w, POLLOUT, 0});
+          who.push_back({id, 0});
+        }
+        bool credit = !c.attached || c.out_unacked < proto::kStdioWindow;
+        if (room && credit && c.out_r >= 0) {
+          p.push_back({c.out_r, POLLIN, 0});
+          who.push_back({id, 1});
+        }
+        if (room && credit && c.err_r >= 0) {
+          p.push_back({c.err_r, POLLIN, 0});
+          who.push_back({id, 2});
+        }
+      }
+      if (!input_open) {
+        // agentd is gone: only flush what is left, briefly.
+        if (poll(p.data(), 2, 1000) <= 0) break;
+      } else if (poll(p.data(), p.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        break;
+      }
+      if (p[1].revents & (POLLOUT | POLLERR | POLLHUP)) {
+        ssize_t n = write(1, out_.data(), out_.size());
+        if (n > 0) out_.erase(0, static_cast<size_t>(n));
+        if (n < 0 && errno != EAGAIN && errno != EINTR) out_.clear();
+      }
+      if (!input_open) continue;
+      if (p[2].revents & POLLIN) Reap();
+      if (p[3].revents & POLLIN) Accept();
+      for (size_t i = 4; i < p.size(); ++i) {
+        if (p[i].revents == 0) continue;
+        auto it = kids_.find(who[i - 4].first);
+        if (it == kids_.end()) continue;
+        Pump(it->first, it->second, who[i - 4].second);
+      }
+      if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        char buf[65536];
+        ssize_t n = read(0, buf, sizeof(buf));
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+          input_open = false;
+        } else if (n > 0) {
+          in_.append(buf, static_cast<size_t>(n));
+          proto::Frame f;
+          int r;
+          while ((r = proto::TakeFrame(&in_, &f)) == 1) Handle(f);
+          if (r < 0) input_open = false;
+        }
+      }
+      Sweep();
+    }
+    for (const auto& [pid, id] : runners_) kill(pid, SIGTERM);
+    while (wait(nullptr) > 0) {
+    }
+    return 0;
+  }
+
+ private:
+  // A program connected to the egress proxy address: its bytes go to agentd, whose proxy
+  // serves the connection.
+  void Accept() {
+    int conn = accept4(proxy_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (conn < 0) return;
+    int reader = fcntl(conn, F_DUPFD_CLOEXEC, 0);
+    if (reader < 0) {
+      close(conn);
+      return;
+    }
+    long long id = next_connection_--;
+    Child& c = kids_[id];
+    c.exited = true;  // no process: it ends when both directions have
+    c.in_w = conn;
+    c.out_r = reader;
+    proto::AppendFrame(&out_, proto::kConnection, id);
+  }
+
+  void SendReady() {
+    json live = json::array();
+    for (const auto& [id, c] : kids_) {
+      if (!c.exited) live.push_back(id);
+    }
+    proto::AppendFrame(&out_, proto::kReady, 0,
+                       json{{"landlock", landlock_abi_}, {"seccomp", seccomp_}, {"live", live}}.dump());
+  }
+
+  void Handle(const proto::Frame& f) {
+    auto it = kids_.find(f.id);
+    Child* c = it == kids_.end() ? nullptr : &it->second;
+    switch (f.kind) {
+      case proto::kSpawn:
+        Spawn(f.id, f.payload);
+        break;
+      case proto::kStdin:
+        if (c != nullptr && c->in_w >= 0) {
+          c->stdin_buf.append(f.payload);
+        } else {
+          proto::AppendFrame(&out_, proto::kAckIn, f.id, proto::EncodeU64(f.payload.size()));
+        }
+        break;
+      case proto::kStdinEof:
+        if (c != nullptr) {
+          c->stdin_eof = true;
+          if (c->stdin_buf.empty()) CloseWrite(c->in_w);
+        }
+        break;
+      case proto::kKill:
+        if (c != nullptr && !c->exited && c->runner > 0) kill(c->runner, SIGTERM);
+        break;
+      case proto::kAckOut:
+        if (c != nullptr) c->out_unacked -= std::min<size_t>(c->out_unacked, proto::DecodeU64(f.payload));
+        break;
+      case proto::kResync:
+        // Whatever was queued went to a stream that no longer exists.
+        out_.clear();
+        for (auto& [id, k] : kids_) {
+          k.out_unacked = 0;
+          k.attached = false;
+        }
+        proto::AppendFrame(&out_, proto::kSync, 0, proto::kSyncPayload, sizeof(proto::kSyncPayload) - 1);
+        SendReady();
+        break;
+      case proto::kAttach:
+        if (c != nullptr) {
+          c->attached = true;
+          c->out_unacked = 0;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  void Spawn(long long id, const std::string& payload) {
+    json req = json::parse(payload, nullptr, false);
+    if (kids_.count(id) != 0 || !req.is_object() || !req.contains("argv") ||
+        !req["argv"].is_array() || req["argv"].empty()) {
+      proto::AppendFrame(&out_, proto::kError, id, "bad request");
+      return;
+    }
+    int in[2], out[2], err[2];
+    if (pipe2(in, O_CLOEXEC) != 0) return Error(id, "pipe");
+    if (pipe2(out, O_CLOEXEC) != 0) {
+      close(in[0]), close(in[1]);
+      return Error(id, "pipe");
+    }
+    if (pipe2(err, O_CLOEXEC) != 0) {
+      close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+      return Error(id, "pipe");
+    }
+    pid_t runner = fork();
+    if (runner == 0) {
+      // The runner keeps only its command's ends: a copy of another command's pipe would
+      // hold that pipe open past its command's end.
+      for (auto& [other, k] : kids_) {
+        for (int fd : {k.in_w, k.out_r, k.err_r}) {
+          if (fd >= 0) close(fd);
+        }
+      }
+      close(in[1]);
+      close(out[0]);
+      close(err[0]);
+      close(sfd_);
+      if (proxy_ >= 0) close(proxy_);
+      int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+      if (devnull >= 0) dup2(devnull, 0), dup2(devnull, 1);
+      sigset_t all;
+      sigemptyset(&all);
+      sigprocmask(SIG_SETMASK, &all, nullptr);
+      try {
+        RunCommand(req, in[0], out[1], err[1]);
+      } catch (...) {
+        _exit(127);
+      }
+    }
+    close(in[0]);
+    close(out[1]);
+    close(err[1]);
+    if (runner < 0) {
+      close(in[1]), close(out[0]), close(err[0]);
+      return Error(id, std::string("fork: ") + strerror(errno));
+    }
+    for (int fd : {in[1], out[0], err[0]}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    Child& c = kids_[id];
+    c.runner = runner;
+    c.in_w = in[1];
+    c.out_r = out[0];
+    c.err_r = err[0];
+    runners_[runner] = id;
+    proto::AppendFrame(&out_, proto::kSpawned, id);
+  }
+
+  void Error(long long id, const std::string& message) {
+    proto::AppendFrame(&out_, proto::kError, id, message);
+  }
+
+  void Pump(long long id, Child& c, int which) {
+    if (which == 0) {
+      ssize_t n = write(c.in_w, c.stdin_buf.data(), c.stdin_buf.size());
+      size_t done = 0;
+      if (n > 0) {
+        done = static_cast<size_t>(n);
+      } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+        done = c.stdin_buf.size();  // the process stopped reading: drop the rest
+        CloseWrite(c.in_w);
+      }
+      c.stdin_buf.erase(0, done);
+      if (done > 0) proto::AppendFrame(&out_, proto::kAckIn, id, proto::EncodeU64(done));
+      if (c.stdin_buf.empty() && c.stdin_eof) CloseWrite(c.in_w);
+      return;
+    }
+    int& fd = which == 1 ? c.out_r : c.err_r;
+    char buf[proto::kMaxDataChunk];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      if (c.attached) {
+        proto::AppendFrame(&out_, which == 1 ? proto::kStdout : proto::kStderr, id, buf,
+                           static_cast<size_t>(n));
+        c.out_unacked += static_cast<size_t>(n);
+      }
+    } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+      CloseFd(fd);
+      char stream = static_cast<char>(which);
+      if (c.attached) proto::AppendFrame(&out_, proto::kEof, id, &stream, 1);
+    }
+  }
+
+  void Reap() {
+    signalfd_siginfo info;
+    while (read(sfd_, &info, sizeof(info)) == sizeof(info)) {
+    }
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      auto it = runners_.find(pid);
+      if (it == runners_.end()) continue;
+      int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      auto k = kids_.find(it->second);
+      if (k != kids_.end()) {
+        k->second.exited = true;
+        CloseFd(k->second.in_w);
+        k->second.stdin_buf.clear();
+        std::string c(4, '\0');
+        for (int i = 0; i < 4; ++i) c[i] = static_cast<char>(static_cast<uint32_t>(code) >> (8 * i));
+        if (k->second.attached) proto::AppendFrame(&out_, proto::kExit, it->second, c);
+      }
+      runners_.erase(it);
+      // A runner killed by a signal (the OOM killer) left its command's tree to us.
+      if (!WIFEXITED(status)) KillChildren(runners_);
+    }
+  }
+
+  // Forgets processes that have ended and whose output is all sent.
+  void Sweep() {
+    for (auto it = kids_.begin(); it != kids_.end();) {
+      Child& c = it->second;
+      if (c.exited && c.out_r < 0 && c.err_r < 0 && (c.runner > 0 || c.in_w < 0)) {
+        it = kids_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  const int sfd_;
+  const int proxy_;  // egress proxy listener, or -1
+  long long next_connection_ = -1;
+  int landlock_abi_ = 0;
+  bool seccomp_ = false;
+  std::string in_, out_;
+  std::map<long long, Child> kids_;
+  std::map<pid_t, long long> runners_;  // runner pid -> process id
+};
+
+int MainStdio(int argc, char** argv) {
+  // argv: --stdio [--proxy PORT] [--seccomp FILE] RW_DIR...
+  int i = 2;
+  int proxy = -1;
+  if (i + 1 < argc && strcmp(argv[i], "--proxy") == 0) {
+    proxy = ListenOnLoopback(atoi(argv[i + 1]));
+    i += 2;
+    if (proxy < 0) {
+      std::string out;
+      proto::AppendFrame(&out, proto::kFatal, 0, std::string("egress proxy listener: ") + strerror(errno));
+      (void)!write(1, out.data(), out.size());
+      return 1;
+    }
+  }
+  const char* seccomp_file = nullptr;
+  if (i + 1 < argc && strcmp(argv[i], "--seccomp") == 0) {
+    seccomp_file = argv[i + 1];
+    i += 2;
+  }
+  std::vector<std::string> rw_dirs(argv + i, argv + argc);
+  std::string fatal;
+  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  int abi = RestrictWithLandlock(rw_dirs);
+  if (abi < 0) fatal = std::string("landlock: ") + strerror(errno);
+  if (fatal.empty() && seccomp_file != nullptr && !LoadSeccomp(seccomp_file)) {
+    fatal = std::string("seccomp: ") + strerror(errno);
+  }
+  if (!fatal.empty()) {
+    std::string out;
+    proto::AppendFrame(&out, proto::kFatal, 0, fatal);
+    (void)!write(1, out.data(), out.size());
+    return 1;
+  }
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigaddset(&mask, SIGPIPE);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) return 1;
+  StdioSupervisor s(sfd, proxy);
+  return s.Serve(abi, seccomp_file != nullptr);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && strcmp(argv[1], "--stdio") == 0) return MainStdio(argc, argv);
   if (argc < 2) {
     fprintf(stderr, "usage: agentd-sandbox-init FD RW_DIR...\n");
     return 2;

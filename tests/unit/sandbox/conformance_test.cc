@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "sandbox/bwrap/bwrap_driver.h"
+#include "sandbox/gvisor/gvisor_driver.h"
 #include "sandbox/sandbox.h"
 
 namespace agentd::sandbox {
@@ -34,6 +35,12 @@ std::unique_ptr<SandboxDriver> OpenDriver(const std::string& name, const std::st
     o.init_path = AGENTD_SANDBOX_INIT;
     o.state_dir = state;
     return BwrapDriver::Open(o);
+  }
+  if (name == "gvisor") {
+    GvisorOptions o;
+    o.init_path = AGENTD_SANDBOX_INIT;
+    o.state_dir = state;
+    return GvisorDriver::Open(o);
   }
   return nullptr;
 }
@@ -391,7 +398,7 @@ TEST_P(SandboxConformance, ReportsWhatItEnforces) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Drivers, SandboxConformance, ::testing::Values("bwrap"),
+INSTANTIATE_TEST_SUITE_P(Drivers, SandboxConformance, ::testing::Values("bwrap", "gvisor"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace
