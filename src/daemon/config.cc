@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <filesystem>
 #include <regex>
 #include <set>
 
@@ -74,6 +75,20 @@ Status ReadSandbox(const YAML::Node& n, Config* cfg) {
       RETURN_IF_ERROR(ReadLimits(kv.second, "sandbox.defaults", &cfg->sandbox_defaults));
     } else if (key == "max") {
       RETURN_IF_ERROR(ReadLimits(kv.second, "sandbox.max", &cfg->sandbox_max));
+    } else if (key == "read_only_paths") {
+      if (!kv.second.IsSequence()) {
+        return InvalidArgument("config key 'sandbox.read_only_paths' must be a list of folders");
+      }
+      for (const auto& item : kv.second) {
+        std::string path;
+        RETURN_IF_ERROR(ReadString(item, "sandbox.read_only_paths[]", &path));
+        if (path.empty() || path[0] != '/' || path.find("/../") != std::string::npos ||
+            !std::filesystem::is_directory(path)) {
+          return InvalidArgument(fmt::format(
+              "config key 'sandbox.read_only_paths': '{}' is not an absolute path of a folder", path));
+        }
+        cfg->sandbox_read_only_paths.push_back(path);
+      }
     } else if (key == "uid_base") {
       RETURN_IF_ERROR(ReadInt(kv.second, "sandbox.uid_base", 1000, 4000000000LL, &cfg->sandbox_uid_base));
     } else {

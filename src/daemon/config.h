@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "sandbox/sandbox.h"
@@ -28,6 +29,8 @@ struct Config {
   sandbox::Limits sandbox_defaults{512, 1.0, 256, 256, 60000};
   sandbox::Limits sandbox_max{8192, 4.0, 4096, 10240, 3600000};
   int64_t sandbox_uid_base = 1000000000;
+  // Host folders every sandbox sees read-only at the same path (MCP servers from npm).
+  std::vector<std::string> sandbox_read_only_paths;
 };
 
 // Reads a YAML file into `cfg` (keys override defaults).

@@ -128,6 +128,7 @@ int main(int argc, char** argv) {
   eo.sandbox_root = cfg.data_dir + "/workspaces";
   eo.sandbox_defaults = cfg.sandbox_defaults;
   eo.sandbox_max = cfg.sandbox_max;
+  eo.sandbox_read_only_paths = cfg.sandbox_read_only_paths;
   eo.snapshot_every = static_cast<int>(cfg.snapshot_every);
   eo.max_workers = static_cast<size_t>(cfg.max_workers);
   eo.resident_idle_sessions = static_cast<size_t>(cfg.resident_idle_sessions);

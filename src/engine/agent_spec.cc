@@ -87,9 +87,8 @@ Status ParseSandbox(const Json& j, SandboxDef* d) {
   RETURN_IF_ERROR(r.Int("timeout_ms", &d->limits.timeout_ms, false, 100, 86400000));
   const Json* egress = nullptr;
   RETURN_IF_ERROR(r.Value("egress", &egress, false));
-  if (egress != nullptr && !(egress->is_array() && egress->empty())) {
-    return InvalidArgument(
-        "'sandbox.egress': network egress is not supported yet; sandboxes have no network");
+  if (egress != nullptr) {
+    ASSIGN_OR_RETURN(d->egress, sandbox::egress::EgressPolicy::FromJson(*egress, "sandbox.egress"));
   }
   return r.NoUnknownKeys();
 }
@@ -176,6 +175,7 @@ Json AgentSpec::ToJson() const {
   limit("pids", sandbox.limits.pids);
   limit("disk_mb", sandbox.limits.disk_mb);
   limit("timeout_ms", sandbox.limits.timeout_ms);
+  if (!sandbox.egress.empty()) sandbox_json["egress"] = sandbox.egress.ToStrings();
   Json model_json = {{"provider", model.provider},
                      {"name", model.name},
                      {"base_url", model.base_url},

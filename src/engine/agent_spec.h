@@ -11,6 +11,7 @@
 #include "common/json.h"
 #include "common/retry.h"
 #include "common/status.h"
+#include "sandbox/egress/egress_policy.h"
 #include "sandbox/sandbox.h"
 
 namespace agentd::engine {
@@ -37,6 +38,8 @@ struct ToolDef {
 struct SandboxDef {
   std::string driver = "bwrap";
   sandbox::Limits limits;
+  // Where the sandbox may connect, through the egress proxy; empty: no network at all.
+  sandbox::egress::EgressPolicy egress;
 };
 
 struct AgentSpec {

@@ -168,12 +168,14 @@ Engine::Engine(EngineOptions options, store::Store* store, ModelProviders provid
       store_(store),
       providers_(std::move(providers)),
       sandbox_drivers_(std::move(sandbox_drivers)),
+      egress_proxy_(std::make_unique<sandbox::egress::EgressProxy>()),
       clock_(clock),
       workers_("turns", 0, options.max_workers) {}
 
 Engine::~Engine() {
   DrainBlocking();
   workers_.Shutdown();
+  egress_proxy_->Shutdown();
 }
 
 std::set<std::string> Engine::ProviderNames() const {
@@ -1253,6 +1255,16 @@ tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std
     if (spec.limits.pids <= 0) spec.limits.pids = dl.pids;
     if (spec.limits.disk_mb <= 0) spec.limits.disk_mb = dl.disk_mb;
     if (spec.limits.timeout_ms <= 0) spec.limits.timeout_ms = dl.timeout_ms;
+    spec.read_only_paths = options_.sandbox_read_only_paths;
+    if (!a->agent.sandbox.egress.empty()) {
+      std::weak_ptr<Actor> weak = a;
+      sandbox::egress::EgressPolicy policy = a->agent.sandbox.egress;
+      spec.on_egress_connection = [this, weak, policy](int fd) {
+        egress_proxy_->Serve(fd, policy, [this, weak](const sandbox::egress::EgressEvent& e) {
+          RecordEgress(weak, e);
+        });
+      };
+    }
     auto box = d->second->Create(spec);
     if (!box.ok()) return unavailable("the sandbox did not start: " + box.status().message());
     ss->driver = d->second;
@@ -1294,6 +1306,25 @@ void Engine::SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id) {
          {"new_blobs", r->stats.blobs_new}})
       .IgnoreError();
   ss.manifest = std::move(r->manifest);
+}
+
+void Engine::RecordEgress(const std::weak_ptr<Actor>& actor,
+                          const sandbox::egress::EgressEvent& e) {
+  if (e.phase != sandbox::egress::EgressEvent::Phase::kDecided) return;
+  std::shared_ptr<Actor> a = actor.lock();
+  if (!a) return;
+  Json data = {{"method", e.method}, {"host", e.host}, {"port", e.port},
+               {"address", e.address}, {"allowed", e.allowed}, {"status", e.status}};
+  if (!e.reason.empty()) data["reason"] = e.reason;
+  std::lock_guard lock(a->mu);
+  // Journal events belong to a turn; a connection outside one (a long-lived MCP server
+  // between turns) is logged only.
+  if (a->state.current_turn.empty() || a->broken) {
+    spdlog::info("session {}: egress {} {}:{} {}{}", a->id, e.method, e.host, e.port,
+                 e.allowed ? "allowed" : "refused", e.reason.empty() ? "" : ": " + e.reason);
+    return;
+  }
+  Stage(*a, ev::kEgressConnection, a->state.current_turn, std::move(data)).IgnoreError();
 }
 
 Result<Json> Engine::ListWorkspace(const std::string& session_id) {

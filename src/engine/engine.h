@@ -30,6 +30,7 @@
 #include "common/thread_pool.h"
 #include "engine/agent_spec.h"
 #include "model/model.h"
+#include "sandbox/egress/egress_proxy.h"
 #include "sandbox/sandbox.h"
 #include "tools/tools.h"
 #include "store/store.h"
@@ -48,6 +49,8 @@ struct EngineOptions {
   std::string sandbox_root;
   sandbox::Limits sandbox_defaults;  // for limits an agent leaves at 0
   sandbox::Limits sandbox_max;       // an agent asking for more is refused (0: no maximum)
+  // Host folders every sandbox sees read-only (MCP servers installed from npm, say).
+  std::vector<std::string> sandbox_read_only_paths;
 };
 
 using SandboxDrivers = std::map<std::string, sandbox::SandboxDriver*>;
@@ -146,6 +149,8 @@ class Engine {
   // Stages a workspace.snapshot for `turn_id` when a built-in tool changed the workspace since
   // the last one; the snapshot's blobs go into the same batch. a.mu held.
   void SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id);
+  // Journals one egress decision in the session's running turn (called on a proxy thread).
+  void RecordEgress(const std::weak_ptr<Actor>& actor, const sandbox::egress::EgressEvent& e);
   std::string SandboxRoot(const std::string& session_id) const;
   void Notify(const std::string& session_id, int64_t seq, bool rest);
   // A waiter registers before it reads what it waits on, so no notification is missed.
@@ -160,6 +165,8 @@ class Engine {
   store::Store* const store_;
   const ModelProviders providers_;
   const SandboxDrivers sandbox_drivers_;
+  // Serves the network connections of every session's sandbox (those with an egress list).
+  std::unique_ptr<sandbox::egress::EgressProxy> egress_proxy_;
   Clock* const clock_;
   ThreadPool workers_;
 

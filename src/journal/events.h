@@ -25,6 +25,9 @@ inline constexpr std::string_view kTurnFailed = "turn.failed";
 inline constexpr std::string_view kTurnCancelled = "turn.cancelled";
 // The session's workspace files as the turn leaves them: a snapshot in the store.
 inline constexpr std::string_view kWorkspaceSnapshot = "workspace.snapshot";
+// A program in the session's sandbox asked the egress proxy for a connection: allowed or
+// refused by the agent's egress list. Changes no state.
+inline constexpr std::string_view kEgressConnection = "egress.connection";
 }  // namespace ev
 
 // True for the events that end a turn.

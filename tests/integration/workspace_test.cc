@@ -119,9 +119,10 @@ TEST_F(WorkspaceTest, AgentSandboxSettingsAreChecked) {
   r = post(exec, {{"memory_mb", 1 << 19}});
   EXPECT_EQ(r.status, 400);
   EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.memory_mb"), std::string::npos);
-  r = post(exec, {{"egress", {"example.com:443"}}});
+  r = post(exec, {{"egress", {"example.com:443", "*"}}});
   EXPECT_EQ(r.status, 400);
-  EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.egress"), std::string::npos);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.egress[1]"), std::string::npos)
+      << r.raw;
   r = post(exec, {{"driver", "vmware"}});
   EXPECT_EQ(r.status, 400);
   EXPECT_NE(r.body["detail"].get<std::string>().find("sandbox.driver"), std::string::npos);
@@ -141,6 +142,47 @@ TEST_F(WorkspaceTest, AgentSandboxSettingsAreChecked) {
   Reply ready = Call("GET", Url("/readyz"));
   EXPECT_EQ(ready.body["sandbox_drivers"]["bwrap"]["available"], true) << ready.raw;
   EXPECT_FALSE(ready.body["sandbox_drivers"]["bwrap"]["enforced"].empty());
+}
+
+TEST_F(WorkspaceTest, EgressGoesOnlyWhereTheAgentSaysAndEveryConnectionIsJournaled) {
+  std::string port = tools_.url.substr(tools_.url.rfind(':') + 1);
+  // Listed by address, the host's loopback port is reachable; listed by name, a name that
+  // resolves to loopback is not (a listed name never unlocks an internal address).
+  std::string model_port = model_.url.substr(model_.url.rfind(':') + 1);
+  std::string sid = CreateSession(
+      CreateSandboxAgent({{"egress", {"127.0.0.1:" + port, "localhost:" + model_port}}}));
+  auto curl = [&](const std::string& url) {
+    Json t = Turn(sid, "call exec " + Json({{"command", "curl -s -o /dev/null -w '%{http_code}' "
+                                                       "-X POST -H 'Content-Type: application/json' "
+                                                       "-d '{}' " + url}}).dump());
+    return ToolOutput(t)["stdout"].get<std::string>();
+  };
+  EXPECT_EQ(curl("http://127.0.0.1:" + port + "/echo"), "200");
+  EXPECT_EQ(curl("http://169.254.169.254/latest/meta-data/"), "403");
+  EXPECT_EQ(curl("http://127.0.0.1:1/"), "403");  // the host's loopback, another port
+  EXPECT_EQ(curl("http://localhost:" + model_port + "/v1/models"), "403");
+  // A program that ignores the proxy finds no network at all.
+  Json t = Turn(sid, "call exec " + Json({{"command", "curl -s --noproxy '*' -o /dev/null "
+                                                       "-w '%{http_code}' http://127.0.0.1:" +
+                                                       port + "/echo; echo \" $?\""}}).dump());
+  EXPECT_EQ(ToolOutput(t)["stdout"], "000 7\n");
+  Json events = Events(sid);
+  ExpectDenseSeq(events);
+  std::vector<Json> egress;
+  for (const auto& e : events) {
+    if (e["type"] == "egress.connection") egress.push_back(e["data"]);
+  }
+  ASSERT_EQ(egress.size(), 4u);
+  EXPECT_EQ(egress[0]["allowed"], true);
+  EXPECT_EQ(egress[0]["host"], "127.0.0.1");
+  EXPECT_EQ(egress[1]["allowed"], false);
+  EXPECT_EQ(egress[1]["host"], "169.254.169.254");
+  EXPECT_NE(egress[1]["reason"].get<std::string>().find("not allowed"), std::string::npos)
+      << egress[1].dump();
+  EXPECT_EQ(egress[2]["allowed"], false);
+  EXPECT_EQ(egress[3]["allowed"], false);
+  EXPECT_NE(egress[3]["reason"].get<std::string>().find("loopback"), std::string::npos)
+      << egress[3].dump();
 }
 
 TEST_F(WorkspaceTest, DeletingASessionRemovesItsWorkspace) {
