@@ -380,6 +380,31 @@ TEST(EgressProxy, AddressForms) {
   answer = Exchange(proxy, Policy({Listed(echo.port())}), events,
                     Connect(echo.port(), "[::ffff:127.0.0.1]"), 1s);
   EXPECT_EQ(answer.rfind(std::string(kEstablished), 0), 0u) << answer;
+  // A listed private range covers the address.
+  answer = Exchange(proxy, Policy({"127.0.0.0/8:" + std::to_string(echo.port())}), events,
+                    Connect(echo.port()), 1s);
+  EXPECT_EQ(answer.rfind(std::string(kEstablished), 0), 0u) << answer;
+  // IPv6 loopback, where the host has it: refused unless listed, and reached when listed.
+  int v6 = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 lo6{};
+  lo6.sin6_family = AF_INET6;
+  lo6.sin6_addr = in6addr_loopback;
+  bool has_v6 = v6 >= 0 && bind(v6, reinterpret_cast<sockaddr*>(&lo6), sizeof(lo6)) == 0 &&
+                listen(v6, 4) == 0;
+  if (has_v6) {
+    socklen_t len = sizeof(lo6);
+    getsockname(v6, reinterpret_cast<sockaddr*>(&lo6), &len);
+    uint16_t port6 = ntohs(lo6.sin6_port);
+    answer = Exchange(proxy, Policy({Listed(port6)}), events, Connect(port6, "[::1]"));
+    EXPECT_NE(answer.find("egress to [::1]:" + std::to_string(port6) +
+                          " is not allowed: not in the sandbox's egress allow-list"),
+              std::string::npos)
+        << answer;
+    answer = Exchange(proxy, Policy({"[::1]:" + std::to_string(port6)}), events,
+                      Connect(port6, "[::1]"), 500ms);
+    EXPECT_EQ(answer.rfind(std::string(kEstablished), 0), 0u) << answer;
+  }
+  if (v6 >= 0) close(v6);
   // The cloud metadata address.
   answer = Exchange(proxy, Policy({"example.com:80"}), events,
                     "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\n\r\n");
