@@ -13,6 +13,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/json.h"
 #include "common/status.h"
@@ -50,6 +52,8 @@ struct RequestOptions {
   std::function<bool()> should_abort;
   // notifications/progress params for this request; set => params._meta.progressToken.
   std::function<void(const Json& params)> on_progress;
+  // Stateless-era HTTP only: Mcp-Param-* headers mirrored from the arguments (x-mcp-header).
+  std::vector<std::pair<std::string, std::string>> extra_headers;
 };
 
 // Server notifications the connection does not consume itself (list_changed, ...).
@@ -99,6 +103,24 @@ class SseParser {
   bool has_data_ = false;
   bool skip_lf_ = false;
 };
+
+// A header value as the 2026-07-28 Streamable HTTP binding encodes it ("Value Encoding"):
+// as is when plain header-safe ASCII, else "=?base64?<Base64 of the UTF-8>?=".
+std::string HeaderValue(std::string_view v);
+
+// One `x-mcp-header` annotation of a tool's inputSchema: the property's path from the
+// schema root (through `properties` only) and the header name's suffix.
+struct HeaderParam {
+  std::vector<std::string> path;
+  std::string name;  // the header is "Mcp-Param-" + name
+};
+// The annotations of `input_schema`; InvalidArgument naming the rule broken when one is
+// invalid (2026-07-28 streamable-http.mdx, "Schema Extension"): such a tool must not be
+// offered on Streamable HTTP.
+Result<std::vector<HeaderParam>> CollectHeaderParams(const Json& input_schema);
+// The Mcp-Param-* headers for a call with `arguments` (absent or null values: no header).
+std::vector<std::pair<std::string, std::string>> HeaderParamHeaders(
+    const std::vector<HeaderParam>& params, const Json& arguments);
 
 // The first `max` bytes of `s` for error messages, with "..." when cut.
 std::string Excerpt(std::string_view s, size_t max = 200);

@@ -31,44 +31,6 @@ constexpr milliseconds kNotifyTimeout{10000};
 constexpr milliseconds kDeleteTimeout{2000};
 constexpr milliseconds kLingerAfterResponse{2000};
 
-std::string Base64(std::string_view in) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (static_cast<uint8_t>(in[i]) << 16) | (static_cast<uint8_t>(in[i + 1]) << 8) |
-                 static_cast<uint8_t>(in[i + 2]);
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += kAlphabet[v & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = static_cast<uint8_t>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<uint8_t>(in[i + 1]) << 8;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
-// A header value as the 2026-07-28 Streamable HTTP binding wants it ("Value Encoding").
-std::string HeaderValue(std::string_view v) {
-  bool plain =
-      !v.empty() && v.front() != ' ' && v.front() != '\t' && v.back() != ' ' && v.back() != '\t';
-  for (char c : v) {
-    auto u = static_cast<unsigned char>(c);
-    if (!((u >= 0x20 && u <= 0x7E) || u == '\t')) plain = false;
-  }
-  bool sentinel = v.size() >= 11 && v.substr(0, 9) == "=?base64?" && v.substr(v.size() - 2) == "?=";
-  if (plain && !sentinel) return std::string(v);
-  return "=?base64?" + Base64(v) + "?=";
-}
-
 bool IsModern(const std::string& version) { return version >= kStatelessVersion; }
 
 RpcError ErrorOf(const Json& e) {
@@ -132,6 +94,7 @@ class HttpConnection final : public Connection {
     if (IsModern(version)) {
       req.headers.emplace_back("Mcp-Method", method);
       if (!name.empty()) req.headers.emplace_back("Mcp-Name", HeaderValue(name));
+      for (const auto& h : options.extra_headers) req.headers.push_back(h);
     }
     req.body = DumpJson(msg);
     req.timeout = left;

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 #include <set>
 
@@ -114,6 +115,13 @@ struct McpClient::Impl {
   bool tools_valid = false;                       // GUARDED_BY(mu)
   std::optional<Clock::time_point> tools_expiry;  // GUARDED_BY(mu)
   uint64_t tools_generation = 0;                  // GUARDED_BY(mu): bumped by list_changed
+  // Stateless-era HTTP: each listed tool's x-mcp-header annotations.
+  std::map<std::string, std::vector<internal::HeaderParam>> header_params;  // GUARDED_BY(mu)
+
+  bool StatelessHttp() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return http.has_value() && era == Era::kStateless;
+  }
 
   // Connections are destroyed outside `mu`: a stdio connection joins its reader thread,
   // which may be waiting for `mu` in OnNotification.
@@ -472,6 +480,8 @@ Result<std::vector<McpTool>> McpClient::ListToolsBlocking(bool refresh) {
     generation = impl_->tools_generation;
   }
   std::vector<McpTool> tools;
+  std::map<std::string, std::vector<internal::HeaderParam>> header_params;
+  bool check_headers = impl_->StatelessHttp();
   std::set<std::string> cursors;
   std::optional<int64_t> ttl_ms;
   Json cursor;
@@ -495,6 +505,17 @@ Result<std::vector<McpTool>> McpClient::ListToolsBlocking(bool refresh) {
         spdlog::warn("MCP server '{}': skipping {}", impl_->server(), tool.status().message());
         continue;
       }
+      if (check_headers) {
+        // 2026-07-28 Streamable HTTP: a tool with an invalid x-mcp-header annotation is left
+        // out of the list, so one bad definition does not make the others unusable.
+        auto params = internal::CollectHeaderParams(tool->input_schema);
+        if (!params.ok()) {
+          spdlog::warn("MCP server '{}': leaving out tool '{}': {}", impl_->server(), tool->name,
+                       params.status().message());
+          continue;
+        }
+        header_params[tool->name] = std::move(params).value();
+      }
       tools.push_back(std::move(tool).value());
     }
     if (result.contains("ttlMs") && result["ttlMs"].is_number()) {
@@ -513,6 +534,7 @@ Result<std::vector<McpTool>> McpClient::ListToolsBlocking(bool refresh) {
   // A list_changed that arrived while paging makes this list stale already.
   if (generation == impl_->tools_generation) {
     impl_->tools = tools;
+    impl_->header_params = std::move(header_params);
     impl_->tools_valid = true;
     impl_->tools_expiry.reset();
     if (ttl_ms) impl_->tools_expiry = Clock::now() + milliseconds(*ttl_ms);
@@ -539,6 +561,20 @@ Result<CallResult> McpClient::CallToolBlocking(const std::string& name, const Js
       if (const std::string* m = FindString(p, "message")) u.message = *m;
       options.on_progress(u);
     };
+  }
+  if (impl_->StatelessHttp()) {
+    // Mirror the arguments annotated with x-mcp-header into Mcp-Param-* headers; a tool not
+    // listed yet is looked up first.
+    bool known = false;
+    for (int attempt = 0; attempt < 2 && !known; ++attempt) {
+      if (attempt == 1) ListToolsBlocking(false).status().IgnoreError();
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      auto it = impl_->header_params.find(name);
+      if (it != impl_->header_params.end()) {
+        ro.extra_headers = internal::HeaderParamHeaders(it->second, params["arguments"]);
+        known = true;
+      }
+    }
   }
   ASSIGN_OR_RETURN(Json result, impl_->Request("tools/call", std::move(params), ro));
   CallResult out;

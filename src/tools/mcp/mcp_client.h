@@ -7,7 +7,9 @@
 // specification says (basic/versioning.mdx, "Backward Compatibility"):
 //   - stateless (2026-07-28): no handshake; every request carries the protocol version,
 //     client capabilities and client info in `params._meta` (and, on HTTP, the
-//     MCP-Protocol-Version, Mcp-Method and Mcp-Name headers). The client probes with
+//     MCP-Protocol-Version, Mcp-Method, Mcp-Name and x-mcp-header Mcp-Param-* headers; a
+//     tool whose x-mcp-header annotation is invalid is left out of tools/list on HTTP, as
+//     the binding requires). The client probes with
 //     `server/discover`; a DiscoverResult or UnsupportedProtocolVersionError (-32022)
 //     identifies a modern server.
 //   - handshake (2025-11-25, 2025-06-18, also 2025-03-26): any other error, an HTTP 4xx

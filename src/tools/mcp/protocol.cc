@@ -1,6 +1,10 @@
 // Pieces of the MCP client shared by both transports: SSE framing, answers to server
 // requests, tool-name namespacing.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cctype>
+#include <set>
 
 #include "tools/mcp/connection.h"
 #include "tools/mcp/mcp_client.h"
@@ -65,6 +69,152 @@ Status SseParser::Feed(std::string_view bytes, const std::function<void(std::str
     line_.clear();
   }
   return Status::OK();
+}
+
+static std::string Base64(std::string_view in) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (static_cast<uint8_t>(in[i]) << 16) | (static_cast<uint8_t>(in[i + 1]) << 8) |
+                 static_cast<uint8_t>(in[i + 2]);
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += kAlphabet[(v >> 6) & 63];
+    out += kAlphabet[v & 63];
+  }
+  if (i < in.size()) {
+    uint32_t v = static_cast<uint8_t>(in[i]) << 16;
+    if (i + 1 < in.size()) v |= static_cast<uint8_t>(in[i + 1]) << 8;
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+// A header value as the 2026-07-28 Streamable HTTP binding wants it ("Value Encoding").
+std::string HeaderValue(std::string_view v) {
+  bool plain =
+      !v.empty() && v.front() != ' ' && v.front() != '\t' && v.back() != ' ' && v.back() != '\t';
+  for (char c : v) {
+    auto u = static_cast<unsigned char>(c);
+    if (!((u >= 0x20 && u <= 0x7E) || u == '\t')) plain = false;
+  }
+  bool sentinel = v.size() >= 11 && v.substr(0, 9) == "=?base64?" && v.substr(v.size() - 2) == "?=";
+  if (plain && !sentinel) return std::string(v);
+  return "=?base64?" + Base64(v) + "?=";
+}
+
+namespace {
+
+bool IsTchar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Walks a schema; `reachable` says whether `node` is reached from the root through
+// `properties` keys alone, `path` is that chain.
+Status Walk(const Json& node, std::vector<std::string>* path, bool reachable,
+            std::set<std::string>* seen, std::vector<HeaderParam>* out) {
+  if (node.is_array()) {
+    for (const auto& item : node) RETURN_IF_ERROR(Walk(item, path, false, seen, out));
+    return Status::OK();
+  }
+  if (!node.is_object()) return Status::OK();
+  if (node.contains("x-mcp-header")) {
+    const Json& h = node["x-mcp-header"];
+    std::string where =
+        path->empty() ? std::string("the schema root") : fmt::format("'{}'", fmt::join(*path, "."));
+    if (!reachable || path->empty()) {
+      return InvalidArgument(fmt::format(
+          "x-mcp-header on {}, which is not reachable from the root through properties alone",
+          where));
+    }
+    if (!h.is_string() || h.get<std::string>().empty()) {
+      return InvalidArgument(fmt::format("x-mcp-header of {} is not a non-empty string", where));
+    }
+    std::string name = h.get<std::string>();
+    for (char c : name) {
+      if (!IsTchar(c)) {
+        return InvalidArgument(fmt::format(
+            "x-mcp-header '{}' of {} is not an HTTP field-name token", Excerpt(name, 60), where));
+      }
+    }
+    std::string type =
+        node.contains("type") && node["type"].is_string() ? node["type"].get<std::string>() : "";
+    if (type != "string" && type != "integer" && type != "boolean") {
+      return InvalidArgument(fmt::format(
+          "x-mcp-header '{}' is on {} of type '{}'; only string, integer and boolean may be", name,
+          where, type));
+    }
+    if (!seen->insert(Lower(name)).second) {
+      return InvalidArgument(fmt::format("x-mcp-header '{}' appears twice", name));
+    }
+    out->push_back(HeaderParam{*path, name});
+  }
+  for (const auto& [key, value] : node.items()) {
+    if (key == "properties" && value.is_object()) {
+      for (const auto& [prop, schema] : value.items()) {
+        path->push_back(prop);
+        Status st = Walk(schema, path, reachable, seen, out);
+        path->pop_back();
+        RETURN_IF_ERROR(st);
+      }
+    } else if (value.is_object() || value.is_array()) {
+      RETURN_IF_ERROR(Walk(value, path, false, seen, out));
+    }
+  }
+  return Status::OK();
+}
+
+}  // namespace
+
+Result<std::vector<HeaderParam>> CollectHeaderParams(const Json& input_schema) {
+  std::vector<HeaderParam> out;
+  std::vector<std::string> path;
+  std::set<std::string> seen;
+  RETURN_IF_ERROR(Walk(input_schema, &path, true, &seen, &out));
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> HeaderParamHeaders(
+    const std::vector<HeaderParam>& params, const Json& arguments) {
+  std::vector<std::pair<std::string, std::string>> headers;
+  for (const auto& p : params) {
+    const Json* v = &arguments;
+    for (const auto& key : p.path) {
+      if (!v->is_object() || !v->contains(key)) {
+        v = nullptr;
+        break;
+      }
+      v = &(*v)[key];
+    }
+    if (v == nullptr || v->is_null()) continue;
+    std::string value;
+    if (v->is_string()) {
+      value = HeaderValue(v->get<std::string>());
+    } else if (v->is_boolean()) {
+      value = v->get<bool>() ? "true" : "false";
+    } else if (v->is_number_integer()) {
+      value = std::to_string(v->get<int64_t>());
+    } else if (v->is_number_float() &&
+               v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>()))) {
+      value = std::to_string(static_cast<int64_t>(v->get<double>()));
+    } else {
+      continue;  // not a primitive the schema allows; the server will say so
+    }
+    headers.emplace_back("Mcp-Param-" + p.name, value);
+  }
+  return headers;
 }
 
 std::string Excerpt(std::string_view s, size_t max) {

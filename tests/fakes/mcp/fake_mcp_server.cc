@@ -38,6 +38,9 @@
 //   forget_session         (HTTP handshake era) forgets every session: the next request
 //                          gets 404
 //   bad.name               a tool whose name is no valid OpenAI function name
+//   regional {region,count}  both annotated x-mcp-header; on stateless HTTP the fake checks
+//                          Mcp-Param-Region (Base64 sentinel decoded) and Mcp-Param-Count
+//   bad_header {amount}    an x-mcp-header on a number: clients on HTTP must leave it out
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -142,7 +145,10 @@ class FakeServer {
               tool("ping_client"),
               tool("ask_input"),
               tool("forget_session"),
-              tool("bad.name")};
+              tool("bad.name"),
+              tool("regional", {{"region", {{"type", "string"}, {"x-mcp-header", "Region"}}},
+                                {"count", {{"type", "integer"}, {"x-mcp-header", "Count"}}}}),
+              tool("bad_header", {{"amount", {{"type", "number"}, {"x-mcp-header", "Amount"}}}})};
     tools_[1]["outputSchema"] = {
         {"type", "object"}, {"properties", {{"sum", {{"type", "number"}}}}}, {"required", {"sum"}}};
   }
@@ -440,6 +446,11 @@ class FakeServer {
     } else if (name == "forget_session") {
       ForgetSessions();
       done({{"content", Text("forgotten")}});
+    } else if (name == "regional") {
+      done({{"content", Text("region=" + args.value("region", std::string("-")) +
+                             " count=" + (args.contains("count") ? args["count"].dump() : "-"))}});
+    } else if (name == "bad_header") {
+      done({{"content", Text("bad_header")}});
     } else if (name == "extra") {
       done({{"content", Text("extra")}});
     } else {
@@ -570,6 +581,33 @@ class HttpChannel : public Channel {
   bool answered_ = false;
 };
 
+// Undoes the "=?base64?...?=" sentinel encoding of header values.
+std::string DecodeHeader(const std::string& v) {
+  if (v.size() < 11 || v.rfind("=?base64?", 0) != 0 || v.substr(v.size() - 2) != "?=") return v;
+  std::string in = v.substr(9, v.size() - 11), out;
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    int d = val(c);
+    if (d < 0) break;
+    acc = (acc << 6) | static_cast<uint32_t>(d);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
+  }
+  return out;
+}
+
 void RespondError(agentd::http::Exchange& ex, int status, const Json& id, int code,
                   const std::string& message, Json data = Json()) {
   agentd::http::Response r;
@@ -633,6 +671,17 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
         req.Header("mcp-name") != params.value("name", std::string())) {
       RespondError(ex, 400, id, -32020, "Header mismatch: Mcp-Name");
       return;
+    }
+    if (method != nullptr && *method == "tools/call" && params.value("name", "") == "regional") {
+      // x-mcp-header: Mcp-Param-Region / Mcp-Param-Count must mirror the arguments.
+      Json args = params.contains("arguments") ? params["arguments"] : Json::object();
+      std::string want_region = args.contains("region") ? args["region"].get<std::string>() : "";
+      std::string want_count = args.contains("count") ? args["count"].dump() : "";
+      if (DecodeHeader(req.Header("mcp-param-region")) != want_region ||
+          req.Header("mcp-param-count") != want_count) {
+        RespondError(ex, 400, id, -32020, "Header mismatch: Mcp-Param-Region or Mcp-Param-Count");
+        return;
+      }
     }
   } else if (version == nullptr && !LegacyOk()) {
     RespondError(ex, 400, id, -32602,

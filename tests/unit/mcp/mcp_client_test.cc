@@ -13,6 +13,7 @@
 
 #include "host_process.h"
 #include "tests/support/process.h"
+#include "tools/mcp/connection.h"
 
 namespace agentd::tools::mcp {
 namespace {
@@ -129,7 +130,11 @@ TEST_P(McpEraTest, ListsToolsAcrossPages) {
   ASSERT_TRUE(tools.ok()) << tools.status().ToString();
   std::set<std::string> names;
   for (const auto& t : *tools) names.insert(t.name);
-  EXPECT_EQ(tools->size(), 15u);  // four pages of at most four
+  // Five pages of at most four; on stateless HTTP without bad_header, whose x-mcp-header
+  // annotation is invalid.
+  bool drops_bad_header = GetParam().http && Stateless();
+  EXPECT_EQ(tools->size(), drops_bad_header ? 16u : 17u);
+  EXPECT_EQ(names.count("bad_header"), drops_bad_header ? 0u : 1u);
   EXPECT_TRUE(names.count("echo") && names.count("bad.name") && names.count("forget_session"));
   for (const auto& t : *tools) {
     if (t.name == "add") {
@@ -233,7 +238,7 @@ TEST_P(McpEraTest, RunsConcurrentCallsFromManyThreads) {
 TEST_P(McpEraTest, FetchesToolsAgainAfterListChanged) {
   auto before = client_->ListToolsBlocking();
   ASSERT_TRUE(before.ok()) << before.status().ToString();
-  EXPECT_EQ(before->size(), 15u);
+
   auto r = Call("change_tools");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   bool announced = !(GetParam().http && Stateless());
@@ -246,7 +251,7 @@ TEST_P(McpEraTest, FetchesToolsAgainAfterListChanged) {
   // Stateless HTTP has no listen stream here: the caller refreshes (or ttlMs runs out).
   auto after = client_->ListToolsBlocking(/*refresh=*/!announced);
   ASSERT_TRUE(after.ok()) << after.status().ToString();
-  EXPECT_EQ(after->size(), 16u);
+  EXPECT_EQ(after->size(), before->size() + 1);
   EXPECT_EQ(after->back().name, "extra");
 }
 
@@ -337,6 +342,48 @@ TEST(McpStatelessTest, AnswersInputRequiredByDecliningElicitation) {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_EQ(TextOf(*r), "input: decline") << (http ? "http" : "stdio");
   }
+}
+
+TEST(McpStatelessTest, MirrorsXMcpHeaderArgumentsIntoHttpHeaders) {
+  HttpFake fake = StartHttpFake("2026-07-28");
+  auto c =
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  // Not listed before: the client lists the tools to find the annotations.
+  auto r = (*c)->CallToolBlocking("regional", {{"region", "Z\xc3\xbcrich "}, {"count", 3}});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(TextOf(*r), "region=Z\xc3\xbcrich  count=3");
+  auto plain = (*c)->CallToolBlocking("regional", {{"region", "us-west1"}});
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_EQ(TextOf(*plain), "region=us-west1 count=-");
+}
+
+TEST(McpStatelessTest, ChecksXMcpHeaderAnnotations) {
+  using internal::CollectHeaderParams;
+  auto ok = CollectHeaderParams(
+      Json::parse(R"({"type":"object","properties":{"a":{"type":"object","properties":{
+        "b":{"type":"string","x-mcp-header":"B"}}},"c":{"type":"boolean","x-mcp-header":"C"}}})"));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  ASSERT_EQ(ok->size(), 2u);
+  EXPECT_EQ((*ok)[0].path, (std::vector<std::string>{"a", "b"}));
+  auto headers = internal::HeaderParamHeaders(*ok, {{"a", {{"b", "x"}}}, {"c", false}});
+  EXPECT_EQ(headers, (std::vector<std::pair<std::string, std::string>>{{"Mcp-Param-B", "x"},
+                                                                       {"Mcp-Param-C", "false"}}));
+  for (
+      const char* bad :
+      {R"({"properties":{"n":{"type":"number","x-mcp-header":"N"}}})",
+       R"({"properties":{"l":{"type":"array","items":{"type":"string","x-mcp-header":"L"}}}})",
+       R"({"properties":{"s":{"type":"string","x-mcp-header":"A B"}}})",
+       R"({"properties":{"s":{"type":"string","x-mcp-header":""}}})",
+       R"({"properties":{"s":{"type":"string","x-mcp-header":"X"},"t":{"type":"string","x-mcp-header":"x"}}})",
+       R"({"oneOf":[{"properties":{"s":{"type":"string","x-mcp-header":"S"}}}]})"}) {
+    EXPECT_FALSE(CollectHeaderParams(Json::parse(bad)).ok()) << bad;
+  }
+  EXPECT_EQ(internal::HeaderValue("us-west1"), "us-west1");
+  EXPECT_EQ(internal::HeaderValue("Hello, \xe4\xb8\x96\xe7\x95\x8c"),
+            "=?base64?SGVsbG8sIOS4lueVjA==?=");
+  EXPECT_EQ(internal::HeaderValue(" padded "), "=?base64?IHBhZGRlZCA=?=");
+  EXPECT_EQ(internal::HeaderValue("=?base64?literal?="), "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?=");
 }
 
 // --- server requests ------------------------------------------------------------------------
