@@ -26,6 +26,8 @@ using std::chrono::milliseconds;
 constexpr size_t kRelayBuffer = 64 * 1024;
 // How long a refused client gets to read its answer before the socket is closed.
 constexpr milliseconds kLinger{500};
+// Refusals by Serve waiting for the reporter thread; more are not reported.
+constexpr size_t kMaxQueuedReports = 1024;
 
 // Headers that describe one hop, not the request, and so are not forwarded (RFC 9110 7.6.1),
 // together with every Proxy-* header (credentials meant for us).
@@ -738,47 +740,86 @@ EgressProxy::~EgressProxy() {
 }
 
 void EgressProxy::Serve(int client_fd, const EgressPolicy& policy, EgressCallback callback) {
+  Serve(client_fd, policy, std::move(callback), std::string());
+}
+
+void EgressProxy::Serve(int client_fd, const EgressPolicy& policy, EgressCallback callback,
+                        const std::string& owner) {
   Clock::time_point start = Clock::now();
   if (client_fd < 0) return;
   fcntl(client_fd, F_SETFD, FD_CLOEXEC);
   std::unique_lock<std::mutex> lock(mu_);
   Reap(lock);
-  if (stopping_ || active_ >= options_.max_connections || stop_fd_ < 0) {
-    std::string why = stopping_ ? "the egress proxy is shutting down"
-                                : fmt::format("too many connections (at most {})",
-                                              options_.max_connections);
+  std::string why;
+  if (stopping_ || stop_fd_ < 0) {
+    why = "the egress proxy is shutting down";
+  } else if (active_ >= options_.max_connections) {
+    why = fmt::format("too many connections (at most {})", options_.max_connections);
+  } else if (options_.max_connections_per_owner > 0 &&
+             owners_[owner] >= options_.max_connections_per_owner) {
+    why = fmt::format("too many connections from this sandbox (at most {})",
+                      options_.max_connections_per_owner);
+  }
+  if (!why.empty()) {
+    if (owners_.count(owner) && owners_[owner] == 0) owners_.erase(owner);
+    // Reported by the reporter thread, never on the caller's: the caller (a driver's
+    // thread) may be one the callback's locks wait for.
+    if (callback && !stopping_ && reports_.size() < kMaxQueuedReports) {
+      EgressEvent e;
+      e.reason = why;
+      e.status = 503;
+      e.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+      reports_.emplace_back(std::move(callback), std::move(e));
+      if (!reporter_.joinable()) {
+        try {
+          reporter_ = std::thread([this] { ReportLoop(); });
+        } catch (const std::system_error&) {
+          reports_.clear();
+        }
+      }
+      reports_cv_.notify_one();
+    }
     lock.unlock();
     // The answer fits a socket buffer; a client that is not reading loses it.
     std::string answer = ErrorResponse(503, why);
     (void)!send(client_fd, answer.data(), answer.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
     shutdown(client_fd, SHUT_WR);
     close(client_fd);
-    if (callback) {
-      EgressEvent e;
-      e.reason = why;
-      e.status = 503;
-      e.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
-      callback(e);
-    }
     return;
   }
   auto conn = std::make_unique<Connection>(options_, stop_fd_, lookups_, client_fd, policy,
                                            std::move(callback), start);
   ++active_;
+  ++owners_[owner];
   threads_.emplace_back();
   auto it = std::prev(threads_.end());
   try {
-    *it = std::thread([this, it, conn = std::move(conn)]() mutable {
+    *it = std::thread([this, it, owner, conn = std::move(conn)]() mutable {
       conn->Run();
       conn.reset();  // closes the sockets before the slot is given back
       std::lock_guard<std::mutex> guard(mu_);
       --active_;
+      if (--owners_[owner] == 0) owners_.erase(owner);
       done_.push_back(it);
     });
   } catch (const std::system_error&) {
     // No thread: the lambda (and the connection with the client socket) is gone already.
     threads_.erase(it);
     --active_;
+    if (--owners_[owner] == 0) owners_.erase(owner);
+  }
+}
+
+void EgressProxy::ReportLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    reports_cv_.wait(lock, [&] { return stopping_ || !reports_.empty(); });
+    if (reports_.empty()) return;  // stopping, and nothing left to report
+    auto [callback, event] = std::move(reports_.front());
+    reports_.pop_front();
+    lock.unlock();
+    callback(event);
+    lock.lock();
   }
 }
 
@@ -793,6 +834,7 @@ void EgressProxy::Reap(std::unique_lock<std::mutex>& lock) {
 
 void EgressProxy::Shutdown() {
   std::list<std::thread> threads;
+  std::thread reporter;
   {
     std::unique_lock<std::mutex> lock(mu_);
     stopping_ = true;
@@ -802,10 +844,13 @@ void EgressProxy::Shutdown() {
     }
     threads = std::move(threads_);
     threads_.clear();
+    reporter = std::move(reporter_);
+    reports_cv_.notify_all();
   }
   for (auto& t : threads) {
     if (t.joinable()) t.join();
   }
+  if (reporter.joinable()) reporter.join();  // after it reported what was queued
   std::lock_guard<std::mutex> lock(mu_);
   done_.clear();  // iterators into `threads`, all joined
 }

@@ -27,9 +27,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -66,8 +69,9 @@ struct EgressEvent {
   std::chrono::milliseconds duration{0};  // since Serve was called
 };
 
-// Called on the connection's thread (for a connection refused by Serve itself, on Serve's
-// caller's thread). It must not block for long and must not call Shutdown.
+// Called on a thread of the proxy (the connection's own, or for a connection Serve refused
+// at once, the proxy's reporter thread), never on Serve's caller's. It must not block for
+// long and must not call Shutdown.
 using EgressCallback = std::function<void(const EgressEvent&)>;
 
 // Resolves a host name to addresses; blocking. The default uses getaddrinfo.
@@ -79,6 +83,9 @@ using HostAddresses = std::function<std::vector<IpAddress>()>;
 struct EgressProxyOptions {
   // Connections served at once; more are answered 503.
   size_t max_connections = 64;
+  // Connections served at once for one owner (see Serve); more are answered 503, so that
+  // one sandbox cannot take every connection of a proxy that serves many. 0: no such limit.
+  size_t max_connections_per_owner = 0;
   // Request line and headers together; more is answered 431.
   size_t max_header_bytes = 16 * 1024;
   // For the whole request head to arrive.
@@ -104,8 +111,13 @@ class EgressProxy {
   EgressProxy& operator=(const EgressProxy&) = delete;
 
   // Serves one client connection (a connected stream socket; Serve takes ownership of it)
-  // under `policy`, reporting to `callback` (may be empty). Returns at once. Over
-  // max_connections, or after Shutdown, the client is answered 503 and closed here.
+  // under `policy`, reporting to `callback` (may be empty). Returns at once, never blocks
+  // and never calls `callback` itself. Over a connection limit, or after Shutdown, the
+  // client is answered 503 and closed here; that refusal is reported from a thread of the
+  // proxy (not at all after Shutdown). `owner` names whose connection it is (a session id)
+  // for max_connections_per_owner.
+  void Serve(int client_fd, const EgressPolicy& policy, EgressCallback callback,
+             const std::string& owner);
   void Serve(int client_fd, const EgressPolicy& policy, EgressCallback callback);
 
   // Closes every connection and joins every thread; later Serve calls answer 503. Blocking
@@ -121,6 +133,7 @@ class EgressProxy {
 
  private:
   void Reap(std::unique_lock<std::mutex>& lock);
+  void ReportLoop();
 
   const EgressProxyOptions options_;
   int stop_fd_ = -1;  // an eventfd, readable once Shutdown has begun; polled by connections
@@ -132,6 +145,11 @@ class EgressProxy {
   size_t active_ = 0;                                      // GUARDED_BY(mu_)
   std::list<std::thread> threads_;                         // GUARDED_BY(mu_)
   std::vector<std::list<std::thread>::iterator> done_;     // GUARDED_BY(mu_): to join
+  std::map<std::string, size_t> owners_;                   // GUARDED_BY(mu_): connections
+  // Refusals by Serve, reported by `reporter_` (started with the first).
+  std::deque<std::pair<EgressCallback, EgressEvent>> reports_;  // GUARDED_BY(mu_)
+  std::condition_variable reports_cv_;
+  std::thread reporter_;                                   // GUARDED_BY(mu_)
 };
 
 }  // namespace agentd::sandbox::egress

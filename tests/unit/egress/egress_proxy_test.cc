@@ -702,6 +702,54 @@ TEST(EgressProxy, ConnectionsOverTheLimitAre503) {
   EXPECT_EQ(ev[0].status, 503);
 }
 
+TEST(EgressProxy, OneOwnerCannotTakeEveryConnection) {
+  EchoServer echo;
+  EgressProxyOptions options;
+  options.max_connections_per_owner = 2;
+  Events events;  // outlives the proxy, whose threads call it
+  EgressProxy proxy(options);
+  EgressPolicy policy = Policy({Listed(echo.port())});
+  ClientPair a1, a2;
+  proxy.Serve(a1.Give(), policy, events.callback(), "session-a");
+  proxy.Serve(a2.Give(), policy, events.callback(), "session-a");
+  // The refusal is reported, but not on the thread that called Serve (a driver's thread,
+  // which the callback's locks might wait for).
+  std::thread::id reported_on;
+  std::mutex mu;
+  ClientPair a3;
+  proxy.Serve(a3.Give(), policy,
+              [&](const EgressEvent& e) {
+                std::lock_guard<std::mutex> lock(mu);
+                reported_on = std::this_thread::get_id();
+                events.callback()(e);
+              },
+              "session-a");
+  std::string answer = ReadUntil(a3.client, 5s);
+  EXPECT_EQ(answer.rfind("HTTP/1.1 503 ", 0), 0u) << answer;
+  EXPECT_NE(answer.find("too many connections from this sandbox (at most 2)"), std::string::npos);
+  ASSERT_EQ(events.Wait(1).size(), 1u);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_NE(reported_on, std::this_thread::get_id());
+  }
+  // Another owner is served.
+  ClientPair b;
+  proxy.Serve(b.Give(), policy, events.callback(), "session-b");
+  WriteAll(b.client, Connect(echo.port()));
+  EXPECT_EQ(ReadUntil(b.client, 5s, kEstablished), kEstablished);
+  // A slot comes back when a connection ends.
+  close(a1.client);
+  a1.client = -1;
+  Clock::time_point deadline = Clock::now() + 5s;
+  while (proxy.active_connections() > 2 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  ClientPair a4;
+  proxy.Serve(a4.Give(), policy, events.callback(), "session-a");
+  WriteAll(a4.client, Connect(echo.port()));
+  EXPECT_EQ(ReadUntil(a4.client, 5s, kEstablished), kEstablished);
+}
+
 TEST(EgressProxy, ShutdownWithOpenConnectionsReturnsPromptly) {
   EchoServer echo;
   Events events;  // outlives the proxy, whose threads call it
