@@ -89,6 +89,12 @@ Status ReadSandbox(const YAML::Node& n, Config* cfg) {
         }
         cfg->sandbox_read_only_paths.push_back(path);
       }
+    } else if (key == "probe_gvisor_at_start") {
+      try {
+        cfg->sandbox_probe_gvisor_at_start = kv.second.as<bool>();
+      } catch (const std::exception&) {
+        return InvalidArgument("config key 'sandbox.probe_gvisor_at_start' must be true or false");
+      }
     } else if (key == "uid_base") {
       RETURN_IF_ERROR(ReadInt(kv.second, "sandbox.uid_base", 1000, 4000000000LL, &cfg->sandbox_uid_base));
     } else {

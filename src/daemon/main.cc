@@ -20,6 +20,8 @@
 #include "engine/engine.h"
 #include "model/openai_chat/openai_chat.h"
 #include "sandbox/bwrap/bwrap_driver.h"
+#include "sandbox/deferred_driver.h"
+#include "sandbox/gvisor/gvisor_driver.h"
 #include "store/sqlite/sqlite_store.h"
 
 using namespace agentd;
@@ -33,6 +35,27 @@ int Fail(const std::string& msg) {
 
 bool IsLoopback(const std::string& host) {
   return host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+}  // namespace
+
+namespace {
+
+Json CapabilitiesJson(const agentd::sandbox::Capabilities& c) {
+  Json j = {{"available", c.available}, {"enforced", c.enforced}, {"not_enforced", c.not_enforced}};
+  if (!c.available) j["reason"] = c.unavailable_reason;
+  return j;
+}
+
+void LogCapabilities(const std::string& name, const agentd::sandbox::Capabilities& c) {
+  if (!c.available) {
+    spdlog::warn("sandbox driver {}: not available: {}", name, c.unavailable_reason);
+    return;
+  }
+  spdlog::info("sandbox driver {}: enforces {}", name, fmt::join(c.enforced, ", "));
+  for (const auto& [what, why] : c.not_enforced) {
+    spdlog::warn("sandbox driver {}: does not enforce {}: {}", name, what, why);
+  }
 }
 
 }  // namespace
@@ -102,27 +125,36 @@ int main(int argc, char** argv) {
   model::openai_chat::OpenAIChatProvider openai_chat;
   engine::ModelProviders providers = {{"openai-chat", &openai_chat}};
 
-  // Sandbox drivers, registered by name like the providers.
+  // Sandbox drivers, registered by name like the providers. Each probes the host when it
+  // opens; gvisor's probe takes seconds, so it runs when first needed (or in the background
+  // from start-up, when the config says so).
   sandbox::BwrapOptions bo;
   bo.state_dir = cfg.data_dir + "/sandbox";
   bo.uid_base = static_cast<uid_t>(cfg.sandbox_uid_base);
   std::unique_ptr<sandbox::BwrapDriver> bwrap = sandbox::BwrapDriver::Open(bo);
-  engine::SandboxDrivers drivers = {{"bwrap", bwrap.get()}};
-  Json sandbox_report = Json::object();
-  for (const auto& [name, driver] : drivers) {
-    const sandbox::Capabilities& c = driver->capabilities();
-    Json j = {{"available", c.available}, {"enforced", c.enforced}, {"not_enforced", c.not_enforced}};
-    if (!c.available) {
-      j["reason"] = c.unavailable_reason;
-      spdlog::warn("sandbox driver {}: not available: {}", name, c.unavailable_reason);
-    } else {
-      spdlog::info("sandbox driver {}: enforces {}", name, fmt::join(c.enforced, ", "));
-      for (const auto& [what, why] : c.not_enforced) {
-        spdlog::warn("sandbox driver {}: does not enforce {}: {}", name, what, why);
-      }
-    }
-    sandbox_report[name] = std::move(j);
-  }
+  sandbox::DeferredDriver gvisor([&cfg] {
+    sandbox::GvisorOptions go;
+    go.state_dir = cfg.data_dir + "/sandbox-gvisor";
+    auto d = sandbox::GvisorDriver::Open(go);
+    LogCapabilities("gvisor", d->capabilities());
+    return d;
+  });
+  if (cfg.sandbox_probe_gvisor_at_start) gvisor.Start();
+  engine::SandboxDrivers drivers = {{"bwrap", bwrap.get()}, {"gvisor", &gvisor}};
+  LogCapabilities("bwrap", bwrap->capabilities());
+  auto sandbox_report = [&] {
+    Json report = Json::object();
+    report["bwrap"] = CapabilitiesJson(bwrap->capabilities());
+    report["gvisor"] = gvisor.ready()
+                           ? CapabilitiesJson(gvisor.capabilities())
+                           : Json{{"available", false},
+                                  {"reason", "not probed yet: it is probed when an agent first "
+                                             "asks for it, or at start-up with "
+                                             "sandbox.probe_gvisor_at_start"},
+                                  {"enforced", Json::array()},
+                                  {"not_enforced", Json::object()}};
+    return report;
+  };
 
   engine::EngineOptions eo;
   eo.sandbox_root = cfg.data_dir + "/workspaces";
@@ -142,7 +174,7 @@ int main(int argc, char** argv) {
                 {"store", "sqlite"},
                 {"resumed_sessions", resumed.load()},
                 {"resident_sessions", engine.ResidentSessions()},
-                {"sandbox_drivers", sandbox_report}};
+                {"sandbox_drivers", sandbox_report()}};
   });
   http::ServerOptions ho;
   ho.host = host;

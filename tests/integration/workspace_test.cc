@@ -2,6 +2,7 @@
 // tools in bwrap sandboxes, the fake model asking for them, and the workspace kept across
 // turns, restarts (from its snapshot in the store) and crashes (from the host).
 #include <sys/stat.h>
+#include <sys/utsname.h>
 
 #include <filesystem>
 #include <thread>
@@ -183,6 +184,26 @@ TEST_F(WorkspaceTest, EgressGoesOnlyWhereTheAgentSaysAndEveryConnectionIsJournal
   EXPECT_EQ(egress[3]["allowed"], false);
   EXPECT_NE(egress[3]["reason"].get<std::string>().find("loopback"), std::string::npos)
       << egress[3].dump();
+}
+
+TEST_F(WorkspaceTest, AnAgentCanChooseTheGvisorDriver) {
+  // /readyz tells that gvisor is probed on first use; the agent's creation probes it.
+  Reply ready = Call("GET", Url("/readyz"));
+  EXPECT_EQ(ready.body["sandbox_drivers"]["gvisor"]["available"], false) << ready.raw;
+  std::string sid = CreateSession(CreateSandboxAgent({{"driver", "gvisor"}}));
+  ASSERT_FALSE(sid.empty());
+  Json t = Turn(sid, R"(call exec {"command": "echo hi > f.txt; cat f.txt; uname -r"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  Json out = ToolOutput(t);
+  EXPECT_EQ(out["stdout"].get<std::string>().rfind("hi\n", 0), 0u) << out.dump();
+  // gVisor's own kernel answers, not the host's.
+  utsname host;
+  uname(&host);
+  EXPECT_EQ(out["stdout"].get<std::string>().find(host.release), std::string::npos) << out.dump();
+  EXPECT_GT(out["stdout"].get<std::string>().size(), 3u);
+  ready = Call("GET", Url("/readyz"));
+  EXPECT_EQ(ready.body["sandbox_drivers"]["gvisor"]["available"], true) << ready.raw;
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid + "/workspace/f.txt")).raw, "hi\n");
 }
 
 TEST_F(WorkspaceTest, DeletingASessionRemovesItsWorkspace) {
