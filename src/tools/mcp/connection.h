@@ -88,13 +88,19 @@ std::unique_ptr<Connection> StartHttpConnection(const HttpTarget& target,
 Json AnswerServerRequest(const Json& request);
 
 // Incremental Server-Sent Events parser (the WHATWG event stream format): feed bytes, get
-// each event's data. Comments, `event`, `id` and `retry` fields are ignored.
+// each event's data. Comments and `event` fields are ignored; `id` and `retry` are kept for
+// resuming a stream (2025-11-25 SEP-1699).
 class SseParser {
  public:
   explicit SseParser(size_t max_event_bytes) : max_event_bytes_(max_event_bytes) {}
   // Calls `on_event` with each complete event's data; fails when an event or a line grows
   // over the limit.
   Status Feed(std::string_view bytes, const std::function<void(std::string)>& on_event);
+  // Forgets a partial line and event when a stream ended; the last event id and retry stay.
+  void EndStream();
+  // The last `id` field seen ("" when none) and the last `retry` field in ms (0: none).
+  const std::string& last_event_id() const { return last_event_id_; }
+  int64_t retry_ms() const { return retry_ms_; }
 
  private:
   size_t max_event_bytes_;
@@ -102,6 +108,8 @@ class SseParser {
   std::string data_;
   bool has_data_ = false;
   bool skip_lf_ = false;
+  std::string last_event_id_;
+  int64_t retry_ms_ = 0;
 };
 
 // A header value as the 2026-07-28 Streamable HTTP binding encodes it ("Value Encoding"):

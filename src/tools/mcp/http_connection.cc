@@ -7,6 +7,8 @@
 //     resources/read, prompts/get; Base64 sentinel when not plain header-safe ASCII);
 //   handshake: MCP-Protocol-Version after initialize, Mcp-Session-Id once the server
 //     assigned one (and DELETE of the session when the connection closes).
+// Resumption (handshake era, 2025-11-25): a stream that ends before its response is resumed
+// with GET and Last-Event-ID after the server's `retry`, up to kMaxResumes times.
 // Cancellation: a stateless request is cancelled by closing its stream; a handshake-era
 // one also gets notifications/cancelled. Server requests on a handshake-era stream (ping)
 // are answered by a POST from a helper thread, since the stream's thread is inside curl.
@@ -30,6 +32,8 @@ using std::chrono::milliseconds;
 constexpr milliseconds kNotifyTimeout{10000};
 constexpr milliseconds kDeleteTimeout{2000};
 constexpr milliseconds kLingerAfterResponse{2000};
+constexpr int kMaxResumes = 5;                 // GET reconnections of one request's stream
+constexpr milliseconds kMaxResumeWait{30000};  // cap on the server's `retry`
 
 bool IsModern(const std::string& version) { return version >= kStatelessVersion; }
 
@@ -181,6 +185,60 @@ class HttpConnection final : public Connection {
                                            target_.url, method, st.message()));
     }
     CaptureSession(&*resp);
+    if (kind == Kind::kSse && !IsModern(version) && resp->status >= 200 && resp->status < 300 &&
+        !sse.last_event_id().empty()) {
+      // Handshake era (2025-11-25, SEP-1699): a server may end the stream before the response
+      // and expect the client to resume it with GET and Last-Event-ID after `retry` ms.
+      for (int attempt = 0; attempt < kMaxResumes && !reply; ++attempt) {
+        sse.EndStream();
+        milliseconds wait(sse.retry_ms() > 0 ? sse.retry_ms() : 1000);
+        wait = std::min(wait, kMaxResumeWait);
+        auto resume_at = Clock::now() + wait;
+        while (Clock::now() < resume_at) {
+          if (options.should_abort && options.should_abort()) {
+            Notify("notifications/cancelled",
+                   Json{{"requestId", id}, {"reason", "cancelled by the caller"}})
+                .IgnoreError();
+            return Cancelled(fmt::format("MCP server '{}': {} cancelled", server_, method));
+          }
+          if (Clock::now() >= options.deadline) break;
+          std::this_thread::sleep_for(milliseconds(10));
+        }
+        auto remaining = std::chrono::duration_cast<milliseconds>(options.deadline - Clock::now());
+        if (remaining.count() <= 0) {
+          return DeadlineExceeded(
+              fmt::format("MCP server '{}' did not answer {} in time", server_, method));
+        }
+        HttpRequest get;
+        get.method = "GET";
+        get.url = target_.url;
+        for (auto& h : BaseHeaders()) {
+          if (h.first == "Content-Type") continue;
+          if (h.first == "Accept") h.second = "text/event-stream";
+          get.headers.push_back(std::move(h));
+        }
+        get.headers.emplace_back("Last-Event-ID", sse.last_event_id());
+        get.timeout = remaining;
+        get.connect_timeout = target_.connect_timeout;
+        get.on_body = req.on_body;
+        get.should_abort = req.should_abort;
+        auto r = HttpDoBlocking(get);
+        for (auto& t : answers) t.join();
+        answers.clear();
+        if (!stream_error.ok()) return stream_error;
+        if (reply) return std::move(*reply);
+        if (!r.ok()) {
+          return Status(r.status().code(),
+                        fmt::format("MCP server '{}': resuming the event stream of {} failed: {}",
+                                    server_, method, r.status().message()));
+        }
+        if (r->status < 200 || r->status >= 300) {
+          return Unavailable(
+              fmt::format("MCP server '{}': resuming the event stream of {} got HTTP {}", server_,
+                          method, r->status));
+        }
+      }
+    }
     return FinalReply(*resp, kind == Kind::kSse, kind == Kind::kSse ? head : raw, id, method);
   }
 

@@ -64,6 +64,11 @@ Status SseParser::Feed(std::string_view bytes, const std::function<void(std::str
         if (has_data_) data_.push_back('\n');
         data_.append(value);
         has_data_ = true;
+      } else if (field == "id" && value.find('\0') == std::string_view::npos) {
+        last_event_id_ = std::string(value);
+      } else if (field == "retry" && !value.empty() && value.size() < 10 &&
+                 value.find_first_not_of("0123456789") == std::string_view::npos) {
+        retry_ms_ = std::stoll(std::string(value));
       }
     }
     line_.clear();
@@ -215,6 +220,13 @@ std::vector<std::pair<std::string, std::string>> HeaderParamHeaders(
     headers.emplace_back("Mcp-Param-" + p.name, value);
   }
   return headers;
+}
+
+void SseParser::EndStream() {
+  line_.clear();
+  data_.clear();
+  has_data_ = false;
+  skip_lf_ = false;
 }
 
 std::string Excerpt(std::string_view s, size_t max) {

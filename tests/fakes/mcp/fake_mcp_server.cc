@@ -41,6 +41,8 @@
 //   regional {region,count}  both annotated x-mcp-header; on stateless HTTP the fake checks
 //                          Mcp-Param-Region (Base64 sentinel decoded) and Mcp-Param-Count
 //   bad_header {amount}    an x-mcp-header on a number: clients on HTTP must leave it out
+//   drop_stream            (handshake HTTP) ends the event stream after a priming event
+//                          (id ev-1, retry 200 ms); the answer comes on GET with Last-Event-ID
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -90,6 +92,8 @@ class Channel {
   virtual void SendRaw(const std::string& bytes) = 0;
   // False once the peer is gone (HTTP stream closed).
   virtual bool Alive() { return true; }
+  // HTTP: sends a priming event (id, retry) and ends the stream without answering.
+  virtual bool DropStream() { return false; }
 };
 
 std::mutex g_out_mu;
@@ -148,7 +152,8 @@ class FakeServer {
               tool("bad.name"),
               tool("regional", {{"region", {{"type", "string"}, {"x-mcp-header", "Region"}}},
                                 {"count", {{"type", "integer"}, {"x-mcp-header", "Count"}}}}),
-              tool("bad_header", {{"amount", {{"type", "number"}, {"x-mcp-header", "Amount"}}}})};
+              tool("bad_header", {{"amount", {{"type", "number"}, {"x-mcp-header", "Amount"}}}}),
+              tool("drop_stream")};
     tools_[1]["outputSchema"] = {
         {"type", "object"}, {"properties", {{"sum", {{"type", "number"}}}}}, {"required", {"sum"}}};
   }
@@ -260,6 +265,14 @@ class FakeServer {
     } else {
       ch.Send(ErrorResponse(id, -32601, "Method not found: " + *method));
     }
+  }
+
+  // The response a drop_stream call left for the resumed stream; null when none.
+  Json TakeResumeResponse() {
+    std::lock_guard<std::mutex> lock(mu_);
+    Json r = std::move(resume_response_);
+    resume_response_ = Json();
+    return r;
   }
 
   void ForgetSessions() {
@@ -443,6 +456,13 @@ class FakeServer {
                {{"message", "go ahead?"},
                 {"requestedSchema", {{"type", "object"}, {"properties", Json::object()}}}}}}}}}};
       ch.Send(Response(id, std::move(result)));
+    } else if (name == "drop_stream") {
+      // 2025-11-25 SEP-1699: the answer comes on the GET stream the client resumes with.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        resume_response_ = Response(id, {{"content", Text("resumed")}});
+      }
+      if (!ch.DropStream()) done({{"content", Text("not on HTTP")}, {"isError", true}});
     } else if (name == "forget_session") {
       ForgetSessions();
       done({{"content", Text("forgotten")}});
@@ -468,6 +488,7 @@ class FakeServer {
   Json listen_id_;
   std::set<std::string> sessions_;
   int session_counter_ = 0;
+  Json resume_response_;
 };
 
 FakeServer* g_server = nullptr;
@@ -561,6 +582,16 @@ class HttpChannel : public Channel {
     return alive_;
   }
 
+  bool DropStream() override {
+    if (streaming_) return false;
+    ex_.StartStream(200, "text/event-stream", headers_);
+    ex_.Write("id: ev-1\nretry: 200\ndata: \n\n");
+    ex_.EndStream();
+    streaming_ = true;
+    answered_ = true;
+    return true;
+  }
+
   void Finish() {
     if (answered_) return;
     if (streaming_) {
@@ -629,6 +660,15 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
     r.status = 200;
     ex.Respond(std::move(r));
     return;
+  }
+  if (req.method == "GET" && Legacy() && !req.Header("last-event-id").empty()) {
+    Json response = g_server->TakeResumeResponse();
+    if (!response.is_null()) {
+      ex.StartStream(200, "text/event-stream", {});
+      ex.Write("id: ev-2\ndata: " + agentd::DumpJson(response) + "\n\n");
+      ex.EndStream();
+      return;
+    }
   }
   if (req.method != "POST") {
     agentd::http::Response r;

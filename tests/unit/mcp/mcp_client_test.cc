@@ -130,10 +130,10 @@ TEST_P(McpEraTest, ListsToolsAcrossPages) {
   ASSERT_TRUE(tools.ok()) << tools.status().ToString();
   std::set<std::string> names;
   for (const auto& t : *tools) names.insert(t.name);
-  // Five pages of at most four; on stateless HTTP without bad_header, whose x-mcp-header
+  // Five pages of at most four (18 tools); on stateless HTTP without bad_header, whose x-mcp-header
   // annotation is invalid.
   bool drops_bad_header = GetParam().http && Stateless();
-  EXPECT_EQ(tools->size(), drops_bad_header ? 16u : 17u);
+  EXPECT_EQ(tools->size(), drops_bad_header ? 17u : 18u);
   EXPECT_EQ(names.count("bad_header"), drops_bad_header ? 0u : 1u);
   EXPECT_TRUE(names.count("echo") && names.count("bad.name") && names.count("forget_session"));
   for (const auto& t : *tools) {
@@ -549,6 +549,18 @@ TEST(McpHttpFaultTest, ServerExitingMidCallFailsClearly) {
       << r.status().ToString();
   auto after = (*c)->CallToolBlocking("echo", {{"text", "x"}});
   EXPECT_EQ(after.status().code(), StatusCode::kUnavailable) << after.status().ToString();
+}
+
+TEST(McpHttpFaultTest, ResumesAStreamClosedBeforeItsResponse) {
+  HttpFake fake = StartHttpFake("2025-11-25");
+  auto c =
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000)});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  auto start = Clock::now();
+  auto r = (*c)->CallToolBlocking("drop_stream", Json::object());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(TextOf(*r), "resumed");
+  EXPECT_GE(Clock::now() - start, milliseconds(200));  // the server's retry
 }
 
 TEST(McpHttpFaultTest, NothingListeningIsUnavailable) {
