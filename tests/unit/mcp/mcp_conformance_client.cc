@@ -5,11 +5,14 @@
 //
 // The suite starts a scenario server, then runs this program with the server's URL as the
 // last argument and MCP_CONFORMANCE_SCENARIO / MCP_CONFORMANCE_PROTOCOL_VERSION in the
-// environment. The client connects with McpClient (era detection included), lists the
-// tools and calls the ones the scenarios expect, and exits 0, or 1 with the error on stderr.
+// environment (and MCP_CONFORMANCE_CONTEXT with the tool calls some scenarios want). The
+// client connects with McpClient (era detection included), lists the tools, makes the calls,
+// and exits 0, or 1 when it cannot connect or list; the scenario's checks judge the rest.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tools/mcp/mcp_client.h"
 
@@ -50,15 +53,40 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tools/list: %s\n", tools.status().ToString().c_str());
     return 1;
   }
-  for (const auto& tool : *tools) {
-    if (tool.name != "add_numbers") continue;
-    auto r = (*client)->CallToolBlocking(tool.name, Json{{"a", 5}, {"b", 3}});
-    if (!r.ok()) {
-      std::fprintf(stderr, "tools/call %s: %s\n", tool.name.c_str(), r.status().ToString().c_str());
-      return 1;
+  // Scenarios that want particular calls name them in MCP_CONFORMANCE_CONTEXT.toolCalls;
+  // otherwise every listed tool is called once, with the arguments the known ones need.
+  Json context = Json::object();
+  if (const char* c = std::getenv("MCP_CONFORMANCE_CONTEXT")) {
+    auto parsed = agentd::ParseJson(c, "MCP_CONFORMANCE_CONTEXT");
+    if (parsed.ok() && parsed->is_object()) context = std::move(parsed).value();
+  }
+  std::vector<std::pair<std::string, Json>> calls;
+  if (context.contains("toolCalls") && context["toolCalls"].is_array()) {
+    for (const auto& call : context["toolCalls"]) {
+      calls.emplace_back(call.value("name", std::string()),
+                         call.contains("arguments") ? call["arguments"] : Json::object());
     }
-    std::fprintf(stderr, "tools/call %s: %s\n", tool.name.c_str(),
-                 agentd::DumpJson(r->content).c_str());
+  } else {
+    for (const auto& tool : *tools) {
+      Json args = Json::object();
+      if (tool.name == "add_numbers") {
+        args = {{"a", 5}, {"b", 3}};
+      } else if (tool.name == "json_schema_echo") {
+        // Echo back another tool's inputSchema exactly as the client kept it.
+        for (const auto& other : *tools) {
+          if (other.name != tool.name) args = {{"schema", other.input_schema}};
+        }
+      }
+      calls.emplace_back(tool.name, std::move(args));
+    }
+  }
+  for (const auto& [name, args] : calls) {
+    auto r = (*client)->CallToolBlocking(name, args);
+    if (!r.ok()) {
+      std::fprintf(stderr, "tools/call %s: %s\n", name.c_str(), r.status().ToString().c_str());
+      continue;  // the scenario's checks judge it
+    }
+    std::fprintf(stderr, "tools/call %s: %s\n", name.c_str(), agentd::DumpJson(r->content).c_str());
   }
   return 0;
 }
