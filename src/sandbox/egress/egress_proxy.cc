@@ -585,7 +585,9 @@ struct EgressProxy::Connection {
         if (d->off < d->buf.size()) {
           idx[i][1] = n;
           p[n++] = {d->to, POLLOUT, 0};
-        } else if (!d->eof && d->limit > 0) {
+        } else if (!d->eof && (d->limit > 0 || (!tunnel && d == &up))) {
+          // A forwarded request's client is still read once its body is sent, to notice it
+          // going away (an origin that keeps the connection open would hold it otherwise).
           idx[i][0] = n;
           p[n++] = {d->from, POLLIN, 0};
         }
@@ -619,7 +621,9 @@ struct EgressProxy::Connection {
           idle_deadline = Clock::now() + options.idle_timeout;
         }
         if (idx[i][0] >= 0 && p[idx[i][0]].revents) {
-          size_t want = static_cast<size_t>(std::min<uint64_t>(chunk.size(), d->limit));
+          bool discard = d->limit == 0;  // bytes past a forwarded request's body
+          size_t want = discard ? chunk.size()
+                                : static_cast<size_t>(std::min<uint64_t>(chunk.size(), d->limit));
           ssize_t r = recv(d->from, chunk.data(), want, MSG_DONTWAIT);
           if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
           if (r < 0) {
@@ -628,10 +632,12 @@ struct EgressProxy::Connection {
           }
           if (r == 0) {
             d->eof = true;
-            // The client gave up on a forwarded request before its answer came.
-            if (!tunnel && d == &up) return;
+            // A forwarded request's client that closes once the answer has begun is done with
+            // it; before that, it may only have half-closed and still wait for the answer.
+            if (!tunnel && d == &up && event.bytes_down > 0) return;
             continue;
           }
+          if (discard) continue;
           d->buf.assign(chunk.data(), static_cast<size_t>(r));
           d->off = 0;
           d->limit -= static_cast<uint64_t>(r);

@@ -531,6 +531,42 @@ TEST(EgressProxy, PlainHttpBodyIsForwardedByContentLength) {
 
 constexpr char kNulHeader[] = "GET http://example.com/ HTTP/1.1\r\nX: a\0b\r\n\r\n";
 
+TEST(EgressProxy, PlainHttpEndsWithTheClientEvenIfTheOriginKeepsTheConnection) {
+  // An origin that answers and then keeps the connection open despite "Connection: close".
+  std::atomic<int> origin_saw_close{0};
+  Listener origin([&](int c) {
+    origin.Spawn([c, stop = origin.stop_fd(), &origin_saw_close] {
+      ReadUntil(c, 5s, "\r\n\r\n");
+      WriteAll(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+      pollfd p[2] = {{c, POLLIN, 0}, {stop, POLLIN, 0}};
+      if (poll(p, 2, 10000) > 0 && p[0].revents) ++origin_saw_close;
+      close(c);
+    });
+  });
+  EgressProxyOptions options;
+  options.idle_timeout = 30s;
+  Events events;  // outlives the proxy, whose threads call it
+  EgressProxy proxy(options);
+  EgressPolicy policy = Policy({Listed(origin.port())});
+  std::string request = "GET http://" + Listed(origin.port()) + "/ HTTP/1.1\r\n\r\n";
+  {
+    ClientPair c;
+    proxy.Serve(c.Give(), policy, events.callback());
+    WriteAll(c.client, request);
+    EXPECT_NE(ReadUntil(c.client, 5s, "\r\n\r\nok").find("\r\n\r\nok"), std::string::npos);
+  }  // the client closes once it has its answer
+  std::vector<EgressEvent> ev = events.Wait(2, 3s);
+  ASSERT_EQ(ev.size(), 2u);
+  EXPECT_EQ(ev[1].phase, EgressEvent::Phase::kClosed);
+  EXPECT_LT(ev[1].duration, 3s);
+  // A client that half-closes after its request still gets the answer.
+  ClientPair c;
+  proxy.Serve(c.Give(), policy, events.callback());
+  WriteAll(c.client, request);
+  shutdown(c.client, SHUT_WR);
+  EXPECT_NE(ReadUntil(c.client, 5s, "\r\n\r\nok").find("\r\n\r\nok"), std::string::npos);
+}
+
 TEST(EgressProxy, MalformedRequestsAre400) {
   Events events;  // outlives the proxy, whose threads call it
   EgressProxy proxy;
