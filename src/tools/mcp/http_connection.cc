@@ -407,7 +407,8 @@ class HttpConnection final : public Connection {
         Json& msg = *parsed;
         bool ours = msg.contains("id") && msg["id"] == Json(id);
         bool anonymous = !msg.contains("id") || msg["id"].is_null();
-        if (msg.contains("error") && (ours || anonymous)) {
+        if (msg.contains("error") && msg["error"].is_object() && msg["error"].contains("code") &&
+            (ours || anonymous)) {
           reply.error = ErrorOf(msg["error"]);
           return reply;
         }
@@ -427,8 +428,9 @@ class HttpConnection final : public Connection {
       return Internal(fmt::format("MCP server '{}' answered {} with HTTP {} and no response",
                                   server_, method, resp.status));
     }
-    reply.error = RpcError{kHttpStatusError,
-                           fmt::format("HTTP {}: {}", resp.status, Excerpt(raw, 200)), Json()};
+    reply.error =
+        RpcError{kHttpStatusError, fmt::format("HTTP {}: {}", resp.status, Excerpt(raw, 200)),
+                 Json{{"http_status", resp.status}}};
     return reply;
   }
 

@@ -55,7 +55,12 @@ Status RpcStatus(const std::string& server, const std::string& method,
                                 e.code, e.message);
   if (e.code == internal::kHttpStatusError) {
     msg = fmt::format("MCP server '{}' answered {} with {}", server, method, e.message);
-    return Unavailable(msg);
+    int http = e.data.is_object() ? e.data.value("http_status", 0) : 0;
+    if (http == 401) return Status(StatusCode::kUnauthenticated, msg);
+    if (http == 403) return Status(StatusCode::kPermissionDenied, msg);
+    if (http == 404) return NotFound(msg);
+    if (http == 408 || http == 429 || http >= 500) return Unavailable(msg);
+    return FailedPrecondition(msg);
   }
   switch (e.code) {
     case internal::kInvalidParams:

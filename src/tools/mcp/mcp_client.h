@@ -9,9 +9,8 @@
 //     client capabilities and client info in `params._meta` (and, on HTTP, the
 //     MCP-Protocol-Version, Mcp-Method, Mcp-Name and x-mcp-header Mcp-Param-* headers; a
 //     tool whose x-mcp-header annotation is invalid is left out of tools/list on HTTP, as
-//     the binding requires). The client probes with
-//     `server/discover`; a DiscoverResult or UnsupportedProtocolVersionError (-32022)
-//     identifies a modern server.
+//     the binding requires). The client probes with `server/discover`; a DiscoverResult or
+//     UnsupportedProtocolVersionError (-32022) identifies a modern server.
 //   - handshake (2025-11-25, 2025-06-18, also 2025-03-26): any other error, an HTTP 4xx
 //     without a modern JSON-RPC error, or no answer to the probe within
 //     `discover_timeout` means a legacy server: `initialize` + `notifications/initialized`,
@@ -26,6 +25,9 @@
 //   stdout line that is not JSON, malformed result -> Internal
 //   JSON-RPC error from the server               -> InvalidArgument (-32602, -32600),
 //                                                   NotFound (-32601), Internal (others)
+//   HTTP error without a JSON-RPC error body     -> Unauthenticated (401), PermissionDenied
+//                                                   (403), NotFound (404), Unavailable (408,
+//                                                   429, 5xx), FailedPrecondition (others)
 // After a stdio connection broke (exit, garbage, oversized line) the next call spawns a
 // fresh process through the factory and connects again (ClientOptions::auto_reconnect);
 // ReconnectBlocking() does the same on demand.

@@ -297,6 +297,15 @@ class StdioConnection final : public Connection {
     }
     std::string how =
         running ? std::string("closed its stdout") : fmt::format("exited with code {}", code);
+    // Its last words on stderr may still be on their way into the Process; wait (briefly)
+    // until the tail stops growing.
+    std::string tail = process_->StderrTail();
+    for (int i = 0; i < 10; ++i) {
+      std::this_thread::sleep_for(milliseconds(20));
+      std::string now = process_->StderrTail();
+      if (now == tail && !tail.empty()) break;
+      tail = std::move(now);
+    }
     Break(WithStderr(fmt::format("MCP server '{}' {}", server_, how), StatusCode::kUnavailable));
   }
 

@@ -15,6 +15,7 @@
 // --silent-discover  a handshake-era server that never answers requests before initialize
 //                 (some legacy servers drop them), to test the probe timeout.
 // --garbage-banner   writes a line that is not JSON to stdout at start.
+// --require-header NAME:VALUE  (HTTP) answers 401 to any request without that header.
 //
 // Tools (tools/call):
 //   echo {text}            text content
@@ -48,6 +49,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -77,6 +79,8 @@ struct Flags {
   size_t page_size = 4;
   bool silent_discover = false;
   bool garbage_banner = false;
+  std::string required_header;  // lower-cased name
+  std::string required_value;
 };
 
 Flags g_flags;
@@ -661,6 +665,14 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
     ex.Respond(std::move(r));
     return;
   }
+  if (!g_flags.required_header.empty() &&
+      req.Header(g_flags.required_header) != g_flags.required_value) {
+    agentd::http::Response r;
+    r.status = 401;
+    r.body = R"({"error":"unauthorized"})";
+    ex.Respond(std::move(r));
+    return;
+  }
   if (req.method == "GET" && Legacy() && !req.Header("last-event-id").empty()) {
     Json response = g_server->TakeResumeResponse();
     if (!response.is_null()) {
@@ -783,7 +795,7 @@ int Usage(const std::string& why) {
   std::fprintf(stderr,
                "fake_mcp_server: %s\nusage: fake_mcp_server [--era 2025-06-18|2025-11-25|"
                "2026-07-28|dual] [--transport stdio|http] [--page-size N] [--silent-discover] "
-               "[--garbage-banner]\n",
+               "[--garbage-banner] [--require-header NAME:VALUE]\n",
                why.c_str());
   return 2;
 }
@@ -812,6 +824,16 @@ int main(int argc, char** argv) {
       g_flags.silent_discover = true;
     } else if (arg == "--garbage-banner") {
       g_flags.garbage_banner = true;
+    } else if (arg == "--require-header") {
+      std::string h = value();
+      auto colon = h.find(':');
+      if (colon == std::string::npos) return Usage("--require-header needs NAME:VALUE");
+      g_flags.required_header = h.substr(0, colon);
+      for (char& c : g_flags.required_header) c = static_cast<char>(std::tolower(c));
+      g_flags.required_value = h.substr(colon + 1);
+      while (!g_flags.required_value.empty() && g_flags.required_value[0] == ' ') {
+        g_flags.required_value.erase(0, 1);
+      }
     } else {
       return Usage("unknown argument " + std::string(arg));
     }

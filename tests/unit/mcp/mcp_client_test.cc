@@ -563,6 +563,31 @@ TEST(McpHttpFaultTest, ResumesAStreamClosedBeforeItsResponse) {
   EXPECT_GE(Clock::now() - start, milliseconds(200));  // the server's retry
 }
 
+TEST(McpHttpFaultTest, CustomHeadersGoWithEveryRequest) {
+  for (const char* era : {"2025-11-25", "2026-07-28"}) {
+    HttpFake fake = StartHttpFake(era, {"--require-header", "Authorization: Bearer s3cret"});
+    HttpTarget target{fake.url, {{"Authorization", "Bearer s3cret"}}, milliseconds(5000)};
+    auto c = McpClient::ConnectHttpBlocking(FastOptions(), target);
+    ASSERT_TRUE(c.ok()) << era << ": " << c.status().ToString();
+    int updates = 0;
+    CallOptions o;
+    o.on_progress = [&](const ProgressUpdate&) { ++updates; };
+    auto r = (*c)->CallToolBlocking("progress", {{"steps", 2}}, o);
+    ASSERT_TRUE(r.ok()) << era << ": " << r.status().ToString();
+    EXPECT_EQ(updates, 2);
+    // Notifications (cancellation on the handshake era) carry them too.
+    CallOptions abort;
+    auto start = Clock::now();
+    abort.should_abort = [&] { return Clock::now() - start > milliseconds(100); };
+    EXPECT_EQ((*c)->CallToolBlocking("slow", {{"ms", 5000}}, abort).status().code(),
+              StatusCode::kCancelled);
+
+    auto denied = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, {}});
+    EXPECT_EQ(denied.status().code(), StatusCode::kUnauthenticated) << denied.status().ToString();
+    EXPECT_NE(denied.status().message().find("HTTP 401"), std::string::npos);
+  }
+}
+
 TEST(McpHttpFaultTest, NothingListeningIsUnavailable) {
   auto c = McpClient::ConnectHttpBlocking(
       FastOptions(), HttpTarget{"http://127.0.0.1:1/mcp", {}, milliseconds(2000)});
