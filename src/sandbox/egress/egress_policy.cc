@@ -98,9 +98,8 @@ const std::vector<SpecialRange>& SpecialV6() {
 }
 
 bool ParsePort(std::string_view s, uint16_t* port, std::string* error) {
-  if (s.empty() || s.size() > 5 || !std::all_of(s.begin(), s.end(), [](char c) {
-        return c >= '0' && c <= '9';
-      })) {
+  if (s.empty() || s.size() > 5 ||
+      !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     *error = "the port must be a number from 1 to 65535";
     return false;
   }
@@ -118,9 +117,8 @@ bool ParsePort(std::string_view s, uint16_t* port, std::string* error) {
 }
 
 bool ParsePrefix(std::string_view s, int max, int* prefix) {
-  if (s.empty() || s.size() > 3 || !std::all_of(s.begin(), s.end(), [](char c) {
-        return c >= '0' && c <= '9';
-      })) {
+  if (s.empty() || s.size() > 3 ||
+      !std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return false;
   }
   *prefix = std::stoi(std::string(s));
@@ -207,7 +205,8 @@ Result<EgressRule> ParseEntry(const std::string& entry, const std::string& where
   } else {
     size_t colons = std::count(entry.begin(), entry.end(), ':');
     if (colons > 1) {
-      return fail("write an IPv6 address in brackets, with its port after them ('[2001:db8::1]:443')");
+      return fail(
+          "write an IPv6 address in brackets, with its port after them ('[2001:db8::1]:443')");
     }
     host = entry;
     if (colons == 1) {
@@ -233,10 +232,10 @@ Result<EgressRule> ParseEntry(const std::string& entry, const std::string& where
       if (!norm) return fail(fmt::format("'{}' is not a valid host name or IP address", name));
       if (wildcard) {
         if (norm->find('.') == std::string::npos) {
-          return fail(fmt::format(
-              "'*.{}' is too broad; a wildcard needs at least two labels after it "
-              "('*.example.com')",
-              *norm));
+          return fail(
+              fmt::format("'*.{}' is too broad; a wildcard needs at least two labels after it "
+                          "('*.example.com')",
+                          *norm));
         }
         rule.kind = EgressRule::Kind::kHostSuffix;
         rule.name = "." + *norm;
@@ -384,8 +383,8 @@ Result<EgressPolicy> EgressPolicy::FromJson(const Json& value, std::string_view 
   std::vector<std::string> entries;
   for (size_t i = 0; i < value.size(); ++i) {
     if (!value[i].is_string()) {
-      return InvalidArgument(fmt::format(
-          "'{}[{}]' must be a string such as \"api.example.com:443\"", field, i));
+      return InvalidArgument(
+          fmt::format("'{}[{}]' must be a string such as \"api.example.com:443\"", field, i));
     }
     entries.push_back(value[i].get<std::string>());
   }
@@ -436,8 +435,8 @@ std::optional<std::string> EgressPolicy::CheckAddress(
     const IpAddress& addr, uint16_t port, const std::vector<IpAddress>& host_addresses) const {
   if (port == 0) return "port 0";
   std::optional<std::string> kind = SpecialAddressKind(addr);
-  if (!kind && std::find(host_addresses.begin(), host_addresses.end(), addr) !=
-                   host_addresses.end()) {
+  if (!kind &&
+      std::find(host_addresses.begin(), host_addresses.end(), addr) != host_addresses.end()) {
     kind = "address of this host";
   }
   if (!kind || AddressRuleCovers(addr, port)) return std::nullopt;

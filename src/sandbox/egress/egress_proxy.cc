@@ -31,8 +31,8 @@ constexpr size_t kMaxQueuedReports = 1024;
 
 // Headers that describe one hop, not the request, and so are not forwarded (RFC 9110 7.6.1),
 // together with every Proxy-* header (credentials meant for us).
-constexpr const char* kHopByHop[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                     "trailer", "upgrade", "host"};
+constexpr const char* kHopByHop[] = {
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "host"};
 
 std::string Lower(std::string_view s) {
   std::string out(s);
@@ -59,16 +59,26 @@ bool IsToken(std::string_view s) {
 
 const char* StatusText(int status) {
   switch (status) {
-    case 200: return "Connection established";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 431: return "Request Header Fields Too Large";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Error";
+    case 200:
+      return "Connection established";
+    case 400:
+      return "Bad Request";
+    case 403:
+      return "Forbidden";
+    case 408:
+      return "Request Timeout";
+    case 411:
+      return "Length Required";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Error";
   }
 }
 
@@ -118,7 +128,7 @@ std::vector<IpAddress> GetIfAddrs() {
 // finishes last frees it.
 struct Lookup {
   std::mutex mu;
-  bool done = false;                                               // GUARDED_BY(mu)
+  bool done = false;                                                 // GUARDED_BY(mu)
   Result<std::vector<IpAddress>> result = Internal("not resolved");  // GUARDED_BY(mu)
   int pipe[2] = {-1, -1};  // the thread writes a byte to [1] when done
   ~Lookup() {
@@ -131,11 +141,11 @@ struct Lookup {
 // A request head as read from the client.
 struct Request {
   std::string method;
-  std::string version;   // "HTTP/1.1"
-  std::string host;      // lower case; an IPv6 literal without brackets
+  std::string version;  // "HTTP/1.1"
+  std::string host;     // lower case; an IPv6 literal without brackets
   uint16_t port = 0;
-  std::string authority; // host[:port] as forwarded in Host
-  std::string path;      // origin form, for forwarded requests
+  std::string authority;  // host[:port] as forwarded in Host
+  std::string path;       // origin form, for forwarded requests
   std::vector<std::pair<std::string, std::string>> headers;
   uint64_t content_length = 0;
   bool connect = false;
@@ -147,8 +157,7 @@ struct HttpError {
 };
 
 // Parses "host:port" or "[v6]:port" (port required unless `default_port`).
-std::optional<HttpError> ParseAuthority(std::string_view a, uint16_t default_port,
-                                        Request* r) {
+std::optional<HttpError> ParseAuthority(std::string_view a, uint16_t default_port, Request* r) {
   HttpError bad{400, "malformed request: invalid host or port"};
   std::string_view host, port;
   if (!a.empty() && a[0] == '[') {
@@ -173,9 +182,8 @@ std::optional<HttpError> ParseAuthority(std::string_view a, uint16_t default_por
     if (default_port == 0 || (!a.empty() && a.back() == ':')) return bad;
     r->port = default_port;
   } else {
-    if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) {
-          return c >= '0' && c <= '9';
-        })) {
+    if (port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       return bad;
     }
     int p = std::stoi(std::string(port));
@@ -268,8 +276,9 @@ std::optional<HttpError> ParseRequest(std::string_view head, Request* r) {
   for (const auto& [name, value] : r->headers) {
     std::string n = Lower(name);
     if (n == "transfer-encoding") {
-      return HttpError{411, "request bodies must have a Content-Length (chunked bodies are "
-                            "not supported by the egress proxy)"};
+      return HttpError{411,
+                       "request bodies must have a Content-Length (chunked bodies are "
+                       "not supported by the egress proxy)"};
     }
     if (n != "content-length") continue;
     if (value.empty() || value.size() > 18 ||
@@ -297,8 +306,8 @@ std::string ForwardedHead(const Request& r) {
       start = comma + 1;
     }
   }
-  std::string out = fmt::format("{} {} {}\r\nHost: {}\r\n", r.method, r.path, r.version,
-                                r.authority);
+  std::string out =
+      fmt::format("{} {} {}\r\nHost: {}\r\n", r.method, r.path, r.version, r.authority);
   for (const auto& [name, value] : r.headers) {
     std::string n = Lower(name);
     if (n.rfind("proxy-", 0) == 0) continue;
@@ -332,10 +341,15 @@ enum class Wait { kReady, kTimeout, kStopped };
 }  // namespace
 
 struct EgressProxy::Connection {
-  Connection(const EgressProxyOptions& o, int stop, std::shared_ptr<std::atomic<size_t>> l,
-             int fd, EgressPolicy p, EgressCallback cb, Clock::time_point t)
-      : options(o), stop_fd(stop), lookups(std::move(l)), client(fd), policy(std::move(p)),
-        callback(std::move(cb)), start(t) {}
+  Connection(const EgressProxyOptions& o, int stop, std::shared_ptr<std::atomic<size_t>> l, int fd,
+             EgressPolicy p, EgressCallback cb, Clock::time_point t)
+      : options(o),
+        stop_fd(stop),
+        lookups(std::move(l)),
+        client(fd),
+        policy(std::move(p)),
+        callback(std::move(cb)),
+        start(t) {}
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
@@ -437,8 +451,8 @@ struct EgressProxy::Connection {
       }
       scanned = buf.size() >= 2 ? buf.size() - 2 : 0;
       if (buf.size() > options.max_header_bytes) {
-        return HttpError{431, fmt::format("request header larger than {} bytes",
-                                          options.max_header_bytes)};
+        return HttpError{
+            431, fmt::format("request header larger than {} bytes", options.max_header_bytes)};
       }
       // Whatever is not an HTTP request is refused as soon as its first line says so.
       if (!PlausibleRequestLine(buf)) return HttpError{400, "malformed request"};
@@ -627,7 +641,8 @@ struct EgressProxy::Connection {
           ssize_t r = recv(d->from, chunk.data(), want, MSG_DONTWAIT);
           if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
           if (r < 0) {
-            event.reason = d == &up ? "client reset the connection" : "upstream reset the connection";
+            event.reason =
+                d == &up ? "client reset the connection" : "upstream reset the connection";
             return;
           }
           if (r == 0) {
@@ -689,8 +704,8 @@ struct EgressProxy::Connection {
         if (resolved.status().code() == StatusCode::kResourceExhausted) {
           return Refuse(503, resolved.status().message());
         }
-        return Refuse(502, fmt::format("cannot resolve {}: {}", req.host,
-                                       resolved.status().message()));
+        return Refuse(502,
+                      fmt::format("cannot resolve {}: {}", req.host, resolved.status().message()));
       }
       addrs = std::move(resolved).value();
     }

@@ -64,8 +64,8 @@ struct EgressEvent {
   // The status the proxy answered itself: 200 for an established tunnel, 4xx/5xx for a
   // refusal or failure, 0 when the origin answered a forwarded request.
   int status = 0;
-  uint64_t bytes_up = 0;    // kClosed: bytes from the sandbox to the upstream
-  uint64_t bytes_down = 0;  // kClosed: bytes from the upstream to the sandbox
+  uint64_t bytes_up = 0;                  // kClosed: bytes from the sandbox to the upstream
+  uint64_t bytes_down = 0;                // kClosed: bytes from the upstream to the sandbox
   std::chrono::milliseconds duration{0};  // since Serve was called
 };
 
@@ -141,15 +141,15 @@ class EgressProxy {
   std::shared_ptr<std::atomic<size_t>> lookups_;
 
   mutable std::mutex mu_;
-  bool stopping_ = false;                                  // GUARDED_BY(mu_)
-  size_t active_ = 0;                                      // GUARDED_BY(mu_)
-  std::list<std::thread> threads_;                         // GUARDED_BY(mu_)
-  std::vector<std::list<std::thread>::iterator> done_;     // GUARDED_BY(mu_): to join
-  std::map<std::string, size_t> owners_;                   // GUARDED_BY(mu_): connections
+  bool stopping_ = false;                               // GUARDED_BY(mu_)
+  size_t active_ = 0;                                   // GUARDED_BY(mu_)
+  std::list<std::thread> threads_;                      // GUARDED_BY(mu_)
+  std::vector<std::list<std::thread>::iterator> done_;  // GUARDED_BY(mu_): to join
+  std::map<std::string, size_t> owners_;                // GUARDED_BY(mu_): connections
   // Refusals by Serve, reported by `reporter_` (started with the first).
   std::deque<std::pair<EgressCallback, EgressEvent>> reports_;  // GUARDED_BY(mu_)
   std::condition_variable reports_cv_;
-  std::thread reporter_;                                   // GUARDED_BY(mu_)
+  std::thread reporter_;  // GUARDED_BY(mu_)
 };
 
 }  // namespace agentd::sandbox::egress

@@ -27,10 +27,10 @@ IpAddress Ip(const char* text) {
 }
 
 TEST(EgressPolicyParse, AcceptsEveryEntryForm) {
-  EgressPolicy p = MustParse({"api.example.com:443", "Example.ORG", "*.example.net:8443",
-                              "203.0.113.7:80", "10.1.2.0/24:5432", "[2001:db8::1]:443",
-                              "[2001:db8::/32]:443", "[2001:db9::]/32:80", "[2001:db8::2]",
-                              "files.example.com.:21"});
+  EgressPolicy p =
+      MustParse({"api.example.com:443", "Example.ORG", "*.example.net:8443", "203.0.113.7:80",
+                 "10.1.2.0/24:5432", "[2001:db8::1]:443", "[2001:db8::/32]:443",
+                 "[2001:db9::]/32:80", "[2001:db8::2]", "files.example.com.:21"});
   ASSERT_EQ(p.rules().size(), 10u);
   EXPECT_EQ(p.rules()[0].kind, EgressRule::Kind::kHost);
   EXPECT_EQ(p.rules()[0].name, "api.example.com");
@@ -230,7 +230,7 @@ TEST(EgressPolicyAddress, MappedAddressesAreHeldAsIpv4) {
 TEST(EgressPolicyAddress, NameEntriesNeverUnlockInternalAddresses) {
   EgressPolicy p = MustParse({"internal.example.com:80", "localhost:8080"});
   const char* refused[] = {"169.254.169.254", "127.0.0.1", "10.0.0.5", "::ffff:127.0.0.1",
-                           "100.64.1.1", "::1", "fd00::1", "0.0.0.0"};
+                           "100.64.1.1",      "::1",       "fd00::1",  "0.0.0.0"};
   for (const char* a : refused) {
     EXPECT_TRUE(p.CheckAddress(Ip(a), 80).has_value()) << a;
     EXPECT_TRUE(p.CheckAddress(Ip(a), 8080).has_value()) << a;
@@ -240,8 +240,8 @@ TEST(EgressPolicyAddress, NameEntriesNeverUnlockInternalAddresses) {
 }
 
 TEST(EgressPolicyAddress, ListedPrivateRangesAreAllowedOnTheirPortsOnly) {
-  EgressPolicy p = MustParse({"10.1.2.0/24:5432", "127.0.0.1:8080", "[fd00::/16]:443",
-                              "169.254.169.254:80"});
+  EgressPolicy p =
+      MustParse({"10.1.2.0/24:5432", "127.0.0.1:8080", "[fd00::/16]:443", "169.254.169.254:80"});
   EXPECT_FALSE(p.CheckAddress(Ip("10.1.2.9"), 5432).has_value());
   EXPECT_EQ(p.CheckAddress(Ip("10.1.2.9"), 5433).value_or(""), "private address");
   EXPECT_EQ(p.CheckAddress(Ip("10.1.3.9"), 5432).value_or(""), "private address");

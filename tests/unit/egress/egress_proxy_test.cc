@@ -190,9 +190,9 @@ class HttpServer {
             std::string head = req.substr(0, end + 4);
             std::string path = head.substr(head.find(' ') + 1);
             path = path.substr(0, path.find(' '));
-            std::string body =
-                "hello from the origin, path " + path + ", body " +
-                std::to_string(end == std::string::npos ? 0 : req.size() - end - 4) + "\n";
+            std::string body = "hello from the origin, path " + path + ", body " +
+                               std::to_string(end == std::string::npos ? 0 : req.size() - end - 4) +
+                               "\n";
             WriteAll(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " +
                             std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body);
             {
@@ -291,8 +291,8 @@ std::string Exchange(EgressProxy& proxy, const EgressPolicy& policy, Events& eve
 }
 
 std::string Connect(uint16_t port, std::string_view host = "127.0.0.1") {
-  return "CONNECT " + std::string(host) + ":" + std::to_string(port) + " HTTP/1.1\r\nHost: " +
-         std::string(host) + ":" + std::to_string(port) + "\r\n\r\n";
+  return "CONNECT " + std::string(host) + ":" + std::to_string(port) +
+         " HTTP/1.1\r\nHost: " + std::string(host) + ":" + std::to_string(port) + "\r\n\r\n";
 }
 
 constexpr std::string_view kEstablished = "HTTP/1.1 200 Connection established\r\n\r\n";
@@ -450,8 +450,8 @@ TEST(EgressProxy, NamesResolvingToInternalAddressesAreRefused) {
        "egress to mapped.example.com:80 (127.0.0.1) is not allowed: loopback address"},
   };
   for (const Case& c : cases) {
-    std::string answer = Exchange(proxy, policy, events,
-                                  "GET http://" + std::string(c.host) + "/ HTTP/1.1\r\n\r\n");
+    std::string answer =
+        Exchange(proxy, policy, events, "GET http://" + std::string(c.host) + "/ HTTP/1.1\r\n\r\n");
     EXPECT_EQ(answer.rfind("HTTP/1.1 403 ", 0), 0u) << answer;
     EXPECT_NE(answer.find(c.reason), std::string::npos) << answer;
   }
@@ -471,17 +471,17 @@ TEST(EgressProxy, PlainHttpIsForwardedInOriginFormWithoutProxyHeaders) {
   Events events;  // outlives the proxy, whose threads call it
   EgressProxy proxy;
   std::string authority = Listed(origin.port());
-  std::string answer = Exchange(
-      proxy, Policy({authority}), events,
-      "GET http://" + authority + "/path/x?token=s3cret HTTP/1.1\r\n"
-      "Host: elsewhere.example.com\r\n"
-      "Proxy-Authorization: Basic c2VjcmV0\r\n"
-      "Proxy-Connection: keep-alive\r\n"
-      "Connection: keep-alive, X-Hop\r\n"
-      "X-Hop: 1\r\n"
-      "Keep-Alive: timeout=5\r\n"
-      "X-Keep: 2\r\n"
-      "\r\n");
+  std::string answer = Exchange(proxy, Policy({authority}), events,
+                                "GET http://" + authority +
+                                    "/path/x?token=s3cret HTTP/1.1\r\n"
+                                    "Host: elsewhere.example.com\r\n"
+                                    "Proxy-Authorization: Basic c2VjcmV0\r\n"
+                                    "Proxy-Connection: keep-alive\r\n"
+                                    "Connection: keep-alive, X-Hop\r\n"
+                                    "X-Hop: 1\r\n"
+                                    "Keep-Alive: timeout=5\r\n"
+                                    "X-Keep: 2\r\n"
+                                    "\r\n");
   EXPECT_EQ(answer.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << answer;
   EXPECT_NE(answer.find("hello from the origin, path /path/x?token=s3cret, body 0"),
             std::string::npos);
@@ -517,10 +517,10 @@ TEST(EgressProxy, PlainHttpBodyIsForwardedByContentLength) {
   Events events;  // outlives the proxy, whose threads call it
   EgressProxy proxy;
   std::string body(100000, 'b');
-  std::string answer = Exchange(proxy, Policy({Listed(origin.port())}), events,
-                                "POST http://" + Listed(origin.port()) +
-                                    "/upload HTTP/1.1\r\nContent-Length: " +
-                                    std::to_string(body.size()) + "\r\n\r\n" + body);
+  std::string answer = Exchange(
+      proxy, Policy({Listed(origin.port())}), events,
+      "POST http://" + Listed(origin.port()) +
+          "/upload HTTP/1.1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
   EXPECT_NE(answer.find("path /upload, body 100000\n"), std::string::npos) << answer;
   // A chunked body is refused: the proxy would not know where it ends.
   answer = Exchange(proxy, Policy({Listed(origin.port())}), events,
@@ -753,13 +753,14 @@ TEST(EgressProxy, OneOwnerCannotTakeEveryConnection) {
   std::thread::id reported_on;
   std::mutex mu;
   ClientPair a3;
-  proxy.Serve(a3.Give(), policy,
-              [&](const EgressEvent& e) {
-                std::lock_guard<std::mutex> lock(mu);
-                reported_on = std::this_thread::get_id();
-                events.callback()(e);
-              },
-              "session-a");
+  proxy.Serve(
+      a3.Give(), policy,
+      [&](const EgressEvent& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        reported_on = std::this_thread::get_id();
+        events.callback()(e);
+      },
+      "session-a");
   std::string answer = ReadUntil(a3.client, 5s);
   EXPECT_EQ(answer.rfind("HTTP/1.1 503 ", 0), 0u) << answer;
   EXPECT_NE(answer.find("too many connections from this sandbox (at most 2)"), std::string::npos);
@@ -836,9 +837,15 @@ class EgressProxyCurl : public ::testing::Test {
 
   // Runs curl with `args` (and the proxy); returns its stdout, its exit code in `code`.
   std::string Curl(uint16_t proxy_port, const std::vector<std::string>& args, int* code) {
-    std::vector<std::string> argv = {"/usr/bin/curl", "--silent", "--show-error",
-                                     "--max-time", "10", "--noproxy", "",
-                                     "--proxy", "http://127.0.0.1:" + std::to_string(proxy_port)};
+    std::vector<std::string> argv = {"/usr/bin/curl",
+                                     "--silent",
+                                     "--show-error",
+                                     "--max-time",
+                                     "10",
+                                     "--noproxy",
+                                     "",
+                                     "--proxy",
+                                     "http://127.0.0.1:" + std::to_string(proxy_port)};
     argv.insert(argv.end(), args.begin(), args.end());
     int out[2];
     EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
