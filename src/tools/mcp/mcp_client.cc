@@ -107,7 +107,8 @@ struct McpClient::Impl {
   ProcessFactory factory;          // stdio
   std::optional<HttpTarget> http;  // Streamable HTTP
 
-  std::mutex connect_mu;  // one connect at a time; held while connecting
+  std::mutex connect_mu;         // one connect at a time; held while connecting
+  bool known_handshake = false;  // GUARDED_BY(connect_mu): the last connect found that era
 
   mutable std::mutex mu;
   std::shared_ptr<Connection> conn;               // GUARDED_BY(mu)
@@ -181,7 +182,7 @@ struct McpClient::Impl {
   };
 
   // Probes with server/discover, falls back to initialize. Blocking.
-  Result<Connected> Connect() {
+  Result<Connected> Connect(bool probe) {
     Clock::time_point deadline = Clock::now() + options.connect_timeout;
     std::vector<std::string> modern, legacy;
     for (const auto& v : options.protocol_versions) {
@@ -192,7 +193,7 @@ struct McpClient::Impl {
     }
     Connected c;
     ASSIGN_OR_RETURN(c.conn, NewConnection());
-    if (!modern.empty()) {
+    if (!modern.empty() && probe) {
       std::string v = modern.front();
       for (int attempt = 0;; ++attempt) {
         c.conn->SetProtocolVersion(v);
@@ -266,6 +267,10 @@ struct McpClient::Impl {
       }
     }
     // The handshake era.
+    if (legacy.empty()) {
+      return FailedPrecondition(
+          fmt::format("MCP server '{}': no handshake-era version allowed", server()));
+    }
     const std::string& want = legacy.front();
     c.conn->SetProtocolVersion("");
     RequestOptions ro;
@@ -310,7 +315,18 @@ struct McpClient::Impl {
       old = std::move(conn);
     }
     old.reset();  // kills the old process before a new one starts (unless a call holds it)
-    ASSIGN_OR_RETURN(Connected c, Connect());
+    // The era is a property of the server: once it is known to be a handshake-era one, a
+    // reconnect goes straight to initialize (no probe, no wait for a silent server) and
+    // probes again only if that fails (2026-07-28 versioning.mdx: cache, re-probe on failure).
+    auto connected = Connect(/*probe=*/!known_handshake);
+    if (!connected.ok() && known_handshake) {
+      spdlog::info("MCP server '{}': initialize failed ({}); probing its protocol era again",
+                   server(), connected.status().message());
+      connected = Connect(/*probe=*/true);
+    }
+    if (!connected.ok()) return connected.status();
+    Connected c = std::move(connected).value();
+    known_handshake = c.era == Era::kHandshake;
     std::shared_ptr<Connection> fresh(std::move(c.conn));
     bool listen = false;
     Json listen_params;

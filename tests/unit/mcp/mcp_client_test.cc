@@ -277,6 +277,26 @@ TEST(McpDetectionTest, SilentLegacyServerIsProbedThenRestartedForInitialize) {
   EXPECT_EQ(spawns->spawns, 2);  // the probed process was replaced
   auto r = (*c)->CallToolBlocking("echo", {{"text", "x"}});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
+  // The era is remembered: a restart goes straight to initialize.
+  start = Clock::now();
+  ASSERT_TRUE((*c)->ReconnectBlocking().ok());
+  EXPECT_LT(Clock::now() - start, milliseconds(400));
+  EXPECT_EQ(spawns->spawns, 3);
+}
+
+TEST(McpDetectionTest, RememberedEraIsProbedAgainWhenInitializeFails) {
+  // The first process speaks 2025-11-25, the restarted one only 2026-07-28 (an upgrade).
+  auto spawns = std::make_shared<SpawnCounter>();
+  auto legacy = HostFactory({kFake, "--era", "2025-11-25"}, spawns);
+  auto modern = HostFactory({kFake, "--era", "2026-07-28"}, spawns);
+  auto upgraded = std::make_shared<std::atomic<bool>>(false);
+  auto c = McpClient::ConnectStdioBlocking(
+      FastOptions(), [=]() { return upgraded->load() ? modern() : legacy(); });
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ((*c)->era(), Era::kHandshake);
+  upgraded->store(true);
+  ASSERT_TRUE((*c)->ReconnectBlocking().ok());
+  EXPECT_EQ((*c)->era(), Era::kStateless);
 }
 
 TEST(McpDetectionTest, LegacyServerAnsweringTheProbeWithAnErrorKeepsItsProcess) {
