@@ -376,7 +376,9 @@ struct McpClient::Impl {
   // One request with the era's metadata; a JSON-RPC error becomes a Status. Handles
   // input_required results (2026-07-28 MRTR) by retrying with requestState and declining
   // what agentd cannot provide. Blocking.
-  Result<Json> Request(const std::string& method, Json params, const RequestOptions& ro) {
+  // `rpc_code` (optional) receives the JSON-RPC error code when the server answered with one.
+  Result<Json> Request(const std::string& method, Json params, const RequestOptions& ro,
+                       int64_t* rpc_code = nullptr) {
     if (!params.is_object()) params = Json::object();
     for (int attempt = 0;; ++attempt) {
       ASSIGN_OR_RETURN(std::shared_ptr<Connection> c, Live());
@@ -403,7 +405,10 @@ struct McpClient::Impl {
         }
         return r.status();
       }
-      if (r->error) return RpcStatus(server(), method, *r->error);
+      if (r->error) {
+        if (rpc_code != nullptr) *rpc_code = r->error->code;
+        return RpcStatus(server(), method, *r->error);
+      }
       Json result = std::move(r->result);
       if (!result.is_object()) {
         return Internal(
@@ -583,21 +588,30 @@ Result<CallResult> McpClient::CallToolBlocking(const std::string& name, const Js
       options.on_progress(u);
     };
   }
-  if (impl_->StatelessHttp()) {
-    // Mirror the arguments annotated with x-mcp-header into Mcp-Param-* headers; a tool not
-    // listed yet is looked up first.
-    bool known = false;
-    for (int attempt = 0; attempt < 2 && !known; ++attempt) {
-      if (attempt == 1) ListToolsBlocking(false).status().IgnoreError();
+  // Stateless HTTP: the arguments annotated with x-mcp-header are mirrored into Mcp-Param-*
+  // headers. A tool not listed yet is looked up first; when the server says the headers do
+  // not match (HeaderMismatch), the annotations may have changed: list again, retry once.
+  bool stateless_http = impl_->StatelessHttp();
+  auto headers_for = [&](bool refresh) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      if (attempt == 1 || refresh) ListToolsBlocking(refresh).status().IgnoreError();
       std::lock_guard<std::mutex> lock(impl_->mu);
       auto it = impl_->header_params.find(name);
       if (it != impl_->header_params.end()) {
         ro.extra_headers = internal::HeaderParamHeaders(it->second, params["arguments"]);
-        known = true;
+        return;
       }
     }
+  };
+  if (stateless_http) headers_for(false);
+  int64_t rpc_code = 0;
+  auto called = impl_->Request("tools/call", params, ro, &rpc_code);
+  if (!called.ok() && stateless_http && rpc_code == internal::kHeaderMismatch) {
+    headers_for(true);
+    called = impl_->Request("tools/call", params, ro);
   }
-  ASSIGN_OR_RETURN(Json result, impl_->Request("tools/call", std::move(params), ro));
+  if (!called.ok()) return called.status();
+  Json result = std::move(called).value();
   CallResult out;
   if (result.contains("content")) {
     if (!result["content"].is_array()) {

@@ -42,6 +42,8 @@
 //   regional {region,count}  both annotated x-mcp-header; on stateless HTTP the fake checks
 //                          Mcp-Param-Region (Base64 sentinel decoded) and Mcp-Param-Count
 //   bad_header {amount}    an x-mcp-header on a number: clients on HTTP must leave it out
+//   rename_header          regional's Region header becomes Zone (the server expects
+//                          Mcp-Param-Zone from then on)
 //   drop_stream            (handshake HTTP) ends the event stream after a priming event
 //                          (id ev-1, retry 200 ms); the answer comes on GET with Last-Event-ID
 #include <pthread.h>
@@ -157,7 +159,8 @@ class FakeServer {
               tool("regional", {{"region", {{"type", "string"}, {"x-mcp-header", "Region"}}},
                                 {"count", {{"type", "integer"}, {"x-mcp-header", "Count"}}}}),
               tool("bad_header", {{"amount", {{"type", "number"}, {"x-mcp-header", "Amount"}}}}),
-              tool("drop_stream")};
+              tool("drop_stream"),
+              tool("rename_header")};
     tools_[1]["outputSchema"] = {
         {"type", "object"}, {"properties", {{"sum", {{"type", "number"}}}}}, {"required", {"sum"}}};
   }
@@ -269,6 +272,11 @@ class FakeServer {
     } else {
       ch.Send(ErrorResponse(id, -32601, "Method not found: " + *method));
     }
+  }
+
+  std::string RegionHeader() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return region_header_;
   }
 
   // The response a drop_stream call left for the resumed stream; null when none.
@@ -460,6 +468,15 @@ class FakeServer {
                {{"message", "go ahead?"},
                 {"requestedSchema", {{"type", "object"}, {"properties", Json::object()}}}}}}}}}};
       ch.Send(Response(id, std::move(result)));
+    } else if (name == "rename_header") {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& t : tools_) {
+        if (t["name"] == "regional") {
+          t["inputSchema"]["properties"]["region"]["x-mcp-header"] = "Zone";
+        }
+      }
+      region_header_ = "Zone";
+      done({{"content", Text("renamed")}});
     } else if (name == "drop_stream") {
       // 2025-11-25 SEP-1699: the answer comes on the GET stream the client resumes with.
       {
@@ -493,6 +510,7 @@ class FakeServer {
   std::set<std::string> sessions_;
   int session_counter_ = 0;
   Json resume_response_;
+  std::string region_header_ = "Region";
 };
 
 FakeServer* g_server = nullptr;
@@ -729,7 +747,9 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
       Json args = params.contains("arguments") ? params["arguments"] : Json::object();
       std::string want_region = args.contains("region") ? args["region"].get<std::string>() : "";
       std::string want_count = args.contains("count") ? args["count"].dump() : "";
-      if (DecodeHeader(req.Header("mcp-param-region")) != want_region ||
+      std::string region_header = "mcp-param-" + g_server->RegionHeader();
+      for (char& ch : region_header) ch = static_cast<char>(std::tolower(ch));
+      if (DecodeHeader(req.Header(region_header)) != want_region ||
           req.Header("mcp-param-count") != want_count) {
         RespondError(ex, 400, id, -32020, "Header mismatch: Mcp-Param-Region or Mcp-Param-Count");
         return;

@@ -130,10 +130,10 @@ TEST_P(McpEraTest, ListsToolsAcrossPages) {
   ASSERT_TRUE(tools.ok()) << tools.status().ToString();
   std::set<std::string> names;
   for (const auto& t : *tools) names.insert(t.name);
-  // Five pages of at most four (18 tools); on stateless HTTP without bad_header, whose x-mcp-header
+  // Five pages of at most four (19 tools); on stateless HTTP without bad_header, whose x-mcp-header
   // annotation is invalid.
   bool drops_bad_header = GetParam().http && Stateless();
-  EXPECT_EQ(tools->size(), drops_bad_header ? 17u : 18u);
+  EXPECT_EQ(tools->size(), drops_bad_header ? 18u : 19u);
   EXPECT_EQ(names.count("bad_header"), drops_bad_header ? 0u : 1u);
   EXPECT_TRUE(names.count("echo") && names.count("bad.name") && names.count("forget_session"));
   for (const auto& t : *tools) {
@@ -376,6 +376,12 @@ TEST(McpStatelessTest, MirrorsXMcpHeaderArgumentsIntoHttpHeaders) {
   auto plain = (*c)->CallToolBlocking("regional", {{"region", "us-west1"}});
   ASSERT_TRUE(plain.ok()) << plain.status().ToString();
   EXPECT_EQ(TextOf(*plain), "region=us-west1 count=-");
+  // The server renames the header; the cached annotation (ttlMs 60 s) is stale, the server
+  // answers HeaderMismatch, the client lists again and retries.
+  ASSERT_TRUE((*c)->CallToolBlocking("rename_header", Json::object()).ok());
+  auto renamed = (*c)->CallToolBlocking("regional", {{"region", "eu-north1"}});
+  ASSERT_TRUE(renamed.ok()) << renamed.status().ToString();
+  EXPECT_EQ(TextOf(*renamed), "region=eu-north1 count=-");
 }
 
 TEST(McpStatelessTest, ChecksXMcpHeaderAnnotations) {
