@@ -32,6 +32,16 @@
 // fresh process through the factory and connects again (ClientOptions::auto_reconnect);
 // ReconnectBlocking() does the same on demand.
 //
+// The era found is remembered across reconnects (a handshake-era server is not probed again
+// unless initialize then fails), as the 2026-07-28 versioning page recommends.
+//
+// What the client does not do: OAuth (credentials come from HttpTarget::headers), sampling
+// (a server asking for it gets -32601, or FailedPrecondition for an input_required round),
+// elicitation (declined: agentd runs unattended), roots (an empty list), the deprecated
+// HTTP+SSE transport of 2024-11-05, the optional standalone GET stream of handshake-era HTTP
+// and subscriptions/listen on stateless HTTP (list changes there are seen through ttlMs or
+// ListToolsBlocking(true); on stdio both eras deliver them).
+//
 // Thread-safe: several threads may call tools at once; on stdio one reader thread per
 // connection dispatches responses by JSON-RPC id, so calls proceed concurrently.
 #pragma once
