@@ -11,6 +11,11 @@ for p in $PKGS; do
     missing="$missing $p"
   fi
 done
+# Node.js and npm run the end-to-end tests' real MCP servers (scripts/npm-deps.sh). A
+# Node.js from elsewhere (nodesource) is fine; Debian's packages only when there is none.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing="$missing nodejs npm"
+fi
 [ -z "$missing" ] && exit 0
 echo "deps: installing:$missing"
 SUDO=""

@@ -75,6 +75,64 @@ Status ParseBuiltinTool(FieldReader& r, const std::string& path, ToolDef* t) {
   return r.NoUnknownKeys();
 }
 
+// An object of strings, such as an environment or request headers.
+Status ParseStringMap(FieldReader& r, const std::string& path, const char* key,
+                      std::map<std::string, std::string>* out) {
+  const Json* m = nullptr;
+  RETURN_IF_ERROR(r.Value(key, &m, false));
+  if (m == nullptr) return Status::OK();
+  if (!m->is_object() || m->size() > 64) {
+    return InvalidArgument(fmt::format("'{}.{}' must be an object of at most 64 strings", path, key));
+  }
+  for (const auto& [k, v] : m->items()) {
+    if (!v.is_string() || k.empty() || k.size() > 256 || v.get<std::string>().size() > 8192 ||
+        k.find_first_of(std::string("\r\n\0=: ", 6)) != std::string::npos ||
+        v.get<std::string>().find_first_of(std::string("\r\n\0", 3)) != std::string::npos) {
+      return InvalidArgument(fmt::format("'{}.{}.{}' must be a string of one line", path, key, k));
+    }
+    (*out)[k] = v.get<std::string>();
+  }
+  return Status::OK();
+}
+
+// An MCP server: its tools reach the model as "<name>__<tool>".
+Status ParseMcpServer(FieldReader& r, const std::string& path, ToolDef* t) {
+  if (t->name.find("__") != std::string::npos || t->name.size() > 32) {
+    return InvalidArgument(fmt::format(
+        "'{}.name' of an mcp server must be at most 32 characters without \"__\" (its tools "
+        "are named <name>__<tool>)",
+        path));
+  }
+  const Json* command = nullptr;
+  RETURN_IF_ERROR(r.Value("command", &command, false));
+  RETURN_IF_ERROR(r.String("url", &t->url, false, 2048));
+  if ((command != nullptr) == !t->url.empty()) {
+    return InvalidArgument(fmt::format(
+        "'{}' needs either 'command' (a stdio server) or 'url' (Streamable HTTP), not both", path));
+  }
+  if (command != nullptr) {
+    if (!command->is_array() || command->empty() || command->size() > 256) {
+      return InvalidArgument(fmt::format("'{}.command' must be a non-empty array of strings", path));
+    }
+    for (const auto& arg : *command) {
+      if (!arg.is_string() || arg.get<std::string>().find('\0') != std::string::npos) {
+        return InvalidArgument(fmt::format("'{}.command' must be a non-empty array of strings", path));
+      }
+      t->command.push_back(arg.get<std::string>());
+    }
+    RETURN_IF_ERROR(ParseStringMap(r, path, "env", &t->env));
+  } else if (!ValidHttpUrl(t->url)) {
+    return InvalidArgument(fmt::format("'{}.url' must be an http:// or https:// URL", path));
+  } else {
+    RETURN_IF_ERROR(ParseStringMap(r, path, "headers", &t->headers));
+  }
+  t->timeout_ms = 60000;
+  RETURN_IF_ERROR(r.Int("timeout_ms", &t->timeout_ms, false, 1, 3600000));
+  RETURN_IF_ERROR(r.Bool("idempotent", &t->idempotent, false));
+  t->parameters = Json::object();
+  return r.NoUnknownKeys();
+}
+
 Status ParseSandbox(const Json& j, SandboxDef* d) {
   FieldReader r(j, "sandbox");
   RETURN_IF_ERROR(r.CheckObject());
@@ -98,9 +156,10 @@ Status ParseTool(const Json& j, size_t index, ToolDef* t) {
   FieldReader r(j, path);
   RETURN_IF_ERROR(r.CheckObject());
   RETURN_IF_ERROR(r.String("type", &t->type, true, 32));
-  if (t->type != "http" && t->type != "client" && t->type != "builtin") {
+  if (t->type != "http" && t->type != "client" && t->type != "builtin" && t->type != "mcp") {
     return InvalidArgument(fmt::format(
-        "'{}.type' must be \"http\", \"client\" or \"builtin\" (got \"{}\")", path, t->type));
+        "'{}.type' must be \"http\", \"client\", \"builtin\" or \"mcp\" (got \"{}\")", path,
+        t->type));
   }
   RETURN_IF_ERROR(r.String("name", &t->name, true, 64));
   if (!ValidToolName(t->name)) {
@@ -108,6 +167,7 @@ Status ParseTool(const Json& j, size_t index, ToolDef* t) {
         "'{}.name' must be 1-64 characters of letters, digits, '_' or '-'", path));
   }
   if (t->type == "builtin") return ParseBuiltinTool(r, path, t);
+  if (t->type == "mcp") return ParseMcpServer(r, path, t);
   RETURN_IF_ERROR(r.String("description", &t->description, false, 4096));
   const Json* params = nullptr;
   RETURN_IF_ERROR(r.Value("parameters", &params, false));
@@ -142,7 +202,14 @@ Status ParseRetry(const Json& j, RetryPolicy* p) {
 
 bool AgentSpec::UsesSandbox() const {
   for (const auto& t : tools) {
-    if (t.type == "builtin") return true;
+    if (t.type == "builtin" || (t.type == "mcp" && !t.command.empty())) return true;
+  }
+  return false;
+}
+
+bool AgentSpec::UsesMcp() const {
+  for (const auto& t : tools) {
+    if (t.type == "mcp") return true;
   }
   return false;
 }
@@ -163,6 +230,17 @@ Json AgentSpec::ToJson() const {
       tj["url"] = t.url;
       tj["timeout_ms"] = t.timeout_ms;
       tj["idempotent"] = t.idempotent;
+    }
+    if (t.type == "mcp") {
+      tj = {{"type", t.type}, {"name", t.name}, {"timeout_ms", t.timeout_ms},
+            {"idempotent", t.idempotent}};
+      if (!t.command.empty()) {
+        tj["command"] = t.command;
+        tj["env"] = t.env;
+      } else {
+        tj["url"] = t.url;
+        tj["headers"] = t.headers;
+      }
     }
     tools_json.push_back(std::move(tj));
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -25,13 +26,19 @@ struct ModelDef {
 };
 
 struct ToolDef {
-  std::string type;  // "http" | "client" | "builtin"
+  std::string type;  // "http" | "client" | "builtin" | "mcp" (a server: `name` is its namespace)
   std::string name;
   std::string description;
   Json parameters;  // JSON Schema (object)
-  std::string url;  // http
+  std::string url;  // http; mcp over Streamable HTTP
   int64_t timeout_ms = 30000;
   bool idempotent = false;
+  // mcp: a stdio server started in the session's sandbox (argv, environment), or the
+  // headers of every request to an HTTP one. A value "env:NAME" is read from agentd's
+  // environment variable NAME when the server is reached, and never stored.
+  std::vector<std::string> command;
+  std::map<std::string, std::string> env;
+  std::map<std::string, std::string> headers;
 };
 
 // Where the agent's built-in tools run. Limits left at 0 take the daemon's defaults.
@@ -57,6 +64,7 @@ struct AgentSpec {
   const ToolDef* FindTool(const std::string& name) const;
   // True when a tool needs the session's sandbox.
   bool UsesSandbox() const;
+  bool UsesMcp() const;
   Json ToJson() const;
 };
 

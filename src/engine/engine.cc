@@ -19,6 +19,7 @@
 #include "tools/builtin/builtin_tools.h"
 #include "tools/builtin/workspace_files.h"
 #include "tools/json_schema.h"
+#include "tools/mcp/mcp_client.h"
 #include "tools/tools.h"
 
 namespace agentd::engine {
@@ -78,6 +79,11 @@ struct Engine::Actor {
   // Created by the session's worker on the first built-in tool call; the pointer is written
   // under mu by that worker only, which may read it unlocked.
   std::unique_ptr<SessionSandbox> sandbox;
+  // Connected MCP servers by name, made by the worker like `sandbox` (and destroyed before
+  // it: stdio servers run in it). Their tools' input schemas by model-facing name
+  // ("<server>__<tool>"), from the last listing; both guarded by mu for writes.
+  std::map<std::string, std::unique_ptr<tools::mcp::McpClient>> mcp;
+  std::map<std::string, Json> mcp_schemas;
   int64_t events_since_snapshot = 0;  // guarded by mu
   bool worker_active = false;         // guarded by mu
   // Set under mu: memory is ahead of a failed commit, the session was deleted or it did not
@@ -168,7 +174,12 @@ Engine::Engine(EngineOptions options, store::Store* store, ModelProviders provid
       store_(store),
       providers_(std::move(providers)),
       sandbox_drivers_(std::move(sandbox_drivers)),
-      egress_proxy_(std::make_unique<sandbox::egress::EgressProxy>()),
+      egress_proxy_(std::make_unique<sandbox::egress::EgressProxy>([] {
+        sandbox::egress::EgressProxyOptions o;
+        o.max_connections = 1024;
+        o.max_connections_per_owner = 64;  // one session cannot take them all
+        return o;
+      }())),
       clock_(clock),
       workers_("turns", 0, options.max_workers) {}
 
@@ -949,6 +960,15 @@ bool Engine::StepLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::m
 }
 
 void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock) {
+  // The tools of the agent's MCP servers, listed (connecting first when need be) unlocked.
+  std::vector<model::ToolSpec> mcp_tools;
+  if (a->agent.UsesMcp()) {
+    std::string manifest = a->state.workspace_manifest;
+    lock.unlock();
+    mcp_tools = ListMcpTools(a, manifest);
+    lock.lock();
+    if (a->deleted || abandon_.load() || !a->cancel_turn.empty() || draining_) return;
+  }
   SessionState& s = a->state;
   TurnState* t = s.Current();
   const std::string turn_id = t->id;
@@ -995,8 +1015,10 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
   req.instructions = agent.instructions;
   req.timeout = std::chrono::milliseconds(agent.model.timeout_ms);
   for (const auto& tool : agent.tools) {
+    if (tool.type == "mcp") continue;  // a server, not a tool
     req.tools.push_back({tool.name, tool.description, tool.parameters});
   }
+  for (auto& tool : mcp_tools) req.tools.push_back(std::move(tool));
   Actor* raw = a.get();
   req.should_abort = [this, raw] { return ShouldAbort(*raw); };
 
@@ -1085,6 +1107,15 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   };
 
   const ToolDef* tool = a->agent.FindTool(name);
+  std::string mcp_tool;  // for a tool of an MCP server: its name on the server
+  if (tool != nullptr && tool->type == "mcp") tool = nullptr;  // a server is not a tool
+  if (tool == nullptr) {
+    std::string server;
+    if (tools::mcp::SplitNamespacedToolName(name, &server, &mcp_tool)) {
+      const ToolDef* def = a->agent.FindTool(server);
+      if (def != nullptr && def->type == "mcp") tool = def;
+    }
+  }
   if (tool == nullptr) {
     give_error("unknown_tool", fmt::format("there is no tool named '{}'", name));
     return;
@@ -1112,7 +1143,12 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     give_error("invalid_arguments", "the arguments are not valid JSON");
     return;
   }
-  if (Status st = tools::ValidateAgainstSchema(tool->parameters, args); !st.ok()) {
+  const Json* schema = &tool->parameters;
+  if (tool->type == "mcp") {
+    auto known = a->mcp_schemas.find(name);
+    schema = known != a->mcp_schemas.end() ? &known->second : nullptr;  // the server checks
+  }
+  if (Status st = schema ? tools::ValidateAgainstSchema(*schema, args) : Status::OK(); !st.ok()) {
     give_error("invalid_arguments",
                fmt::format("the arguments do not match the tool's schema: {}", st.message()));
     return;
@@ -1137,6 +1173,12 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     std::string manifest = s.workspace_manifest;
     lock.unlock();
     out = RunBuiltin(a, name, args, manifest);
+    lock.lock();
+  } else if (tool->type == "mcp") {
+    std::string manifest = s.workspace_manifest;
+    const ToolDef server = *tool;
+    lock.unlock();
+    out = RunMcp(a, server, mcp_tool, args, manifest);
     lock.lock();
   } else {
     tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent};
@@ -1224,15 +1266,33 @@ Status Engine::CheckSandbox(const AgentSpec& a) const {
   return Status::OK();
 }
 
+namespace {
+
+// An outcome for a call that never reached its tool.
+tools::ToolOutcome NotSent(const std::string& why) {
+  tools::ToolOutcome o;
+  o.kind = tools::ToolOutcome::Kind::kRetryable;
+  o.output = why;
+  o.not_sent = true;
+  return o;
+}
+
+}  // namespace
+
 tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std::string& name,
                                       const Json& args, const std::string& manifest) {
-  auto unavailable = [](const std::string& why) {
-    tools::ToolOutcome o;
-    o.kind = tools::ToolOutcome::Kind::kRetryable;
-    o.output = why;
-    o.not_sent = true;
-    return o;
-  };
+  if (Status st = EnsureSandbox(a, manifest); !st.ok()) return NotSent(st.message());
+  {
+    std::lock_guard lock(a->mu);
+    a->sandbox->dirty = true;
+  }
+  Actor* raw = a.get();
+  return tools::CallBuiltinTool(name, args, *a->sandbox->box,
+                                [this, raw] { return ShouldAbort(*raw); });
+}
+
+Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string& manifest) {
+  auto unavailable = [](const std::string& why) { return Unavailable(why); };
   if (!a->sandbox) {
     auto d = sandbox_drivers_.find(a->agent.sandbox.driver);
     if (d == sandbox_drivers_.end()) {
@@ -1259,10 +1319,10 @@ tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std
     if (!a->agent.sandbox.egress.empty()) {
       std::weak_ptr<Actor> weak = a;
       sandbox::egress::EgressPolicy policy = a->agent.sandbox.egress;
-      spec.on_egress_connection = [this, weak, policy](int fd) {
-        egress_proxy_->Serve(fd, policy, [this, weak](const sandbox::egress::EgressEvent& e) {
-          RecordEgress(weak, e);
-        });
+      spec.on_egress_connection = [this, weak, policy, id = a->id](int fd) {
+        egress_proxy_->Serve(
+            fd, policy,
+            [this, weak](const sandbox::egress::EgressEvent& e) { RecordEgress(weak, e); }, id);
       };
     }
     auto box = d->second->Create(spec);
@@ -1280,13 +1340,195 @@ tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std
     std::lock_guard lock(a->mu);
     a->sandbox = std::move(ss);
   }
+  return Status::OK();
+}
+
+// ---------------------------------------------------------------------------------------
+// MCP servers
+
+namespace {
+
+// A header or environment value, with "env:NAME" read from agentd's environment.
+Result<std::string> ResolveValue(const std::string& server, const std::string& key,
+                                 const std::string& value) {
+  if (value.rfind("env:", 0) != 0) return value;
+  const char* v = std::getenv(value.substr(4).c_str());
+  if (v == nullptr) {
+    return FailedPrecondition(fmt::format("MCP server '{}': '{}' names environment variable '{}', "
+                                          "which agentd does not have",
+                                          server, key, value.substr(4)));
+  }
+  return std::string(v);
+}
+
+// What the model reads of a tool result: the text when that is all there is, else the
+// content blocks and structured content as JSON.
+std::string RenderMcpResult(const tools::mcp::CallResult& r) {
+  std::string text;
+  bool only_text = r.structured_content.is_null();
+  for (const auto& block : r.content) {
+    if (block.is_object() && block.value("type", "") == "text" && block.contains("text") &&
+        block["text"].is_string()) {
+      text += (text.empty() ? "" : "\n") + block["text"].get<std::string>();
+    } else {
+      only_text = false;
+    }
+  }
+  if (only_text) return text;
+  Json j = {{"content", r.content}};
+  if (!r.structured_content.is_null()) j["structuredContent"] = r.structured_content;
+  return DumpJson(j);
+}
+
+// Host and port of an http(s) URL.
+bool UrlHostPort(const std::string& url, std::string* host, uint16_t* port) {
+  size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return false;
+  bool https = url.compare(0, scheme, "https") == 0;
+  std::string rest = url.substr(scheme + 3);
+  rest = rest.substr(0, rest.find_first_of("/?#"));
+  rest = rest.substr(rest.find('@') == std::string::npos ? 0 : rest.find('@') + 1);
+  std::string p;
+  if (!rest.empty() && rest[0] == '[') {
+    size_t close = rest.find(']');
+    if (close == std::string::npos) return false;
+    *host = rest.substr(1, close - 1);
+    if (close + 1 < rest.size() && rest[close + 1] == ':') p = rest.substr(close + 2);
+  } else {
+    size_t colon = rest.rfind(':');
+    *host = rest.substr(0, colon);
+    if (colon != std::string::npos) p = rest.substr(colon + 1);
+  }
+  int value = p.empty() ? (https ? 443 : 80) : std::atoi(p.c_str());
+  if (host->empty() || value <= 0 || value > 65535) return false;
+  *port = static_cast<uint16_t>(value);
+  return true;
+}
+
+}  // namespace
+
+Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>& a,
+                                                    const ToolDef& def,
+                                                    const std::string& manifest) {
   {
     std::lock_guard lock(a->mu);
-    a->sandbox->dirty = true;
+    auto it = a->mcp.find(def.name);
+    if (it != a->mcp.end()) return it->second.get();
   }
+  tools::mcp::ClientOptions options;
+  options.server_name = def.name;
+  std::unique_ptr<tools::mcp::McpClient> client;
+  if (!def.command.empty()) {
+    // A stdio server runs in the session's sandbox, restarted there when it dies.
+    RETURN_IF_ERROR(EnsureSandbox(a, manifest));
+    sandbox::SpawnRequest spawn;
+    spawn.argv = def.command;
+    for (const auto& [k, v] : def.env) {
+      ASSIGN_OR_RETURN(spawn.env[k], ResolveValue(def.name, k, v));
+    }
+    sandbox::Sandbox* box = a->sandbox->box.get();
+    ASSIGN_OR_RETURN(client, tools::mcp::McpClient::ConnectStdioBlocking(
+                                 options, [box, spawn] { return box->Spawn(spawn); }));
+  } else {
+    // An HTTP server is reached only where the agent's egress list allows.
+    std::string host;
+    uint16_t port = 0;
+    if (!UrlHostPort(def.url, &host, &port)) {
+      return InvalidArgument(fmt::format("MCP server '{}': bad URL", def.name));
+    }
+    const auto& policy = a->agent.sandbox.egress;
+    auto literal = sandbox::egress::IpAddress::Parse(host);
+    std::optional<std::string> refused;
+    if (policy.Match(host, port) == nullptr) {
+      refused = "not in the agent's sandbox.egress list";
+    } else if (literal) {
+      refused = policy.CheckAddress(*literal, port);
+    }
+    if (refused) {
+      return PermissionDenied(fmt::format("MCP server '{}' at {}:{} is not allowed: {}", def.name,
+                                          host, port, *refused));
+    }
+    tools::mcp::HttpTarget target;
+    target.url = def.url;
+    for (const auto& [k, v] : def.headers) {
+      ASSIGN_OR_RETURN(std::string value, ResolveValue(def.name, k, v));
+      target.headers.emplace_back(k, std::move(value));
+    }
+    ASSIGN_OR_RETURN(client, tools::mcp::McpClient::ConnectHttpBlocking(options, target));
+  }
+  std::lock_guard lock(a->mu);
+  auto& slot = a->mcp[def.name];
+  if (!slot) slot = std::move(client);
+  return slot.get();
+}
+
+std::vector<model::ToolSpec> Engine::ListMcpTools(const std::shared_ptr<Actor>& a,
+                                                  const std::string& manifest) {
+  std::vector<model::ToolSpec> specs;
+  std::map<std::string, Json> schemas;
+  for (const auto& def : a->agent.tools) {
+    if (def.type != "mcp") continue;
+    auto client = McpClientFor(a, def, manifest);
+    Result<std::vector<tools::mcp::McpTool>> listed =
+        client.ok() ? (*client)->ListToolsBlocking() : Result<std::vector<tools::mcp::McpTool>>(client.status());
+    if (!listed.ok()) {
+      // The model goes without this server's tools this time; the next call tries again.
+      spdlog::warn("session {}: MCP server '{}': {}", a->id, def.name, listed.status().ToString());
+      continue;
+    }
+    for (const auto& t : *listed) {
+      auto name = tools::mcp::NamespacedToolName(def.name, t.name);
+      if (!name.ok()) {
+        spdlog::warn("session {}: {}", a->id, name.status().message());
+        continue;
+      }
+      std::string description = t.description.empty() ? t.title : t.description;
+      specs.push_back({*name, description, t.input_schema});
+      schemas[*name] = t.input_schema;
+    }
+  }
+  std::lock_guard lock(a->mu);
+  a->mcp_schemas = std::move(schemas);
+  return specs;
+}
+
+tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef& server,
+                                  const std::string& tool, const Json& args,
+                                  const std::string& manifest) {
+  auto client = McpClientFor(a, server, manifest);
+  if (!client.ok()) return NotSent(client.status().message());
+  if (!server.command.empty()) {
+    std::lock_guard lock(a->mu);
+    if (a->sandbox) a->sandbox->dirty = true;  // the server may have changed files
+  }
+  tools::mcp::CallOptions options;
+  options.timeout = std::chrono::milliseconds(server.timeout_ms);
   Actor* raw = a.get();
-  return tools::CallBuiltinTool(name, args, *a->sandbox->box,
-                                [this, raw] { return ShouldAbort(*raw); });
+  options.should_abort = [this, raw] { return ShouldAbort(*raw); };
+  auto result = (*client)->CallToolBlocking(tool, args, options);
+  tools::ToolOutcome out;
+  if (!result.ok()) {
+    const Status& st = result.status();
+    switch (st.code()) {
+      case StatusCode::kCancelled:
+        out.kind = tools::ToolOutcome::Kind::kRetryable;
+        out.output = "cancelled";
+        break;
+      case StatusCode::kUnavailable:       // the server died; it restarts on the next call
+      case StatusCode::kDeadlineExceeded:  // no answer in time
+      case StatusCode::kAborted:
+        out.kind = tools::ToolOutcome::Kind::kRetryable;
+        out.output = fmt::format("MCP server '{}': {}", server.name, st.message());
+        break;
+      default:
+        out.kind = tools::ToolOutcome::Kind::kToolError;
+        out.output = fmt::format("MCP server '{}': {}", server.name, st.message());
+    }
+    return out;
+  }
+  out.output = RenderMcpResult(*result);
+  out.kind = result->is_error ? tools::ToolOutcome::Kind::kToolError : tools::ToolOutcome::Kind::kOk;
+  return out;
 }
 
 void Engine::SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id) {

@@ -32,6 +32,7 @@
 #include "model/model.h"
 #include "sandbox/egress/egress_proxy.h"
 #include "sandbox/sandbox.h"
+#include "tools/mcp/mcp_client.h"
 #include "tools/tools.h"
 #include "store/store.h"
 
@@ -146,6 +147,19 @@ class Engine {
   // from the latest snapshot) first if need be. Called by the session's worker, unlocked.
   tools::ToolOutcome RunBuiltin(const std::shared_ptr<Actor>& a, const std::string& name,
                                 const Json& args, const std::string& manifest);
+  // Makes the session's sandbox if it has none (restoring snapshot `manifest` into it).
+  // Called by the session's worker, unlocked.
+  Status EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string& manifest);
+  // The session's client of MCP server `def`, connecting (and for stdio, starting the server
+  // in the sandbox) first when need be. Worker, unlocked.
+  Result<tools::mcp::McpClient*> McpClientFor(const std::shared_ptr<Actor>& a,
+                                              const ToolDef& def, const std::string& manifest);
+  // The tools of every MCP server of the agent, as "<server>__<tool>"; a server that cannot
+  // be reached is left out (and logged). Worker, unlocked.
+  std::vector<model::ToolSpec> ListMcpTools(const std::shared_ptr<Actor>& a,
+                                            const std::string& manifest);
+  tools::ToolOutcome RunMcp(const std::shared_ptr<Actor>& a, const ToolDef& server,
+                            const std::string& tool, const Json& args, const std::string& manifest);
   // Stages a workspace.snapshot for `turn_id` when a built-in tool changed the workspace since
   // the last one; the snapshot's blobs go into the same batch. a.mu held.
   void SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id);

@@ -152,8 +152,10 @@ TEST_F(WorkspaceTest, EgressGoesOnlyWhereTheAgentSaysAndEveryConnectionIsJournal
   std::string model_port = model_.url.substr(model_.url.rfind(':') + 1);
   std::string sid = CreateSession(
       CreateSandboxAgent({{"egress", {"127.0.0.1:" + port, "localhost:" + model_port}}}));
+  // Inside the sandbox 127.0.0.1 is the sandbox's own loopback, which NO_PROXY keeps off the
+  // proxy; these requests clear it to ask the proxy for the host's.
   auto curl = [&](const std::string& url) {
-    Json t = Turn(sid, "call exec " + Json({{"command", "curl -s -o /dev/null -w '%{http_code}' "
+    Json t = Turn(sid, "call exec " + Json({{"command", "NO_PROXY= no_proxy= curl -s -o /dev/null -w '%{http_code}' "
                                                        "-X POST -H 'Content-Type: application/json' "
                                                        "-d '{}' " + url}}).dump());
     return ToolOutput(t)["stdout"].get<std::string>();
@@ -236,6 +238,121 @@ TEST_F(WorkspaceTest, AKilledAgentdKeepsTheFilesOfAnInterruptedCommand) {
   // The files the command wrote before the crash are still the session's.
   Reply file = Call("GET", Url("/v1/sessions/" + sid + "/workspace/p.txt"));
   EXPECT_EQ(file.raw, "partial\n");
+}
+
+}  // namespace
+}  // namespace agentd::testing
+
+namespace agentd::testing {
+namespace {
+
+// MCP servers as tools: stdio servers run in the session's sandbox, their tools reach the
+// model as "<server>__<tool>", and their calls are journaled like any other.
+class McpTest : public WorkspaceTest {
+ protected:
+  void SetUp() override {
+    WorkspaceTest::SetUp();
+    // The operator makes the servers' files visible (read-only) in every sandbox.
+    std::string cfg = dir_ + "/agentd.yaml";
+    std::ofstream(cfg) << "sandbox:\n  read_only_paths:\n    - "
+                       << fs::path(AGENTD_FAKE_MCP_SERVER).parent_path().string() << "\n    - "
+                       << AGENTD_NODE_MODULES << "\n";
+    agentd_.proc->Signal(SIGTERM);
+    agentd_.proc->Wait();
+    agentd_.proc.reset();
+    StartDaemon({"--config", cfg});
+  }
+  std::string McpAgent(Json servers) {
+    servers.push_back({{"type", "builtin"}, {"name", "read_file"}});
+    return CreateAgent({{"tools", servers}});
+  }
+  static std::string Output(const Json& turn) {
+    for (const auto& item : turn["output"]) {
+      if (item["type"] == "function_call_output") return item["output"];
+    }
+    return "";
+  }
+};
+
+TEST_F(McpTest, StdioServersOfBothEraAnswerFromTheSandbox) {
+  std::string sid = CreateSession(McpAgent(Json::array(
+      {{{"type", "mcp"}, {"name", "old"}, {"command", {AGENTD_FAKE_MCP_SERVER, "--era", "2025-06-18"}}},
+       {{"type", "mcp"}, {"name", "new"}, {"command", {AGENTD_FAKE_MCP_SERVER, "--era", "2026-07-28"}}}})));
+  Json t = Turn(sid, R"(call old__echo {"text": "from the handshake era"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  EXPECT_NE(Output(t).find("from the handshake era"), std::string::npos) << Output(t);
+  t = Turn(sid, R"(call new__add {"a": 2, "b": 3})");
+  EXPECT_NE(Output(t).find("\"sum\":5"), std::string::npos) << Output(t);  // structured output
+  // Journaled like any tool call, under the namespaced name.
+  Json events = Events(sid);
+  ExpectDenseSeq(events);
+  int started = 0;
+  for (const auto& e : events) {
+    if (e["type"] == "tool_call.started") {
+      ++started;
+      EXPECT_TRUE(e["data"]["name"] == "old__echo" || e["data"]["name"] == "new__add") << e.dump();
+    }
+  }
+  EXPECT_EQ(started, 2);
+  // Arguments that break the server's own schema never reach it.
+  t = Turn(sid, R"(call new__add {"a": "two"})");
+  EXPECT_NE(Output(t).find("schema"), std::string::npos) << Output(t);
+  t = Turn(sid, R"(call new__nope {})");
+  EXPECT_NE(Output(t).find("error"), std::string::npos) << Output(t);
+}
+
+TEST_F(McpTest, AServerThatDiesOrTalksGarbageIsRestartedAndTheModelGetsAnError) {
+  std::string sid = CreateSession(McpAgent(Json::array(
+      {{{"type", "mcp"}, {"name", "fake"}, {"command", {AGENTD_FAKE_MCP_SERVER}}}})));
+  Json t = Turn(sid, R"(call fake__exit {})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  EXPECT_EQ(Output(t).rfind("error:", 0), 0u) << Output(t);
+  EXPECT_NE(Output(t).find("fake"), std::string::npos) << Output(t);
+  t = Turn(sid, R"(call fake__echo {"text": "back again"})");
+  EXPECT_NE(Output(t).find("back again"), std::string::npos) << Output(t);
+  t = Turn(sid, R"(call fake__garbage {})");
+  EXPECT_EQ(Output(t).rfind("error:", 0), 0u) << Output(t);
+  t = Turn(sid, R"(call fake__echo {"text": "still fine"})");
+  EXPECT_NE(Output(t).find("still fine"), std::string::npos) << Output(t);
+  // A tool error of the server's own is the model's to read, not a failure.
+  t = Turn(sid, R"(call fake__fail {})");
+  EXPECT_EQ(t["status"], "completed");
+  EXPECT_EQ(Output(t).rfind("error:", 0), 0u) << Output(t);
+}
+
+TEST_F(McpTest, TheReferenceFilesystemServerWorksOnTheSessionsWorkspace) {
+  std::string server = std::string(AGENTD_NODE_MODULES) +
+                       "/@modelcontextprotocol/server-filesystem/dist/index.js";
+  std::string sid = CreateSession(McpAgent(Json::array(
+      {{{"type", "mcp"}, {"name", "fs"}, {"command", {"node", server, "/workspace"}}}})));
+  Json t = Turn(sid, R"(call fs__write_file {"path": "/workspace/from-mcp.txt", "content": "written over MCP"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  EXPECT_EQ(Output(t).find("error:"), std::string::npos) << Output(t);
+  t = Turn(sid, R"(call read_file {"path": "from-mcp.txt"})");
+  EXPECT_NE(Output(t).find("written over MCP"), std::string::npos) << Output(t);
+  // Outside the workspace is outside what the server may touch, and outside the sandbox.
+  t = Turn(sid, R"(call fs__read_text_file {"path": "/etc/passwd"})");
+  EXPECT_EQ(Output(t).rfind("error:", 0), 0u) << Output(t);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid + "/workspace/from-mcp.txt")).raw,
+            "written over MCP");
+}
+
+TEST_F(McpTest, HttpServersMustBeOnTheEgressList) {
+  std::string sid = CreateSession(McpAgent(Json::array(
+      {{{"type", "mcp"}, {"name", "remote"}, {"url", "http://127.0.0.1:9/mcp"}}})));
+  Json t = Turn(sid, R"(call remote__echo {"text": "x"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  EXPECT_NE(Output(t).find("not allowed"), std::string::npos) << Output(t);
+  // Bad server definitions are refused when the agent is created.
+  Reply r = Call("POST", Url("/v1/agents"),
+                 {{"name", "x"}, {"model", ModelSpec()},
+                  {"tools", {{{"type", "mcp"}, {"name", "a__b"}, {"command", {"x"}}}}}});
+  EXPECT_EQ(r.status, 400);
+  r = Call("POST", Url("/v1/agents"),
+           {{"name", "x"}, {"model", ModelSpec()},
+            {"tools", {{{"type", "mcp"}, {"name", "both"}, {"command", {"x"}}, {"url", "http://h/"}}}}});
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["detail"].get<std::string>().find("tools[0]"), std::string::npos) << r.raw;
 }
 
 }  // namespace

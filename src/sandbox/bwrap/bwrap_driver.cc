@@ -468,6 +468,8 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
                             "https_proxy", "all_proxy"}) {
         env[k] = proxy;
       }
+      // Servers inside the sandbox are reached directly, not through the host's proxy.
+      env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1";
     }
     for (const auto& [k, v] : req.env) env[k] = v;
     Json msg = {{"op", "spawn"}, {"id", id}, {"argv", req.argv}, {"env", env}};

@@ -194,7 +194,8 @@ void KillChildren(const std::map<pid_t, long long>& keep = {}) {
       (void)!write(adj, "1000", 4);
       close(adj);
     }
-    execve(argv[0], argv.data(), envp.data());
+    // A bare name is looked up on the PATH the sandbox was started with.
+    execvpe(argv[0], argv.data(), envp.data());
     dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);
   }
