@@ -29,12 +29,14 @@
 #include "common/json.h"
 #include "sandbox/bwrap/seccomp_filter.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/host_util.h"
 #include "sandbox/supervisor_protocol.h"
 
 namespace agentd::sandbox {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace host;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kInitInside = "/.agentd/init";
@@ -43,55 +45,6 @@ constexpr std::chrono::seconds kStartTimeout{10};
 constexpr std::chrono::seconds kKillGrace{5};
 constexpr size_t kStderrTail = 8192;
 constexpr int64_t kTmpMb = 64;  // private /tmp
-
-// Files of the host's /etc that programs need to run; the rest of /etc stays hidden.
-constexpr const char* kEtcFiles[] = {
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
-    "ca-certificates.conf", "localtime", "timezone", "nsswitch.conf", "protocols", "services",
-    "mime.types", "magic", "gitconfig", "bash.bashrc", "profile", "environment", "inputrc",
-    "python3", "python3.11", "perl", "java-17-openjdk", "nodejs",
-};
-
-Limits WithDefaults(Limits l) {
-  if (l.memory_mb <= 0) l.memory_mb = 512;
-  if (l.cpus <= 0) l.cpus = 1;
-  if (l.pids <= 0) l.pids = 256;
-  if (l.disk_mb <= 0) l.disk_mb = 256;
-  if (l.timeout_ms <= 0) l.timeout_ms = 60000;
-  return l;
-}
-
-std::string Errno(const std::string& what) { return what + ": " + strerror(errno); }
-
-bool IsTmpfs(const std::string& path) {
-  struct statfs s;
-  return statfs(path.c_str(), &s) == 0 && s.f_type == TMPFS_MAGIC;
-}
-
-bool IsMountPoint(const std::string& path) {
-  struct stat self, parent;
-  if (lstat(path.c_str(), &self) != 0) return false;
-  if (lstat((path + "/..").c_str(), &parent) != 0) return false;
-  return self.st_dev != parent.st_dev;
-}
-
-uid_t g_chown_uid;
-int ChownEntry(const char* path, const struct stat*, int, FTW*) {
-  return lchown(path, g_chown_uid, g_chown_uid) == 0 ? 0 : -1;
-}
-std::mutex g_chown_mu;  // nftw callbacks take no context: one walk at a time
-
-Status ChownTree(const std::string& dir, uid_t uid) {
-  std::lock_guard<std::mutex> lock(g_chown_mu);
-  g_chown_uid = uid;
-  if (nftw(dir.c_str(), ChownEntry, 32, FTW_PHYS) != 0) return Internal(Errno("chown " + dir));
-  return Status::OK();
-}
-
-void CloseFd(int& fd) {
-  if (fd >= 0) close(fd);
-  fd = -1;
-}
 
 // One process the supervisor started, as agentd sees it.
 struct Pending {
@@ -644,20 +597,6 @@ Status RemoveTree(const std::string& dir) {
   return Status::OK();
 }
 
-std::string FindOnPath(const std::string& name) {
-  const char* path = getenv("PATH");
-  std::string p = path ? path : "/usr/bin:/bin";
-  size_t start = 0;
-  while (start <= p.size()) {
-    size_t end = p.find(':', start);
-    if (end == std::string::npos) end = p.size();
-    std::string candidate = p.substr(start, end - start) + "/" + name;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-    start = end + 1;
-  }
-  return "";
-}
-
 // When sandboxes run as other uids, bwrap (running as that uid) resolves the folders it
 // binds by path, so every folder above them must let others pass (mode o+x; listing is
 // not needed). Returns the first one that does not.
@@ -670,14 +609,6 @@ std::string FirstUntraversable(const std::string& path) {
     if (p == p.root_path()) break;
   }
   return "";
-}
-
-Status WriteText(const std::string& path, const std::string& text) {
-  FILE* f = fopen(path.c_str(), "we");
-  if (f == nullptr) return Internal(Errno(path));
-  bool ok = fputs(text.c_str(), f) >= 0;
-  ok = fclose(f) == 0 && ok;
-  return ok ? Status::OK() : Internal(Errno(path));
 }
 
 }  // namespace
@@ -721,7 +652,8 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   fs::remove_all(d.etc_dir, ec);
   fs::create_directories(d.etc_dir, ec);
   if (ec) return unavailable("cannot create " + d.etc_dir + ": " + ec.message());
-  for (const char* f : kEtcFiles) {
+  for (const char* const* name = kEtcFiles; *name != nullptr; ++name) {
+    const char* f = *name;
     std::string host = std::string("/etc/") + f;
     std::error_code e;
     if (!fs::exists(fs::symlink_status(host, e))) continue;

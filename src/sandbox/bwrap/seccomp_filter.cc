@@ -34,7 +34,7 @@ constexpr const char* kDenied[] = {
 
 const char* const* DeniedSyscalls() { return kDenied; }
 
-Result<std::string> BuildSeccompFilter() {
+Result<std::string> BuildSeccompFilter(const SeccompOptions& options) {
   std::unique_ptr<void, void (*)(scmp_filter_ctx)> ctx(seccomp_init(SCMP_ACT_ALLOW),
                                                         seccomp_release);
   if (ctx == nullptr) return Internal("seccomp_init failed");
@@ -56,6 +56,10 @@ Result<std::string> BuildSeccompFilter() {
   if (rc < 0) return fail("clone", rc);
   rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
   if (rc < 0) return fail("clone3", rc);
+  if (options.statx_enosys) {
+    rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(statx), 0);
+    if (rc < 0) return fail("statx", rc);
+  }
   // Raw and packet sockets.
   rc = seccomp_rule_add(ctx.get(), eperm, SCMP_SYS(socket), 1,
                         SCMP_A0(SCMP_CMP_EQ, AF_PACKET));

@@ -14,8 +14,14 @@
 
 namespace agentd::sandbox {
 
+struct SeccompOptions {
+  // statx answers ENOSYS, so the C library falls back to fstatat: for gVisor releases that
+  // reject flags coreutils passes to statx (src/sandbox/gvisor/README.md).
+  bool statx_enosys = false;
+};
+
 // The filter as a classic BPF program, ready for bwrap's --seccomp FD.
-Result<std::string> BuildSeccompFilter();
+Result<std::string> BuildSeccompFilter(const SeccompOptions& options = {});
 
 // Names of the syscalls the filter refuses (for /readyz and docs).
 const char* const* DeniedSyscalls();

@@ -26,6 +26,7 @@
 
 #include "common/json.h"
 #include "sandbox/cgroup.h"
+#include "sandbox/host_util.h"
 #include "sandbox/gvisor/seccomp_filter.h"
 #include "sandbox/supervisor_protocol.h"
 
@@ -33,6 +34,7 @@ namespace agentd::sandbox {
 namespace {
 
 namespace fs = std::filesystem;
+using namespace host;
 using Clock = std::chrono::steady_clock;
 
 constexpr int kSandboxUid = 1000;  // the uid tools see inside
@@ -48,77 +50,11 @@ constexpr int64_t kTmpMb = 64;  // private /tmp
 // low enough to matter panics the Sentry ("error initializing first thread: EAGAIN").
 constexpr int64_t kSentryMemoryMb = 96;
 
-constexpr const char* kEtcFiles[] = {
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates",
-    "ca-certificates.conf", "localtime", "timezone", "nsswitch.conf", "protocols", "services",
-    "mime.types", "magic", "gitconfig", "bash.bashrc", "profile", "environment", "inputrc",
-    "python3", "python3.11", "perl", "java-17-openjdk", "nodejs",
-};
-
-Limits WithDefaults(Limits l) {
-  if (l.memory_mb <= 0) l.memory_mb = 512;
-  if (l.cpus <= 0) l.cpus = 1;
-  if (l.pids <= 0) l.pids = 256;
-  if (l.disk_mb <= 0) l.disk_mb = 256;
-  if (l.timeout_ms <= 0) l.timeout_ms = 60000;
-  return l;
-}
-
-std::string Errno(const std::string& what) { return what + ": " + strerror(errno); }
-
-bool IsTmpfs(const std::string& path) {
-  struct statfs s;
-  return statfs(path.c_str(), &s) == 0 && s.f_type == TMPFS_MAGIC;
-}
-
-bool IsMountPoint(const std::string& path) {
-  struct stat self, parent;
-  if (lstat(path.c_str(), &self) != 0) return false;
-  if (lstat((path + "/..").c_str(), &parent) != 0) return false;
-  return self.st_dev != parent.st_dev;
-}
-
-int ChownEntry(const char* path, const struct stat*, int, FTW*) {
-  return lchown(path, kSandboxUid, kSandboxUid) == 0 ? 0 : -1;
-}
-
-Status ChownTree(const std::string& dir) {
-  if (nftw(dir.c_str(), ChownEntry, 32, FTW_PHYS) != 0) return Internal(Errno("chown " + dir));
-  return Status::OK();
-}
-
-void CloseFd(int& fd) {
-  if (fd >= 0) close(fd);
-  fd = -1;
-}
-
 // Closes the write side for a caller: a pipe, or one of two descriptors of a proxy
 // connection's socket, which only a shutdown ends.
 void CloseWrite(int& fd) {
   if (fd >= 0) shutdown(fd, SHUT_WR);
   CloseFd(fd);
-}
-
-Status WriteText(const std::string& path, const std::string& text) {
-  FILE* f = fopen(path.c_str(), "we");
-  if (f == nullptr) return Internal(Errno(path));
-  bool ok = fwrite(text.data(), 1, text.size(), f) == text.size();
-  ok = fclose(f) == 0 && ok;
-  return ok ? Status::OK() : Internal(Errno(path));
-}
-
-std::string FindOnPath(const std::string& name) {
-  const char* path = getenv("PATH");
-  std::string p = path ? path : "/usr/bin:/bin";
-  size_t start = 0;
-  while (start <= p.size()) {
-    size_t end = p.find(':', start);
-    if (end == std::string::npos) end = p.size();
-    std::string candidate = p.substr(start, end - start) + "/" + name;
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-    start = end + 1;
-  }
-  return "";
 }
 
 // Runs a short runsc command to its end; returns its exit status, -1 when it would not end
@@ -430,7 +366,8 @@ class GvisorSandbox : public Sandbox, public std::enable_shared_from_this<Gvisor
       std::string host = std::string("/") + top;
       if (!fs::is_symlink(host, ec) && fs::is_directory(host, ec)) bind(host, host, false);
     }
-    for (const char* f : kEtcFiles) {
+    for (const char* const* name = kEtcFiles; *name != nullptr; ++name) {
+    const char* f = *name;
       std::string host = std::string("/etc/") + f;
       if (fs::exists(host, ec)) bind(host, host, false);
     }
@@ -469,7 +406,7 @@ class GvisorSandbox : public Sandbox, public std::enable_shared_from_this<Gvisor
   }
 
   Status Start(const std::string& restore_image = "") {
-    if (d_->root) RETURN_IF_ERROR(ChownTree(workspace_));
+    if (d_->root) RETURN_IF_ERROR(ChownTree(workspace_, kSandboxUid));
     std::string cid = "agentd-" + std::to_string(getpid()) + "-" + std::to_string(d_->next_cid++);
     std::vector<std::string> args = d_->RunscArgs();
     if (restore_image.empty()) {
@@ -1020,7 +957,8 @@ Status BuildRootfs(const std::string& rootfs, const std::string& init_path, cons
       fs::create_directories(rootfs + host, ec);
     }
   }
-  for (const char* f : kEtcFiles) {
+  for (const char* const* name = kEtcFiles; *name != nullptr; ++name) {
+    const char* f = *name;
     std::string host = std::string("/etc/") + f;
     if (fs::is_directory(host, ec)) {
       fs::create_directories(rootfs + host, ec);

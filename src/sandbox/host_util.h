@@ -1,0 +1,34 @@
+// Host-side helpers the sandbox drivers share: default limits, the sandbox's view of /etc,
+// the workspace filesystem checks, and small file and process utilities.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+
+#include "common/status.h"
+#include "sandbox/sandbox.h"
+
+namespace agentd::sandbox::host {
+
+// Limits left at 0 get the drivers' defaults: 512 MB, 1 CPU, 256 processes, 256 MB of
+// workspace, 60 s per command.
+Limits WithDefaults(Limits l);
+
+// Files of the host's /etc that programs in a sandbox need (nullptr-terminated); the rest of
+// /etc stays hidden.
+extern const char* const kEtcFiles[];
+
+// "what: strerror(errno)".
+std::string Errno(const std::string& what);
+bool IsTmpfs(const std::string& path);
+bool IsMountPoint(const std::string& path);
+// Gives every file under `dir` (symlinks themselves, not their targets) to uid:uid.
+Status ChownTree(const std::string& dir, uid_t uid);
+// Closes `fd` when open and sets it to -1.
+void CloseFd(int& fd);
+Status WriteText(const std::string& path, const std::string& text);
+// The first executable `name` on $PATH, or "".
+std::string FindOnPath(const std::string& name);
+
+}  // namespace agentd::sandbox::host
