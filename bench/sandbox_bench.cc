@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
     int groups = 0;
     for (const auto& entry : fs::directory_iterator("/sys/fs/cgroup/pids/agentd-sandboxes")) {
       if (!entry.is_directory()) continue;
-      if (entry.path().filename().string().rfind(fmt::format("bench-{}-", getpid()), 0) != 0) continue;
+      if (entry.path().filename().string().find(fmt::format("bench-{}-", getpid())) == std::string::npos) continue;
       ++groups;
       auto [r, p] = SandboxMemoryKib(entry.path().string() + "/cgroup.procs");
       rss += r;

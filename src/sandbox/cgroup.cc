@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -127,13 +128,23 @@ bool EnableV2(const std::string& dir, const std::string& controller, std::string
   return true;
 }
 
+// Groups are named "<pid of the agentd that made them>-<sandbox>".
+std::string GroupName(const std::string& sandbox) {
+  return std::to_string(getpid()) + "-" + sandbox;
+}
+
 // Groups left by an agentd that was killed: their processes died with it (the supervisor
-// exits when agentd's end of its socket closes), so they are empty and rmdir removes them.
-// A group still in use (another agentd's) is not empty, and rmdir leaves it alone.
-void RemoveEmptyGroups(const std::string& folder) {
+// exits when agentd's end of its socket closes), so rmdir removes them. Groups of a process
+// that is still alive are left alone: another agentd (or test) on this host may have just
+// made one, still empty, for a sandbox it is starting.
+void RemoveStaleGroups(const std::string& folder) {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(folder, ec)) {
-    if (entry.is_directory(ec)) rmdir(entry.path().c_str());
+    if (!entry.is_directory(ec)) continue;
+    std::string name = entry.path().filename().string();
+    pid_t owner = static_cast<pid_t>(std::atoll(name.substr(0, name.find('-')).c_str()));
+    if (owner > 0 && (kill(owner, 0) == 0 || errno == EPERM)) continue;
+    rmdir(entry.path().c_str());
   }
 }
 
@@ -151,7 +162,7 @@ Cgroups Cgroups::Detect() {
       dir += kFolder;
       if (MakeDir(dir, &error)) {
         cg.places_[c] = {dir, 1};
-        RemoveEmptyGroups(dir);
+        RemoveStaleGroups(dir);
         continue;
       }
     } else if (!mounts.v2.empty() && own.count("") != 0) {
@@ -167,7 +178,7 @@ Cgroups Cgroups::Detect() {
       } else if (EnableV2(parent, c, &error) && MakeDir(parent + "/" + kFolder, &error) &&
                  EnableV2(parent + "/" + kFolder, c, &error)) {
         cg.places_[c] = {parent + "/" + kFolder, 2};
-        RemoveEmptyGroups(parent + "/" + kFolder);
+        RemoveStaleGroups(parent + "/" + kFolder);
         continue;
       }
     } else {
@@ -190,7 +201,7 @@ Result<std::unique_ptr<Cgroup>> Cgroups::Create(const std::string& name,
   std::unique_ptr<Cgroup> g(new Cgroup());
   std::map<std::string, std::string> dirs;  // controller -> group folder
   for (const auto& [c, place] : places_) {
-    std::string dir = place.dir + "/" + name;
+    std::string dir = place.dir + "/" + GroupName(name);
     bool shared = false;  // v2 controllers share one folder
     for (const auto& d : g->dirs_) shared = shared || d == dir;
     if (!shared) {
