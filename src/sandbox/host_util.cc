@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -81,6 +82,44 @@ std::string FindOnPath(const std::string& name) {
     start = end + 1;
   }
   return "";
+}
+
+std::string DefaultInitPath() {
+  std::error_code ec;
+  return (std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() /
+          "agentd-sandbox-init")
+      .string();
+}
+
+Status MountWorkspaceFs(const std::string& root, int64_t disk_mb, int64_t owner) {
+  std::string size = "size=" + std::to_string(disk_mb) + "m";
+  if (IsTmpfs(root) && IsMountPoint(root)) {
+    if (mount(nullptr, root.c_str(), nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV,
+              size.c_str()) != 0) {
+      return Internal(Errno("remount workspace tmpfs " + root));
+    }
+    return Status::OK();
+  }
+  std::string opts = size + ",mode=0700";
+  if (owner >= 0) opts += ",uid=" + std::to_string(owner) + ",gid=" + std::to_string(owner);
+  if (mount("tmpfs", root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) != 0) {
+    return Internal(Errno("mount workspace tmpfs on " + root));
+  }
+  return Status::OK();
+}
+
+Status RemoveTree(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  if (ec) return Internal("remove " + dir + ": " + ec.message());
+  return Status::OK();
+}
+
+Status DiscardRoot(const std::string& root) {
+  if (IsMountPoint(root) && umount2(root.c_str(), MNT_DETACH) != 0) {
+    return Internal(Errno("unmount " + root));
+  }
+  return RemoveTree(root);
 }
 
 }  // namespace agentd::sandbox::host

@@ -30,5 +30,15 @@ void CloseFd(int& fd);
 Status WriteText(const std::string& path, const std::string& text);
 // The first executable `name` on $PATH, or "".
 std::string FindOnPath(const std::string& name);
+// agentd-sandbox-init beside the running executable.
+std::string DefaultInitPath();
+
+// Mounts the size-capped tmpfs a sandbox's workspace lives on at `root` (mode 0700; owned
+// by `owner` when it is not -1), or, when `root` already is one (taken over from an earlier
+// run), keeps its files and applies this run's size. Needs root.
+Status MountWorkspaceFs(const std::string& root, int64_t disk_mb, int64_t owner = -1);
+// Unmounts what is mounted on `root`, then removes it and everything in it.
+Status DiscardRoot(const std::string& root);
+Status RemoveTree(const std::string& dir);
 
 }  // namespace agentd::sandbox::host

@@ -124,20 +124,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
 
   Status Prepare() {
     if (d_->root) {
-      if (!IsTmpfs(spec_.root) || !IsMountPoint(spec_.root)) {
-        std::string opts = "size=" + std::to_string(spec_.limits.disk_mb) + "m,mode=0700,uid=" +
-                           std::to_string(uid_) + ",gid=" + std::to_string(uid_);
-        if (mount("tmpfs", spec_.root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) != 0) {
-          return Internal(Errno("mount workspace tmpfs on " + spec_.root));
-        }
-      } else {
-        // Taken over from an earlier run: keep the files, apply this run's size and owner.
-        std::string opts = "size=" + std::to_string(spec_.limits.disk_mb) + "m";
-        if (mount(nullptr, spec_.root.c_str(), nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV,
-                  opts.c_str()) != 0) {
-          return Internal(Errno("remount workspace tmpfs " + spec_.root));
-        }
-      }
+      RETURN_IF_ERROR(MountWorkspaceFs(spec_.root, spec_.limits.disk_mb, uid_));
     }
     if (mkdir(workspace_.c_str(), 0755) != 0 && errno != EEXIST) {
       return Internal(Errno("mkdir " + workspace_));
@@ -590,12 +577,6 @@ void BwrapProcess::Kill() {
   if (!box_->Exited(id_, nullptr)) box_->KillId(id_);
 }
 
-Status RemoveTree(const std::string& dir) {
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  if (ec) return Internal("remove " + dir + ": " + ec.message());
-  return Status::OK();
-}
 
 // When sandboxes run as other uids, bwrap (running as that uid) resolves the folders it
 // binds by path, so every folder above them must let others pass (mode o+x; listing is
@@ -633,8 +614,7 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   if (d.options.bwrap_path.empty()) d.options.bwrap_path = FindOnPath("bwrap");
   if (d.options.bwrap_path.empty()) return unavailable("bwrap is not installed (Debian: bubblewrap)");
   if (d.options.init_path.empty()) {
-    std::error_code ec;
-    d.options.init_path = (fs::read_symlink("/proc/self/exe", ec).parent_path() / "agentd-sandbox-init").string();
+    d.options.init_path = DefaultInitPath();
   }
   if (access(d.options.init_path.c_str(), X_OK) != 0) {
     return unavailable("agentd-sandbox-init not found at " + d.options.init_path);
@@ -780,10 +760,7 @@ Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
 }
 
 Status BwrapDriver::Discard(const std::string& root) {
-  if (IsMountPoint(root) && umount2(root.c_str(), MNT_DETACH) != 0) {
-    return Internal(Errno("unmount " + root));
-  }
-  return RemoveTree(root);
+  return DiscardRoot(root);
 }
 
 }  // namespace agentd::sandbox

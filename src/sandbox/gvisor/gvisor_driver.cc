@@ -165,19 +165,7 @@ class GvisorSandbox : public Sandbox, public std::enable_shared_from_this<Gvisor
 
   Status Prepare() {
     if (d_->root) {
-      if (!IsTmpfs(spec_.root) || !IsMountPoint(spec_.root)) {
-        // The gofer (root on the host) opens the workspace; no other host user passes.
-        std::string opts = "size=" + std::to_string(spec_.limits.disk_mb) + "m,mode=0700";
-        if (mount("tmpfs", spec_.root.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, opts.c_str()) != 0) {
-          return Internal(Errno("mount workspace tmpfs on " + spec_.root));
-        }
-      } else {
-        std::string opts = "size=" + std::to_string(spec_.limits.disk_mb) + "m";
-        if (mount(nullptr, spec_.root.c_str(), nullptr, MS_REMOUNT | MS_NOSUID | MS_NODEV,
-                  opts.c_str()) != 0) {
-          return Internal(Errno("remount workspace tmpfs " + spec_.root));
-        }
-      }
+      RETURN_IF_ERROR(MountWorkspaceFs(spec_.root, spec_.limits.disk_mb, -1));
     }
     if (mkdir(workspace_.c_str(), 0755) != 0 && errno != EEXIST) {
       return Internal(Errno("mkdir " + workspace_));
@@ -933,12 +921,6 @@ class Handle : public Sandbox {
   std::shared_ptr<GvisorSandbox> b_;
 };
 
-Status RemoveTree(const std::string& dir) {
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  if (ec) return Internal("remove " + dir + ": " + ec.message());
-  return Status::OK();
-}
 
 // The root filesystem every sandbox shares, read-only: mount points, symlinks like the
 // host's (/bin -> usr/bin), the supervisor and its seccomp filter, and a synthetic /etc.
@@ -1006,9 +988,7 @@ std::unique_ptr<GvisorDriver> GvisorDriver::Open(const GvisorOptions& options) {
   if (d.options.runsc_path.empty()) d.options.runsc_path = FindOnPath("runsc");
   if (d.options.runsc_path.empty()) return unavailable("runsc is not installed (Debian: runsc)");
   if (d.options.init_path.empty()) {
-    std::error_code ec;
-    d.options.init_path =
-        (fs::read_symlink("/proc/self/exe", ec).parent_path() / "agentd-sandbox-init").string();
+    d.options.init_path = DefaultInitPath();
   }
   if (access(d.options.init_path.c_str(), X_OK) != 0) {
     return unavailable("agentd-sandbox-init not found at " + d.options.init_path);
@@ -1113,11 +1093,8 @@ Result<std::unique_ptr<Sandbox>> GvisorDriver::Create(const SandboxSpec& spec) {
 }
 
 Status GvisorDriver::Discard(const std::string& root) {
-  if (IsMountPoint(root) && umount2(root.c_str(), MNT_DETACH) != 0) {
-    return Internal(Errno("unmount " + root));
-  }
   RETURN_IF_ERROR(RemoveTree(root + ".bundle"));
-  return RemoveTree(root);
+  return DiscardRoot(root);
 }
 
 Status GvisorDriver::Hibernate(Sandbox& box, const std::string& image_dir) {
