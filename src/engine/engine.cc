@@ -1541,6 +1541,11 @@ void Engine::SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id) {
     return;
   }
   ss.dirty = false;
+  if (r->manifest_hash == a.state.workspace_manifest) {
+    // Nothing changed since the snapshot the journal already names: no event, no blobs.
+    ss.manifest = std::move(r->manifest);
+    return;
+  }
   Stage(a, ev::kWorkspaceSnapshot, turn_id,
         {{"manifest", r->manifest_hash},
          {"files", r->stats.files},
@@ -1569,7 +1574,7 @@ void Engine::RecordEgress(const std::weak_ptr<Actor>& actor,
   Stage(*a, ev::kEgressConnection, a->state.current_turn, std::move(data)).IgnoreError();
 }
 
-Result<Json> Engine::ListWorkspace(const std::string& session_id) {
+Result<std::string> Engine::WorkspaceManifest(const std::string& session_id) {
   ASSIGN_OR_RETURN(auto a, Acquire(session_id));
   std::string manifest;
   {
@@ -1577,6 +1582,11 @@ Result<Json> Engine::ListWorkspace(const std::string& session_id) {
     manifest = a->state.workspace_manifest;
   }
   Release(a);
+  return manifest;
+}
+
+Result<Json> Engine::ListWorkspace(const std::string& session_id) {
+  ASSIGN_OR_RETURN(std::string manifest, WorkspaceManifest(session_id));
   Json data = Json::array();
   bool truncated = false;
   std::string host = SandboxRoot(session_id) + "/workspace";
@@ -1610,13 +1620,7 @@ Result<Json> Engine::ListWorkspace(const std::string& session_id) {
 
 Result<std::string> Engine::ReadWorkspaceFile(const std::string& session_id,
                                               const std::string& path, size_t max_bytes) {
-  ASSIGN_OR_RETURN(auto a, Acquire(session_id));
-  std::string manifest;
-  {
-    std::lock_guard lock(a->mu);
-    manifest = a->state.workspace_manifest;
-  }
-  Release(a);
+  ASSIGN_OR_RETURN(std::string manifest, WorkspaceManifest(session_id));
   RETURN_IF_ERROR(tools::WorkspaceFiles::CheckPath(path));
   std::string host = SandboxRoot(session_id) + "/workspace";
   std::error_code ec;

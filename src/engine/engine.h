@@ -166,6 +166,8 @@ class Engine {
   // Journals one egress decision in the session's running turn (called on a proxy thread).
   void RecordEgress(const std::weak_ptr<Actor>& actor, const sandbox::egress::EgressEvent& e);
   std::string SandboxRoot(const std::string& session_id) const;
+  // The session's latest workspace snapshot ("" when none); NotFound for no such session.
+  Result<std::string> WorkspaceManifest(const std::string& session_id);
   void Notify(const std::string& session_id, int64_t seq, bool rest);
   // A waiter registers before it reads what it waits on, so no notification is missed.
   std::shared_ptr<Watch> AddWatcher(const std::string& session_id);

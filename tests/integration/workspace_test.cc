@@ -83,6 +83,10 @@ TEST_F(WorkspaceTest, FilesLiveAcrossTurnsAndRestartsAndComeBackFromTheStore) {
   EXPECT_EQ(ToolOutput(t3), Json({{"content", "hello world\n"}}));
   Json t4 = Turn(sid, R"(call exec {"command": "ls -ln notes | tail -1 | awk '{print $3}'"})");
   EXPECT_EQ(ToolOutput(t4)["stdout"], "1000\n");  // restored files belong to the sandbox user
+  // Turns that changed no file record no new snapshot.
+  int snapshots = 0;
+  for (const auto& e : Events(sid)) snapshots += e["type"] == "workspace.snapshot";
+  EXPECT_EQ(snapshots, 2);
 }
 
 TEST_F(WorkspaceTest, RefusalsReachTheModelAndTheSessionStaysUsable) {
