@@ -199,50 +199,95 @@ void Cgroups::Report(Capabilities* caps) const {
 Result<std::unique_ptr<Cgroup>> Cgroups::Create(const std::string& name,
                                                 const Limits& limits) const {
   std::unique_ptr<Cgroup> g(new Cgroup());
-  std::map<std::string, std::string> dirs;  // controller -> group folder
-  for (const auto& [c, place] : places_) {
-    std::string dir = place.dir + "/" + GroupName(name);
-    bool shared = false;  // v2 controllers share one folder
-    for (const auto& d : g->dirs_) shared = shared || d == dir;
-    if (!shared) {
-      if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
-        return Internal("cgroup " + dir + ": " + strerror(errno));
-      }
-      g->dirs_.push_back(dir);
-      g->procs_files_.push_back(dir + "/cgroup.procs");
+  g->leaf_ = GroupName(name);
+  for (const auto& [c, place] : places_) g->members_.push_back({c, place.dir, place.version});
+  g->SetPaths();
+  for (const auto& dir : g->dirs_) {
+    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+      return Internal("cgroup " + dir + ": " + strerror(errno));
     }
-    dirs[c] = dir;
+  }
+  RETURN_IF_ERROR(g->SetLimits(limits));
+  return g;
+}
+
+void Cgroup::SetPaths() {
+  dirs_.clear();
+  procs_files_.clear();
+  memory_events_.clear();
+  has_kill_file_ = false;
+  for (const auto& m : members_) {
+    std::string dir = Dir(m);
+    if (std::find(dirs_.begin(), dirs_.end(), dir) == dirs_.end()) {
+      dirs_.push_back(dir);
+      procs_files_.push_back(dir + "/cgroup.procs");
+    }
+    if (m.controller == "memory") {
+      memory_events_ = dir + (m.version == 1 ? "/memory.oom_control" : "/memory.events");
+    }
+    if (m.version == 2) has_kill_file_ = Exists(dir + "/cgroup.kill");
+  }
+}
+
+Status Cgroup::SetLimits(const Limits& limits) {
+  for (const auto& m : members_) {
+    const std::string dir = Dir(m);
     auto set = [&](const std::string& file, const std::string& value) -> Status {
       if (WriteFile(dir + "/" + file, value)) return Status::OK();
       return Internal("cgroup " + dir + "/" + file + ": " + strerror(errno));
     };
-    if (c == "memory" && limits.memory_mb > 0) {
+    if (m.controller == "memory" && limits.memory_mb > 0) {
       std::string bytes = std::to_string(limits.memory_mb << 20);
-      if (place.version == 1) {
+      if (m.version == 1) {
         RETURN_IF_ERROR(set("memory.limit_in_bytes", bytes));
         if (Exists(dir + "/memory.memsw.limit_in_bytes")) {
           RETURN_IF_ERROR(set("memory.memsw.limit_in_bytes", bytes));
         }
-        g->memory_events_ = dir + "/memory.oom_control";
       } else {
         RETURN_IF_ERROR(set("memory.max", bytes));
         if (Exists(dir + "/memory.swap.max")) RETURN_IF_ERROR(set("memory.swap.max", "0"));
-        g->memory_events_ = dir + "/memory.events";
       }
-    } else if (c == "pids" && limits.pids > 0) {
+    } else if (m.controller == "pids" && limits.pids > 0) {
       RETURN_IF_ERROR(set("pids.max", std::to_string(limits.pids)));
-    } else if (c == "cpu" && limits.cpus > 0) {
+    } else if (m.controller == "cpu" && limits.cpus > 0) {
       int64_t quota = static_cast<int64_t>(limits.cpus * 100000);
-      if (place.version == 1) {
+      if (m.version == 1) {
         RETURN_IF_ERROR(set("cpu.cfs_period_us", "100000"));
         RETURN_IF_ERROR(set("cpu.cfs_quota_us", std::to_string(quota)));
       } else {
         RETURN_IF_ERROR(set("cpu.max", std::to_string(quota) + " 100000"));
       }
     }
-    if (place.version == 2) g->has_kill_file_ = Exists(dir + "/cgroup.kill");
   }
-  return g;
+  return Status::OK();
+}
+
+Status Cgroup::Rename(const std::string& name) {
+  const std::string old_leaf = leaf_, new_leaf = GroupName(name);
+  if (new_leaf == old_leaf) return Status::OK();
+  std::vector<std::string> parents;  // v2 controllers share one parent
+  for (const auto& m : members_) {
+    if (std::find(parents.begin(), parents.end(), m.parent) == parents.end()) {
+      parents.push_back(m.parent);
+    }
+  }
+  for (size_t i = 0; i < parents.size(); ++i) {
+    const std::string from = parents[i] + "/" + old_leaf, to = parents[i] + "/" + new_leaf;
+    // rename(2) replaces an empty folder of the new name; a group of that name belongs to
+    // someone else, so it must not be taken over.
+    const bool taken = Exists(to);
+    if (taken || rename(from.c_str(), to.c_str()) != 0) {
+      Status st = Internal("cgroup " + from + " -> " + new_leaf + ": " +
+                           (taken ? "a group of that name exists" : strerror(errno)));
+      while (i-- > 0) {
+        rename((parents[i] + "/" + new_leaf).c_str(), (parents[i] + "/" + old_leaf).c_str());
+      }
+      return st;
+    }
+  }
+  leaf_ = new_leaf;
+  SetPaths();
+  return Status::OK();
 }
 
 int64_t Cgroup::OomKills() const {

@@ -29,11 +29,28 @@ class Cgroup {
   int64_t OomKills() const;
   // Kills every process in the groups.
   void KillAll();
+  // Sets `limits` (fields <= 0 are left as they are): a few small file writes, cheap next to
+  // moving a process into the groups. On failure some limits may be set and others not.
+  Status SetLimits(const Limits& limits);
+  // Gives the groups the names of sandbox `name`; their processes stay in them. Fails, with
+  // every group keeping its old name, where a folder cannot be renamed (cgroup v2 folders)
+  // or one of that name exists. Not thread-safe: call before the paths are shared.
+  Status Rename(const std::string& name);
 
  private:
   friend class Cgroups;
+  struct Member {
+    std::string controller;
+    std::string parent;  // folder holding sandbox groups
+    int version = 0;
+  };
   Cgroup() = default;
-  std::vector<std::string> dirs_;
+  std::string Dir(const Member& m) const { return m.parent + "/" + leaf_; }
+  void SetPaths();  // dirs_, procs_files_ and memory_events_ from members_ and leaf_
+
+  std::vector<Member> members_;  // one per controller in use
+  std::string leaf_;             // the groups' folder name, "<agentd pid>-<sandbox>"
+  std::vector<std::string> dirs_;  // v2 controllers share one folder
   std::vector<std::string> procs_files_;
   std::string memory_events_;  // file with an "oom_kill N" line; empty when none
   bool has_kill_file_ = false;  // v2 cgroup.kill
