@@ -3,7 +3,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <grp.h>
 #include <linux/magic.h>
 #include <poll.h>
 #include <signal.h>
@@ -27,7 +26,9 @@
 #include <thread>
 
 #include "common/json.h"
+#include "sandbox/bwrap/launch.h"
 #include "sandbox/bwrap/seccomp_filter.h"
+#include "sandbox/bwrap/spare_pool.h"
 #include "sandbox/cgroup.h"
 #include "sandbox/host_util.h"
 #include "sandbox/supervisor_protocol.h"
@@ -62,6 +63,7 @@ struct BwrapDriver::Impl {
   Capabilities caps;
   std::string seccomp_bpf;
   Cgroups cgroups;
+  std::unique_ptr<SparePool> pool;  // after cgroups, which it uses: destroyed first
   bool root = false;
   std::string etc_dir;
   std::vector<std::string> layout;  // bwrap arguments shared by every sandbox
@@ -129,6 +131,16 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     if (mkdir(workspace_.c_str(), 0755) != 0 && errno != EEXIST) {
       return Internal(Errno("mkdir " + workspace_));
     }
+    // A spare's groups become the sandbox's, with the spare in them, ready to become bwrap
+    // at the first command.
+    if (std::unique_ptr<Spare> spare = d_->pool ? d_->pool->Take() : nullptr) {
+      auto cg = spare->Adopt(spec_.id, spec_.limits);
+      if (cg.ok()) {
+        cgroup_ = std::move(cg).value();
+        spare_ = std::move(spare);
+        return Status::OK();
+      }
+    }
     auto cg = d_->cgroups.Create(spec_.id, spec_.limits);
     if (!cg.ok()) return cg.status();
     cgroup_ = std::move(cg).value();
@@ -183,6 +195,9 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
   void Shutdown() override {
     std::unique_lock<std::mutex> lock(mu_);
     StopLocked(lock);
+    std::unique_ptr<Spare> spare = std::move(spare_);
+    lock.unlock();
+    spare.reset();  // a spare not used yet is killed and reaped; its groups stay the sandbox's
   }
 
   // Process support.
@@ -235,6 +250,11 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
     std::vector<std::string> procs = cgroup_->procs_files();
+    std::unique_ptr<Spare> spare;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      spare = std::move(spare_);
+    }
 
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -263,35 +283,18 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       close_all();
       return st;
     }
-    const bool as_root = d_->root;
-    const uid_t uid = uid_;
-    pid_t pid = fork();
-    if (pid == 0) {
-      // Only async-signal-safe calls from here to exec.
-      for (const auto& f : procs) {
-        int fd = open(f.c_str(), O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "0", 1) != 1) _exit(120);
-        close(fd);
+    const int fds[kBwrapFds] = {sv[1], bpf, ws, init, etc, errpipe[1]};
+    const long uid = d_->root ? static_cast<long>(uid_) : -1;
+    // The spare is in the sandbox's groups already; one that has ended since it was taken
+    // leaves the start to the direct way.
+    pid_t pid = spare ? spare->Launch(EncodeOrder(uid, args, environ), fds) : -1;
+    if (pid < 0) {
+      pid = fork();
+      if (pid == 0) {
+        // Only async-signal-safe calls from here to exec.
+        if (!JoinCgroups(procs)) _exit(kExitCgroup);
+        ExecBwrap(fds, uid, argv.data(), environ);
       }
-      if (as_root && (setgroups(0, nullptr) != 0 || setresgid(uid, uid, uid) != 0 ||
-                      setresuid(uid, uid, uid) != 0)) {
-        _exit(121);
-      }
-      // dup2 to the fixed numbers the arguments name; the sources are all above 7 or are
-      // moved first, so no dup2 overwrites a source still needed.
-      int src[6] = {sv[1], bpf, ws, init, etc, errpipe[1]};
-      for (int& fd : src) {
-        if (fd <= 7 && (fd = fcntl(fd, F_DUPFD_CLOEXEC, 8)) < 0) _exit(122);
-      }
-      for (int i = 0; i < 5; ++i) {
-        if (dup2(src[i], 3 + i) != 3 + i) _exit(122);
-      }
-      if (dup2(src[5], 2) != 2) _exit(122);
-      int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-      if (devnull < 0 || dup2(devnull, 0) != 0 || dup2(devnull, 1) != 1) _exit(123);
-      close_range(8, ~0U, 0);
-      execv(argv[0], argv.data());
-      _exit(124);
     }
     for (int fd : {sv[1], bpf, ws, init, etc, errpipe[1]}) close(fd);
     if (pid < 0) {
@@ -310,6 +313,9 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     if (!cv_.wait_for(lock, kStartTimeout, [&] { return ready_ || dead_; })) {
       start_error_ = "the sandbox did not start within " + std::to_string(kStartTimeout.count()) + " s";
     }
+    lock.unlock();
+    spare.reset();  // the start is over: the pool may refill now
+    lock.lock();
     if (!ready_) {
       std::string why = start_error_.empty() ? "the sandbox failed to start" : start_error_;
       why += BwrapErrorLocked();
@@ -546,6 +552,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
   std::thread reader_;
   int64_t next_id_ = 1;
   std::map<int64_t, Pending> pending_;
+  std::unique_ptr<Spare> spare_;  // taken at Create, used by the first start
 };
 
 BwrapProcess::BwrapProcess(std::shared_ptr<BwrapSandbox> box, int64_t id, int in, int out, int err)
@@ -720,6 +727,7 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   } else {
     d.caps.not_enforced["landlock"] = "the kernel has no Landlock";
   }
+  d.pool = std::make_unique<SparePool>(&d.cgroups, d.options.init_path, d.options.spares);
   return driver;
 }
 
@@ -761,6 +769,16 @@ Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
 
 Status BwrapDriver::Discard(const std::string& root) {
   return DiscardRoot(root);
+}
+
+size_t BwrapDriver::ReadySpares() const { return impl_->pool ? impl_->pool->Ready() : 0; }
+
+bool BwrapDriver::WaitForSparesBlocking(std::chrono::milliseconds timeout) const {
+  return !impl_->pool || impl_->pool->WaitFullBlocking(timeout);
+}
+
+std::vector<pid_t> BwrapDriver::SparePidsForTest() const {
+  return impl_->pool ? impl_->pool->PidsForTest() : std::vector<pid_t>{};
 }
 
 }  // namespace agentd::sandbox

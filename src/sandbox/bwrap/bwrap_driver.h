@@ -11,8 +11,10 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "sandbox/sandbox.h"
 
@@ -25,6 +27,10 @@ struct BwrapOptions {
   // Sandboxes run as host uids uid_base + slot (when agentd is root).
   uid_t uid_base = 1000000000;
   uid_t uid_slots = 65536;
+  // Spare launchers kept ready (spare_pool.h), each an idle process in its own cgroups, so
+  // that a sandbox's start does not wait for the kernel to move a process into its groups.
+  // 0: none; every sandbox starts by forking and joining its groups itself.
+  int spares = 1;
 };
 
 class BwrapDriver : public SandboxDriver {
@@ -40,6 +46,13 @@ class BwrapDriver : public SandboxDriver {
   // Removes a sandbox's root folder and the filesystem mounted on it (its workspace files
   // are gone after this: snapshot them first). The sandbox must not be running.
   Status Discard(const std::string& root) override;
+
+  // Spare launchers ready now.
+  size_t ReadySpares() const;
+  // Waits until BwrapOptions::spares spares are ready (at once when that is 0). Returns
+  // false at the timeout.
+  bool WaitForSparesBlocking(std::chrono::milliseconds timeout) const;
+  std::vector<pid_t> SparePidsForTest() const;
 
   struct Impl;
 

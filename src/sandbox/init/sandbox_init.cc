@@ -1,6 +1,9 @@
 // agentd-sandbox-init: the first process of every sandbox (after the driver's own init).
 //
 // Usage (by a driver only): agentd-sandbox-init FD [--proxy PORT] RW_DIR...
+//                        or agentd-sandbox-init --stdio ... (below)
+//                        or agentd-sandbox-init --launch FD (a spare launcher of the bwrap
+//                           driver, outside any sandbox: src/sandbox/bwrap/launch.h)
 //   FD      the SOCK_SEQPACKET socket to agentd (supervisor_protocol.h)
 //   PORT    listen on 127.0.0.1:PORT and hand every connection to agentd, whose egress
 //           proxy serves it (the sandbox has no other way out)
@@ -37,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "sandbox/bwrap/launch.h"
 #include "sandbox/supervisor_protocol.h"
 
 namespace {
@@ -606,6 +610,9 @@ int MainStdio(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc >= 2 && strcmp(argv[1], "--stdio") == 0) return MainStdio(argc, argv);
+  if (argc == 3 && strcmp(argv[1], "--launch") == 0) {
+    return agentd::sandbox::RunSpare(atoi(argv[2]));
+  }
   if (argc < 2) {
     fprintf(stderr, "usage: agentd-sandbox-init FD RW_DIR...\n");
     return 2;
