@@ -3,7 +3,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace agentd {
 
@@ -27,5 +29,8 @@ class SystemClock final : public Clock {
 
 // RFC 3339 with milliseconds in UTC, e.g. 2026-11-28T04:27:53.123Z.
 std::string FormatRfc3339(int64_t millis);
+// Unix milliseconds of an RFC 3339 date-time ("2026-11-28T04:27:53.123Z", any number of
+// fraction digits, 'Z' or a numeric offset); nullopt when `text` is not one.
+std::optional<int64_t> ParseRfc3339(std::string_view text);
 
 }  // namespace agentd

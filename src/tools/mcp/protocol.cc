@@ -6,6 +6,7 @@
 #include <cctype>
 #include <set>
 
+#include "common/base64.h"
 #include "tools/mcp/connection.h"
 #include "tools/mcp/mcp_client.h"
 
@@ -76,31 +77,6 @@ Status SseParser::Feed(std::string_view bytes, const std::function<void(std::str
   return Status::OK();
 }
 
-static std::string Base64(std::string_view in) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (static_cast<uint8_t>(in[i]) << 16) | (static_cast<uint8_t>(in[i + 1]) << 8) |
-                 static_cast<uint8_t>(in[i + 2]);
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += kAlphabet[(v >> 6) & 63];
-    out += kAlphabet[v & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = static_cast<uint8_t>(in[i]) << 16;
-    if (i + 1 < in.size()) v |= static_cast<uint8_t>(in[i + 1]) << 8;
-    out += kAlphabet[(v >> 18) & 63];
-    out += kAlphabet[(v >> 12) & 63];
-    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
-
 // A header value as the 2026-07-28 Streamable HTTP binding wants it ("Value Encoding").
 std::string HeaderValue(std::string_view v) {
   bool plain =
@@ -111,7 +87,7 @@ std::string HeaderValue(std::string_view v) {
   }
   bool sentinel = v.size() >= 11 && v.substr(0, 9) == "=?base64?" && v.substr(v.size() - 2) == "?=";
   if (plain && !sentinel) return std::string(v);
-  return "=?base64?" + Base64(v) + "?=";
+  return "=?base64?" + Base64Encode(v) + "?=";
 }
 
 namespace {
