@@ -170,9 +170,33 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
  private:
   void DoRead() {
     parser_.emplace();
-    parser_->body_limit(server_->options.max_body_bytes);
+    body_limit_ = server_->options.max_body_bytes;
+    parser_->body_limit(body_limit_);
     parser_->header_limit(64 * 1024);
     stream_.expires_after(std::chrono::seconds(75));
+    if (!server_->options.body_limit_for) {
+      bhttp::async_read(stream_, buffer_, *parser_,
+                        beast::bind_front_handler(&Connection::OnRead, shared_from_this()));
+      return;
+    }
+    // The route decides how large a body may be: read the header first (a Content-Length is
+    // checked against the limit when the header is parsed, so none applies until then).
+    parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+    bhttp::async_read_header(
+        stream_, buffer_, *parser_,
+        beast::bind_front_handler(&Connection::OnHeader, shared_from_this()));
+  }
+
+  void OnHeader(beast::error_code ec, size_t) {
+    if (ec) return OnRead(ec, 0);
+    const auto& h = parser_->get();
+    body_limit_ = server_->options.body_limit_for(
+        std::string_view(h.method_string().data(), h.method_string().size()),
+        std::string_view(h.target().data(), h.target().size()));
+    if (auto length = parser_->content_length(); length && *length > body_limit_) {
+      return OnRead(bhttp::error::body_limit, 0);
+    }
+    parser_->body_limit(body_limit_);
     bhttp::async_read(stream_, buffer_, *parser_,
                       beast::bind_front_handler(&Connection::OnRead, shared_from_this()));
   }
@@ -188,8 +212,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
     if (ec) {
       int status = ec == bhttp::error::body_limit ? 413 : 400;
       std::string detail =
-          status == 413 ? fmt::format("request body larger than {} bytes",
-                                      server_->options.max_body_bytes)
+          status == 413 ? fmt::format("request body larger than {} bytes", body_limit_)
                         : fmt::format("malformed HTTP request: {}", ec.message());
       bhttp::response<bhttp::string_body> res{static_cast<bhttp::status>(status), 11};
       res.set(bhttp::field::content_type, "application/problem+json");
@@ -284,6 +307,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public Excha
   static constexpr size_t kReadBufferBytes = 16 * 1024;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  size_t body_limit_ = 0;  // of the request being read
   Server::Impl* server_;
   unsigned version_ = 11;
   bool keep_alive_ = true;

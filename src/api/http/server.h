@@ -63,6 +63,9 @@ struct ServerOptions {
   uint16_t port = 0;               // 0 picks a free port (see port())
   int io_threads = 2;              // event-loop threads
   size_t max_body_bytes = 1u << 20;  // larger request bodies get 413
+  // When set, the body limit of a request from its method and target (path and query),
+  // instead of max_body_bytes.
+  std::function<size_t(std::string_view method, std::string_view target)> body_limit_for;
   size_t max_handler_threads = 1024;  // upper bound of the handler pool
   std::string pool_name = "http";
 };

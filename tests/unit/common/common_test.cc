@@ -4,6 +4,8 @@
 #include <set>
 
 #include "api/http/server.h"
+#include "common/base64.h"
+#include "common/clock.h"
 #include "common/http_client.h"
 #include "common/ids.h"
 #include "common/json.h"
@@ -126,6 +128,71 @@ TEST_F(HttpServerTest, OversizedBodyIs413ProblemJson) {
   EXPECT_EQ(r->status, 413);
   EXPECT_EQ(r->Header("content-type"), "application/problem+json");
   EXPECT_NE(r->body.find("larger than 1024 bytes"), std::string::npos);
+}
+
+TEST(HttpServerLimitTest, EachRouteHasItsBodyLimitWithContentLengthOrChunked) {
+  http::ServerOptions o;
+  o.max_body_bytes = 1024;
+  o.body_limit_for = [](std::string_view method, std::string_view target) -> size_t {
+    return method == "POST" && target.substr(0, 4) == "/big" ? 8192 : 1024;
+  };
+  http::Server server(o, [](const http::Request& r, http::Exchange& ex) {
+    ex.Respond({200, "text/plain", std::to_string(r.body.size()), {}});
+  });
+  ASSERT_TRUE(server.Start().ok());
+  std::string base = "http://127.0.0.1:" + std::to_string(server.port());
+  for (bool chunked : {false, true}) {
+    auto post = [&](const std::string& path, size_t n) {
+      HttpRequest req;
+      req.url = base + path;
+      req.body = std::string(n, 'a');
+      if (chunked) req.headers.emplace_back("Transfer-Encoding", "chunked");
+      auto r = HttpDoBlocking(req);
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      return r.ok() ? std::make_pair(r->status, r->body) : std::make_pair(0, std::string());
+    };
+    SCOPED_TRACE(chunked ? "chunked" : "content-length");
+    EXPECT_EQ(post("/big?x=1", 6000), std::make_pair(200, std::string("6000")));
+    auto over = post("/big", 9000);
+    EXPECT_EQ(over.first, 413);
+    EXPECT_NE(over.second.find("larger than 8192 bytes"), std::string::npos) << over.second;
+    auto small = post("/other", 2000);
+    EXPECT_EQ(small.first, 413);
+    EXPECT_NE(small.second.find("larger than 1024 bytes"), std::string::npos) << small.second;
+    EXPECT_EQ(post("/other", 1000).first, 200);
+  }
+}
+
+TEST(ClockTest, ParsesRfc3339) {
+  EXPECT_EQ(ParseRfc3339("1970-01-01T00:00:00Z"), 0);
+  EXPECT_EQ(ParseRfc3339(FormatRfc3339(1796000000123)), 1796000000123);
+  EXPECT_EQ(ParseRfc3339("2026-11-29T10:00:00.5+01:00"), ParseRfc3339("2026-11-29T09:00:00.500Z"));
+  EXPECT_EQ(ParseRfc3339("2026-11-29t09:00:00.123456z"), ParseRfc3339("2026-11-29T09:00:00.123Z"));
+  EXPECT_EQ(ParseRfc3339("2024-02-29T00:00:00-00:30"), ParseRfc3339("2024-02-29T00:30:00Z"));
+  for (const char* bad : {"", "2026-11-29", "2026-11-29T09:00:00", "2026-13-01T00:00:00Z",
+                          "2025-02-29T00:00:00Z", "2026-11-29T24:00:00Z", "2026-11-29T09:00:00.Z",
+                          "2026-11-29T09:00:00Zjunk", "2026-11-29 09:00:00Z", "yesterday",
+                          "2026-11-29T09:00:00+0100"}) {
+    EXPECT_FALSE(ParseRfc3339(bad).has_value()) << bad;
+  }
+}
+
+TEST(Base64Test, RoundTripsAndRefusesWhatIsNotBase64) {
+  std::string bytes;
+  for (int i = 0; i < 256; ++i) bytes += static_cast<char>(i);
+  for (size_t n : {0, 1, 2, 3, 4, 255, 256}) {
+    std::string in = bytes.substr(0, n);
+    for (auto v : {Base64Variant::kStandard, Base64Variant::kUrlNoPadding}) {
+      auto out = Base64Decode(Base64Encode(in, v), v);
+      ASSERT_TRUE(out.ok());
+      EXPECT_EQ(*out, in);
+    }
+  }
+  EXPECT_EQ(Base64Encode("hi?>"), "aGk/Pg==");
+  EXPECT_EQ(Base64Encode("hi?>", Base64Variant::kUrlNoPadding), "aGk_Pg");
+  for (const char* bad : {"@@@@", "aGk", "aGk/Pg=", "aGk/Pg== ", "aGk_Pg=="}) {
+    EXPECT_FALSE(Base64Decode(bad).ok()) << bad;
+  }
 }
 
 TEST_F(HttpServerTest, BadPercentEncodingIs400) {
