@@ -80,14 +80,20 @@ std::vector<std::string> Segments(const std::string& path) {
   return out;
 }
 
-// A body is JSON whatever it is labelled; a label that says otherwise is refused (415) before
-// the body is looked at. No Content-Type at all is accepted (curl -d without -H), and an
-// empty body may carry any label (curl -X POST sends a form type).
-bool JsonContentType(const http::Request& req) {
+// The media type of `req` without parameters, lower-cased ("" when none).
+std::string MediaType(const http::Request& req) {
   std::string ct = req.Header("content-type");
   std::string base = ct.substr(0, ct.find(';'));
   while (!base.empty() && base.back() == ' ') base.pop_back();
   for (auto& c : base) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return base;
+}
+
+// A body is JSON whatever it is labelled; a label that says otherwise is refused (415) before
+// the body is looked at. No Content-Type at all is accepted (curl -d without -H), and an
+// empty body may carry any label (curl -X POST sends a form type).
+bool JsonContentType(const http::Request& req) {
+  std::string base = MediaType(req);
   return base.empty() || base == "application/json" ||
          (base.size() > 5 && base.substr(base.size() - 5) == "+json");
 }
@@ -140,6 +146,10 @@ bool EndsTurnStream(const std::string& type) {
 
 }  // namespace
 
+bool IsImportRequest(std::string_view method, std::string_view target) {
+  return method == "POST" && target.substr(0, target.find('?')) == "/v1/sessions:import";
+}
+
 http::Response ProblemResponse(const Status& status) {
   int code = HttpStatusFor(status.code());
   std::string detail = status.message();
@@ -176,6 +186,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     ex.Respond({201, "application/json", DumpJson(*r),
                 {{"Location", fmt::format("/v1/{}/{}", collection, id)}}});
   };
+  if (IsImportRequest(m, req.path)) return HandleImport(req, ex);
   if ((m == "POST" || m == "PUT") && !req.body.empty() && !JsonContentType(req)) {
     return ex.Respond(Problem(415, "unsupported_media_type",
                               fmt::format("Content-Type '{}' is not supported; send "
@@ -265,6 +276,10 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       if (m != "POST") return method_not_allowed("POST");
       return reply(engine_->CancelSession(sid));
     }
+    if (seg.size() == 4 && seg[3] == "export") {
+      if (m != "GET") return method_not_allowed("GET");
+      return HandleExport(ex, sid);
+    }
     if (seg.size() == 4 && seg[3] == "events") {
       if (m != "GET") return method_not_allowed("GET");
       return HandleEvents(req, ex, sid);
@@ -342,6 +357,52 @@ void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const st
     return ex.Respond({resting ? 200 : 202, "application/json", DumpJson(*t), headers});
   }
   ex.Respond({submitted->created ? 202 : 200, "application/json", DumpJson(turn), headers});
+}
+
+void Api::HandleExport(http::Exchange& ex, const std::string& sid) {
+  bool streaming = false;
+  std::string chunk;  // lines are sent in chunks of about 64 KiB
+  Status st = engine_->ExportSession(
+      sid,
+      [&] {
+        streaming = ex.StartStream(
+            200, "application/x-ndjson",
+            {{"Content-Disposition",
+              fmt::format("attachment; filename=\"{}.agentd-export.jsonl\"", sid)}});
+        return streaming;
+      },
+      [&](std::string_view line) {
+        chunk.append(line);
+        chunk += '\n';
+        if (chunk.size() < (64u << 10)) return true;
+        bool ok = ex.Write(chunk);
+        chunk.clear();
+        return ok;
+      });
+  if (!streaming) return ex.Respond(ProblemResponse(st));
+  // A failure after the first line leaves the file without its end record, which is how an
+  // importer knows it is incomplete.
+  if (!st.ok() && st.code() != StatusCode::kCancelled) {
+    spdlog::error("export of session {} stopped: {}", sid, st.ToString());
+  }
+  if (st.ok() && !chunk.empty() && !ex.Write(chunk)) return;
+  ex.EndStream();
+}
+
+void Api::HandleImport(const http::Request& req, http::Exchange& ex) {
+  std::string type = MediaType(req);
+  if (!type.empty() && type != "application/x-ndjson" && type != "application/jsonl" &&
+      type != "application/json") {
+    return ex.Respond(Problem(415, "unsupported_media_type",
+                              fmt::format("Content-Type '{}' is not supported; send an export "
+                                          "file as application/x-ndjson",
+                                          req.Header("content-type"))));
+  }
+  auto r = engine_->ImportSession(req.body);
+  if (!r.ok()) return ex.Respond(ProblemResponse(r.status()));
+  std::string id = r->value("id", "");
+  ex.Respond({201, "application/json", DumpJson(*r),
+              {{"Location", fmt::format("/v1/sessions/{}", id)}}});
 }
 
 void Api::HandleEvents(const http::Request& req, http::Exchange& ex, const std::string& sid) {

@@ -21,6 +21,8 @@ struct ApiOptions {
 int HttpStatusFor(StatusCode code);
 // A problem+json response for `status`.
 http::Response ProblemResponse(const Status& status);
+// True for POST /v1/sessions:import, whose body (an export file) has its own size limit.
+bool IsImportRequest(std::string_view method, std::string_view target);
 
 class Api {
  public:
@@ -31,6 +33,8 @@ class Api {
  private:
   void HandleTurnsPost(const http::Request& req, http::Exchange& ex, const std::string& sid);
   void HandleEvents(const http::Request& req, http::Exchange& ex, const std::string& sid);
+  void HandleExport(http::Exchange& ex, const std::string& sid);
+  void HandleImport(const http::Request& req, http::Exchange& ex);
   // Streams the session's events from `after` until `until` returns true for an event.
   void StreamEvents(http::Exchange& ex, const std::string& sid, int64_t after,
                     const std::string& only_turn, bool stop_at_turn_end);

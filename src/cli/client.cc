@@ -157,6 +157,26 @@ Result<ApiResponse> ApiClient::CallBlocking(std::string_view method, std::string
   return out;
 }
 
+Result<ApiResponse> ApiClient::TransferBlocking(std::string_view method, std::string_view path,
+                                                std::string body, std::string_view content_type,
+                                                size_t max_response_bytes) {
+  HttpRequest req;
+  req.method = std::string(method);
+  req.url = options_.server + std::string(path);
+  req.headers = BaseHeaders(nullptr);
+  if (!body.empty()) req.headers.emplace_back("Content-Type", std::string(content_type));
+  req.body = std::move(body);
+  req.timeout = std::chrono::milliseconds(0);  // a large file takes as long as it takes
+  req.connect_timeout = options_.connect_timeout;
+  req.max_response_bytes = max_response_bytes;
+  ASSIGN_OR_RETURN(HttpResponse resp, HttpDoBlocking(req));
+  ApiResponse out;
+  out.http_status = resp.status;
+  out.content_type = MediaType(resp.Header("content-type"));
+  out.body = std::move(resp.body);
+  return out;
+}
+
 Result<ApiResponse> ApiClient::StreamBlocking(std::string_view method, std::string_view path,
                                               const Json* body, const Headers& extra_headers,
                                               const SseParser::Handler& on_event) {

@@ -72,6 +72,12 @@ class ApiClient {
   Result<ApiResponse> CallBlocking(std::string_view method, std::string_view path, const Json* body,
                                    const Headers& extra_headers = {});
 
+  // Sends `body` as is, labelled `content_type` (no body when empty), and answers the raw
+  // response, up to `max_response_bytes`. For files: an export downloaded, one uploaded.
+  Result<ApiResponse> TransferBlocking(std::string_view method, std::string_view path,
+                                       std::string body, std::string_view content_type,
+                                       size_t max_response_bytes);
+
   // Like CallBlocking, but asks for text/event-stream and passes each event to `on_event`
   // as it arrives, with no overall time limit. Returns when the server ends the body or
   // `on_event` returns false (both are successes). A non-2xx answer is returned with its body

@@ -1,12 +1,16 @@
 #include "cli/commands.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <iterator>
@@ -250,6 +254,66 @@ ExitCode SessionsDelete(Context& ctx, const std::string& id) {
   } else {
     Out(fmt::format("deleted {}\n", OneLine(id)));
   }
+  return ExitCode::kOk;
+}
+
+// Writes the session's export file to `out` ("-": stdout). A file is made readable by its
+// owner only: it holds the whole conversation.
+ExitCode SessionsExport(Context& ctx, const std::string& id, const std::string& out) {
+  Result<ApiResponse> r = ctx.client.TransferBlocking(
+      "GET", "/v1/sessions/" + Seg(id) + "/export", "", "", size_t{4} << 30);
+  if (!r.ok()) return FailStatus(r.status());
+  if (!r->ok()) return FailResponse(*r);
+  // The server sends the end record last; without it the download was cut short.
+  size_t last = r->body.rfind('\n', r->body.size() >= 2 ? r->body.size() - 2 : 0);
+  std::string_view tail = std::string_view(r->body).substr(last == std::string::npos ? 0 : last + 1);
+  if (tail.find("\"kind\":\"end\"") == std::string_view::npos) {
+    return Fail(ExitCode::kUnavailable, "the export ended early (no end record); try again");
+  }
+  if (out == "-") {
+    Out(r->body);
+    return ExitCode::kOk;
+  }
+  int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return Fail(ExitCode::kUsage, fmt::format("cannot create {}: {}", out, std::strerror(errno)));
+  }
+  bool ok = true;
+  for (size_t off = 0; ok && off < r->body.size();) {
+    ssize_t n = ::write(fd, r->body.data() + off, r->body.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) off += static_cast<size_t>(n);
+  }
+  ok = ::close(fd) == 0 && ok;
+  if (!ok) {
+    ::unlink(out.c_str());
+    return Fail(ExitCode::kError, fmt::format("cannot write {}", out));
+  }
+  if (!ctx.json) Err(fmt::format("wrote {} ({} bytes)\n", out, r->body.size()));
+  return ExitCode::kOk;
+}
+
+ExitCode SessionsImport(Context& ctx, const std::string& path) {
+  std::string file;
+  if (path == "-") {
+    file.assign(std::istreambuf_iterator<char>(std::cin), {});
+  } else {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return Fail(ExitCode::kUsage, fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+    }
+    file.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  if (file.empty()) return Fail(ExitCode::kUsage, fmt::format("{} is empty", path));
+  Result<ApiResponse> r = ctx.client.TransferBlocking("POST", "/v1/sessions:import",
+                                                      std::move(file), "application/x-ndjson",
+                                                      16u << 20);
+  if (!r.ok()) return FailStatus(r.status());
+  if (!r->ok()) return FailResponse(*r);
+  Result<Json> session = ParseResponseJson(*r, "the server's response");
+  if (!session.ok()) return FailStatus(session.status());
+  Out(ctx.json ? PrettyJson(*session) + "\n" : OneLine(FieldText(*session, "id")) + "\n");
   return ExitCode::kOk;
 }
 
@@ -699,6 +763,18 @@ int RunAgentctlBlocking(int argc, char** argv) {
     auto* x = sessions->add_subcommand("cancel", "cancel the session's running turn");
     x->add_option("ID", id, "session id")->required();
     on(x, [&](Context& ctx) { return SessionsCancel(ctx, id); });
+
+    auto* e = sessions->add_subcommand(
+        "export", "write a session's export file: its journal, agent and workspace");
+    e->add_option("ID", id, "session id")->required();
+    e->add_option("-o,--output", file, "where to write it (a new file; - for stdout)")
+        ->required();
+    on(e, [&](Context& ctx) { return SessionsExport(ctx, id, file); });
+
+    auto* im = sessions->add_subcommand(
+        "import", "create a session from an export file (from this or another agentd)");
+    im->add_option("FILE", file, "the export file; - reads stdin")->required();
+    on(im, [&](Context& ctx) { return SessionsImport(ctx, file); });
   }
 
   {

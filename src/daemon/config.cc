@@ -145,6 +145,8 @@ Status LoadConfigFile(const std::string& path, Config* cfg) {
       RETURN_IF_ERROR(ReadString(v, key, &cfg->log_level));
     } else if (key == "max_body_bytes") {
       RETURN_IF_ERROR(ReadInt(v, key, 1024, 64 << 20, &cfg->max_body_bytes));
+    } else if (key == "max_import_bytes") {
+      RETURN_IF_ERROR(ReadInt(v, key, 1024, int64_t{4} << 30, &cfg->max_import_bytes));
     } else if (key == "io_threads") {
       RETURN_IF_ERROR(ReadInt(v, key, 1, 64, &cfg->io_threads));
     } else if (key == "snapshot_every") {

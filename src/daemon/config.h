@@ -17,6 +17,7 @@ struct Config {
   std::string data_dir = "./var";         // SQLite database and lock file live here
   std::string log_level = "info";         // trace|debug|info|warn|error
   int64_t max_body_bytes = 1 << 20;       // larger request bodies get 413
+  int64_t max_import_bytes = int64_t{256} << 20;  // the same for a session export file
   int64_t io_threads = 2;                 // HTTP event-loop threads
   int64_t snapshot_every = 100;           // journal events between session snapshots
   int64_t max_workers = 512;              // sessions driven at the same time

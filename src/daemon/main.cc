@@ -181,6 +181,10 @@ int main(int argc, char** argv) {
   ho.port = port;
   ho.io_threads = static_cast<int>(cfg.io_threads);
   ho.max_body_bytes = static_cast<size_t>(cfg.max_body_bytes);
+  ho.body_limit_for = [&cfg](std::string_view method, std::string_view target) {
+    return api::IsImportRequest(method, target) ? static_cast<size_t>(cfg.max_import_bytes)
+                                                : static_cast<size_t>(cfg.max_body_bytes);
+  };
   http::Server server(ho, [&](const http::Request& r, http::Exchange& ex) { api.Handle(r, ex); });
   if (Status st = server.Start(); !st.ok()) return Fail(st.message());
 

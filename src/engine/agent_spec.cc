@@ -331,4 +331,51 @@ Result<AgentSpec> AgentFromJson(const Json& stored) {
   return a;
 }
 
+// Turn input: a string, or an array of message items.
+Result<Json> ParseTurnInput(const Json& input, size_t max_items) {
+  if (input.is_string()) {
+    if (input.get_ref<const std::string&>().empty()) {
+      return InvalidArgument("'input' must not be empty");
+    }
+    return Json::array({{{"type", "message"}, {"role", "user"}, {"content", input}}});
+  }
+  if (!input.is_array()) return InvalidArgument("'input' must be a string or an array of items");
+  if (input.empty()) return InvalidArgument("'input' must not be empty");
+  if (input.size() > max_items) {
+    return InvalidArgument(fmt::format("'input' has more than {} items", max_items));
+  }
+  Json out = Json::array();
+  for (size_t i = 0; i < input.size(); ++i) {
+    FieldReader r(input[i], fmt::format("input[{}]", i));
+    RETURN_IF_ERROR(r.CheckObject());
+    std::string type = "message", role, content;
+    RETURN_IF_ERROR(r.String("type", &type, false, 32));
+    if (type != "message") {
+      return InvalidArgument(fmt::format("'input[{}].type' must be \"message\"", i));
+    }
+    RETURN_IF_ERROR(r.String("role", &role, true, 32));
+    if (role != "user" && role != "assistant" && role != "system" && role != "developer") {
+      return InvalidArgument(fmt::format(
+          "'input[{}].role' must be one of user, assistant, system, developer", i));
+    }
+    RETURN_IF_ERROR(r.String("content", &content, true));
+    RETURN_IF_ERROR(r.NoUnknownKeys());
+    out.push_back({{"type", "message"}, {"role", role}, {"content", content}});
+  }
+  return out;
+}
+
+Status CheckSessionMetadata(const Json& meta) {
+  if (!meta.is_object()) return InvalidArgument("'metadata' must be an object");
+  if (meta.size() > 64) return InvalidArgument("'metadata' has more than 64 keys");
+  for (const auto& [k, v] : meta.items()) {
+    if (k.size() > 64) return InvalidArgument("'metadata' keys must be at most 64 characters");
+    if (!v.is_string() || v.get_ref<const std::string&>().size() > 512) {
+      return InvalidArgument(
+          fmt::format("'metadata.{}' must be a string of at most 512 characters", k));
+    }
+  }
+  return Status::OK();
+}
+
 }  // namespace agentd::engine

@@ -74,4 +74,10 @@ Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& 
 // Reads a stored agent object back (trusted input written by ToJson()).
 Result<AgentSpec> AgentFromJson(const Json& stored);
 
+// A turn's input as the API takes it (a string, or an array of at most `max_items` message
+// items), as canonical message items.
+Result<Json> ParseTurnInput(const Json& input, size_t max_items);
+// A session's metadata: an object of at most 64 string values.
+Status CheckSessionMetadata(const Json& metadata);
+
 }  // namespace agentd::engine

@@ -105,61 +105,8 @@ struct Engine::Watch {
 
 namespace {
 
-store::TurnRow TurnRowOf(const std::string& session_id, const TurnState& t) {
-  return {session_id, t.id, t.ordinal, t.status, t.idempotency_key,
-          DumpJson(journal::TurnObject(session_id, t))};
-}
-
 Json ErrorJson(std::string_view code, const std::string& message) {
   return {{"code", code}, {"message", message}};
-}
-
-Json EventToJson(const store::EventRecord& e) {
-  Json data;
-  try {
-    data = Json::parse(e.data);
-  } catch (const std::exception&) {
-    data = Json::object();
-  }
-  return {{"seq", e.seq},
-          {"type", e.type},
-          {"turn_id", e.turn_id.empty() ? Json() : Json(e.turn_id)},
-          {"time", FormatRfc3339(e.time_ms)},
-          {"data", std::move(data)}};
-}
-
-// Turn input: a string, or an array of message items.
-Result<Json> ParseInput(const Json& input, size_t max_items) {
-  if (input.is_string()) {
-    if (input.get_ref<const std::string&>().empty()) {
-      return InvalidArgument("'input' must not be empty");
-    }
-    return Json::array({{{"type", "message"}, {"role", "user"}, {"content", input}}});
-  }
-  if (!input.is_array()) return InvalidArgument("'input' must be a string or an array of items");
-  if (input.empty()) return InvalidArgument("'input' must not be empty");
-  if (input.size() > max_items) {
-    return InvalidArgument(fmt::format("'input' has more than {} items", max_items));
-  }
-  Json out = Json::array();
-  for (size_t i = 0; i < input.size(); ++i) {
-    FieldReader r(input[i], fmt::format("input[{}]", i));
-    RETURN_IF_ERROR(r.CheckObject());
-    std::string type = "message", role, content;
-    RETURN_IF_ERROR(r.String("type", &type, false, 32));
-    if (type != "message") {
-      return InvalidArgument(fmt::format("'input[{}].type' must be \"message\"", i));
-    }
-    RETURN_IF_ERROR(r.String("role", &role, true, 32));
-    if (role != "user" && role != "assistant" && role != "system" && role != "developer") {
-      return InvalidArgument(fmt::format(
-          "'input[{}].role' must be one of user, assistant, system, developer", i));
-    }
-    RETURN_IF_ERROR(r.String("content", &content, true));
-    RETURN_IF_ERROR(r.NoUnknownKeys());
-    out.push_back({{"type", "message"}, {"role", role}, {"content", content}});
-  }
-  return out;
 }
 
 std::string OutputText(const Json& output) {
@@ -283,15 +230,7 @@ Result<Json> Engine::CreateSession(const Json& body) {
   RETURN_IF_ERROR(r.Value("metadata", &metadata, false));
   RETURN_IF_ERROR(r.NoUnknownKeys());
   Json meta = metadata ? *metadata : Json::object();
-  if (!meta.is_object()) return InvalidArgument("'metadata' must be an object");
-  if (meta.size() > 64) return InvalidArgument("'metadata' has more than 64 keys");
-  for (const auto& [k, v] : meta.items()) {
-    if (k.size() > 64) return InvalidArgument("'metadata' keys must be at most 64 characters");
-    if (!v.is_string() || v.get_ref<const std::string&>().size() > 512) {
-      return InvalidArgument(
-          fmt::format("'metadata.{}' must be a string of at most 512 characters", k));
-    }
-  }
+  RETURN_IF_ERROR(CheckSessionMetadata(meta));
   ASSIGN_OR_RETURN(auto agent, store_->GetAgent(agent_id, 0));
   if (!agent) return NotFound(fmt::format("agent '{}' not found", agent_id));
 
@@ -499,7 +438,7 @@ Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id
     return Internal("internal state error");
   }
   if (effect.ended) {
-    a.staged_turns[effect.ended->id] = TurnRowOf(a.id, *effect.ended);
+    a.staged_turns[effect.ended->id] = journal::TurnRowOf(a.id, *effect.ended);
     a.dirty_turns.erase(effect.ended->id);
   } else if (effect.turn) {
     a.dirty_turns.insert(effect.turn->id);
@@ -526,7 +465,7 @@ Status Engine::FlushLocked(Actor& a) {
     if (it == a.state.open_turns.end()) continue;
     auto known = a.stored_turn_status.find(id);
     if (known == a.stored_turn_status.end() || known->second != it->second.status) {
-      b.turns.push_back(TurnRowOf(a.id, it->second));
+      b.turns.push_back(journal::TurnRowOf(a.id, it->second));
       new_statuses.emplace_back(id, it->second.status);
     }
   }
@@ -646,7 +585,7 @@ void Engine::WaitForEventsBlocking(const std::string& session_id, int64_t after_
 
 Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Json& input,
                                         const std::string& idempotency_key) {
-  ASSIGN_OR_RETURN(Json items, ParseInput(input, options_.max_input_items));
+  ASSIGN_OR_RETURN(Json items, ParseTurnInput(input, options_.max_input_items));
   if (idempotency_key.size() > 255) {
     return InvalidArgument("Idempotency-Key header is longer than 255 characters");
   }
@@ -834,7 +773,7 @@ Result<Json> Engine::ReadEvents(const std::string& session_id, int64_t after_seq
   bool more = static_cast<int>(events.size()) > limit;
   if (more) events.pop_back();
   Json data = Json::array();
-  for (const auto& e : events) data.push_back(EventToJson(e));
+  for (const auto& e : events) data.push_back(journal::EventToJson(e));
   return Json{{"object", "list"}, {"data", data}, {"has_more", more}};
 }
 
@@ -854,21 +793,21 @@ void Engine::StartWorkerLocked(const std::shared_ptr<Actor>& a) {
 
 Result<size_t> Engine::Recover() {
   ASSIGN_OR_RETURN(auto ids, store_->ListActiveSessions());
-  for (const auto& id : ids) {
-    workers_.Submit([this, id] {
-      auto a = Acquire(id);
-      if (!a.ok()) {
-        spdlog::error("cannot resume session {}: {}", id, a.status().ToString());
-        return;
-      }
-      {
-        std::unique_lock lock((*a)->mu);
-        StartWorkerLocked(*a);
-      }
-      Release(*a);
-    });
-  }
+  for (const auto& id : ids) workers_.Submit([this, id] { Resume(id); });
   return ids.size();
+}
+
+void Engine::Resume(const std::string& session_id) {
+  auto a = Acquire(session_id);
+  if (!a.ok()) {
+    spdlog::error("cannot resume session {}: {}", session_id, a.status().ToString());
+    return;
+  }
+  {
+    std::unique_lock lock((*a)->mu);
+    StartWorkerLocked(*a);
+  }
+  Release(*a);
 }
 
 void Engine::Drive(std::shared_ptr<Actor> a) {

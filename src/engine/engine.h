@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -115,6 +116,18 @@ class Engine {
   Result<std::string> ReadWorkspaceFile(const std::string& session_id, const std::string& path,
                                         size_t max_bytes);
 
+  // Export and import of one session: the file format is in docs/state-format.md ("Export
+  // files"). ExportSession calls `begin` once the session and its agent are found (NotFound
+  // before it otherwise), then `line` for each line of the file (without its '\n'); either
+  // returning false stops the export with Cancelled. Blocking.
+  Status ExportSession(const std::string& session_id, const std::function<bool()>& begin,
+                       const std::function<bool(std::string_view)>& line);
+  // Creates the session an export file describes, with its journal, turns and workspace
+  // snapshots, and the agent version it runs when this agentd does not have it, all in one
+  // commit. Anything wrong in the file is an error naming the line and nothing is written.
+  // A session that had unfinished work resumes it as after a restart. Blocking.
+  Result<Json> ImportSession(std::string_view file);
+
   std::set<std::string> ProviderNames() const;
   size_t ResidentSessions() const;
   size_t ActiveWorkers() const { return active_workers_.load(); }
@@ -132,6 +145,8 @@ class Engine {
   Status Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data);
   Status FlushLocked(Actor& a);
   void StartWorkerLocked(const std::shared_ptr<Actor>& a);
+  // Starts a worker for a session with unfinished work (after a restart or an import).
+  void Resume(const std::string& session_id);
   void Drive(std::shared_ptr<Actor> a);
   // One step of the turn loop; returns false when the worker should stop.
   bool StepLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::mutex>& lock);

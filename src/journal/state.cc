@@ -228,6 +228,61 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
   return Status::OK();
 }
 
+store::TurnRow TurnRowOf(const std::string& session_id, const TurnState& t) {
+  return {session_id, t.id, t.ordinal, t.status, t.idempotency_key,
+          DumpJson(TurnObject(session_id, t))};
+}
+
+Json EventToJson(const store::EventRecord& e) {
+  Json data;
+  try {
+    data = Json::parse(e.data);
+  } catch (const std::exception&) {
+    data = Json::object();
+  }
+  return {{"seq", e.seq},
+          {"type", e.type},
+          {"turn_id", e.turn_id.empty() ? Json() : Json(e.turn_id)},
+          {"time", FormatRfc3339(e.time_ms)},
+          {"data", std::move(data)}};
+}
+
+Result<store::EventRecord> EventFromJson(const Json& j, const std::string& session_id) {
+  if (!j.is_object()) return InvalidArgument("an event must be an object");
+  store::EventRecord e;
+  e.session_id = session_id;
+  const Json& seq = j.contains("seq") ? j["seq"] : Json();
+  if (!seq.is_number_integer() || seq.get<int64_t>() < 1) {
+    return InvalidArgument("event 'seq' must be a positive integer");
+  }
+  e.seq = seq.get<int64_t>();
+  auto where = [&](std::string_view field) { return fmt::format("event {} '{}'", e.seq, field); };
+  const Json& type = j.contains("type") ? j["type"] : Json();
+  if (!type.is_string() || type.get_ref<const std::string&>().empty() ||
+      type.get_ref<const std::string&>().size() > 128) {
+    return InvalidArgument(where("type") + " must be a string of 1 to 128 characters");
+  }
+  e.type = type.get<std::string>();
+  const Json& turn = j.contains("turn_id") ? j["turn_id"] : Json();
+  if (turn.is_string()) {
+    e.turn_id = turn.get<std::string>();
+    if (e.turn_id.empty() || e.turn_id.size() > 64) {
+      return InvalidArgument(where("turn_id") + " must be null or a turn id");
+    }
+  } else if (!turn.is_null()) {
+    return InvalidArgument(where("turn_id") + " must be null or a turn id");
+  }
+  const Json& time = j.contains("time") ? j["time"] : Json();
+  std::optional<int64_t> ms;
+  if (time.is_string()) ms = ParseRfc3339(time.get_ref<const std::string&>());
+  if (!ms) return InvalidArgument(where("time") + " must be an RFC 3339 date-time");
+  e.time_ms = *ms;
+  const Json& data = j.contains("data") ? j["data"] : Json();
+  if (!data.is_object()) return InvalidArgument(where("data") + " must be an object");
+  e.data = DumpJson(data);
+  return e;  // other fields are a later version's additions: ignored
+}
+
 Json TurnObject(const std::string& session_id, const TurnState& t) {
   Json j = {
       {"object", "turn"},

@@ -93,6 +93,15 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& data,
 
 // The API's turn object.
 Json TurnObject(const std::string& session_id, const TurnState& t);
+// The turn's row in the store: its object and the columns it is looked up by.
+store::TurnRow TurnRowOf(const std::string& session_id, const TurnState& t);
+
+// An event as the API and export files show it: {seq, type, turn_id (null for session
+// events), time (RFC 3339), data}.
+Json EventToJson(const store::EventRecord& e);
+// The inverse, for an event of session `session_id` read from a file: checks the shape of
+// every field (not whether the event fits the journal; Apply does that).
+Result<store::EventRecord> EventFromJson(const Json& j, const std::string& session_id);
 
 Json StateToJson(const SessionState& s);
 // The snapshot text, StateToJson(s) serialised. The conversation is moved into the document

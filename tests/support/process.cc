@@ -143,15 +143,20 @@ std::string TempDir(const std::string& tag) {
 
 Reply Call(const std::string& method, const std::string& url, const Json& body,
            const std::vector<std::pair<std::string, std::string>>& headers) {
+  if (body.is_null()) return CallRaw(method, url, "", headers);
+  auto h = headers;
+  h.emplace_back("Content-Type", "application/json");
+  return CallRaw(method, url, body.dump(), h);
+}
+
+Reply CallRaw(const std::string& method, const std::string& url, std::string body,
+              const std::vector<std::pair<std::string, std::string>>& headers) {
   HttpRequest req;
   req.method = method;
   req.url = url;
   req.timeout = std::chrono::seconds(60);
-  if (!body.is_null()) {
-    req.body = body.dump();
-    req.headers.emplace_back("Content-Type", "application/json");
-  }
-  for (const auto& h : headers) req.headers.push_back(h);
+  req.body = std::move(body);
+  req.headers = headers;
   auto r = HttpDoBlocking(req);
   Reply out;
   if (!r.ok()) {

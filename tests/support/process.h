@@ -65,6 +65,9 @@ struct Reply {
 // One HTTP call with a JSON body (null: no body). Fails the test on transport errors.
 Reply Call(const std::string& method, const std::string& url, const Json& body = Json(),
            const std::vector<std::pair<std::string, std::string>>& headers = {});
+// The same with a body sent as it is (its Content-Type among `headers`).
+Reply CallRaw(const std::string& method, const std::string& url, std::string body,
+              const std::vector<std::pair<std::string, std::string>>& headers = {});
 
 // A fake server process ("fake_model" or "fake_tools") with its base URL.
 struct FakeProcess {

@@ -106,10 +106,14 @@ int HexValue(char c) {
   return -1;
 }
 
+}  // namespace
+
 bool IsContentHash(std::string_view h) {
   return h.size() == 2 * kHashBytes &&
          std::all_of(h.begin(), h.end(), [](char c) { return HexValue(c) >= 0; });
 }
+
+namespace {
 
 bool IsUtf8(std::string_view s) {
   auto* p = reinterpret_cast<const unsigned char*>(s.data());
@@ -812,6 +816,12 @@ class Restorer {
 };
 
 }  // namespace
+
+Result<std::string> BlobContent(const store::BlobRow& blob, int64_t max_size) {
+  auto content = OpenBlob(NewDecompressContext().get(), blob, -1, max_size, "the export");
+  if (!content.ok()) return InvalidArgument(content.status().message());
+  return content;
+}
 
 std::string ContentHash(std::string_view data) {
   unsigned char out[kHashBytes];

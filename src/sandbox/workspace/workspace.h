@@ -148,6 +148,13 @@ Result<Manifest> DecodeManifest(std::string_view text, const Limits& limits);
 Result<std::string> ReadSnapshotFile(const std::string& manifest_hash, const std::string& path,
                                      store::Store& store, size_t max_bytes);
 
+// The content of a blob as stored (or as read from an export file), decompressed and checked
+// against its hash; InvalidArgument naming the blob when it is corrupt or over `max_size`.
+Result<std::string> BlobContent(const store::BlobRow& blob, int64_t max_size);
+
+// True for a hash as ContentHash writes it: 64 lowercase hex digits.
+bool IsContentHash(std::string_view hash);
+
 // BLAKE2b-256 of `data`, as lowercase hex.
 std::string ContentHash(std::string_view data);
 
