@@ -17,6 +17,22 @@ namespace {
 // the environment.
 constexpr size_t kMaxOrder = 1 << 20;
 
+// The header of an order's message: one buffer and room for the descriptors.
+struct OrderHeader {
+  OrderHeader(void* data, size_t size) : iov{data, size} {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  OrderHeader(const OrderHeader&) = delete;  // msg points into itself
+  OrderHeader& operator=(const OrderHeader&) = delete;
+
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kBwrapFds)] = {};
+  iovec iov;
+  msghdr msg{};
+};
+
 }  // namespace
 
 void ResetSignals() {
@@ -82,21 +98,15 @@ bool SendOrder(int sock, const std::string& order, const int fds[kBwrapFds]) {
     errno = E2BIG;
     return false;
   }
-  iovec iov{const_cast<char*>(order.data()), order.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kBwrapFds)] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  OrderHeader h(const_cast<char*>(order.data()), order.size());
+  cmsghdr* c = CMSG_FIRSTHDR(&h.msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int) * kBwrapFds);
   memcpy(CMSG_DATA(c), fds, sizeof(int) * kBwrapFds);
   ssize_t n;
   do {
-    n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    n = sendmsg(sock, &h.msg, MSG_NOSIGNAL);
   } while (n < 0 && errno == EINTR);
   return n == static_cast<ssize_t>(order.size());
 }
@@ -110,13 +120,8 @@ int RunSpare(int sock) {
   if (n != 1) return 0;
 
   std::string text(kMaxOrder + 1, '\0');
-  iovec iov{text.data(), text.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kBwrapFds)] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  OrderHeader h(text.data(), text.size());
+  msghdr& msg = h.msg;
   do {
     n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
   } while (n < 0 && errno == EINTR);

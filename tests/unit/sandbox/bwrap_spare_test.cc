@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "sandbox/bwrap/bwrap_driver.h"
+#include "sandbox_test_util.h"
 
 namespace agentd::sandbox {
 namespace {
@@ -164,24 +165,10 @@ class BwrapSpares : public ::testing::Test {
     spec.root = root;
     spec.limits = limits;
     ids_.push_back(spec.id);
-    auto box = d->Create(spec);
-    EXPECT_TRUE(box.ok()) << box.status().ToString();
-    if (!box.ok()) return nullptr;
-    boxes_.push_back(std::move(box).value());
-    Sandbox* b = boxes_.back().get();
-    fs::copy_file(AGENTD_SANDBOX_PROBE, b->workspace() + "/probe");
-    chmod((b->workspace() + "/probe").c_str(), 0755);
-    return b;
+    return CreateWithProbe(*d, spec, &boxes_);
   }
 
-  ExecResult Run(Sandbox* b, const std::string& command) {
-    ExecRequest req;
-    req.command = command;
-    req.timeout = milliseconds(20000);
-    auto r = b->Exec(req);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? *r : ExecResult{};
-  }
+  ExecResult Run(Sandbox* b, const std::string& command) { return RunIn(b, command); }
 
   pid_t OnlySpare(BwrapDriver* d) {
     EXPECT_TRUE(d->WaitForSparesBlocking(seconds(20)));

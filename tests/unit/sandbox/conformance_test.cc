@@ -19,6 +19,7 @@
 #include "sandbox/bwrap/bwrap_driver.h"
 #include "sandbox/gvisor/gvisor_driver.h"
 #include "sandbox/sandbox.h"
+#include "sandbox_test_util.h"
 
 namespace agentd::sandbox {
 namespace {
@@ -87,24 +88,11 @@ class SandboxConformance : public ::testing::TestWithParam<std::string> {
     spec.id = "test-" + std::to_string(getpid()) + "-" + std::to_string(roots_.size());
     spec.root = root;
     spec.limits = limits;
-    auto box = driver_->Create(spec);
-    EXPECT_TRUE(box.ok()) << box.status().ToString();
-    if (!box.ok()) return nullptr;
-    boxes_.push_back(std::move(box).value());
-    Sandbox* b = boxes_.back().get();
-    // The probe goes into the workspace, as a user's own program would.
-    fs::copy_file(AGENTD_SANDBOX_PROBE, b->workspace() + "/probe");
-    chmod((b->workspace() + "/probe").c_str(), 0755);
-    return b;
+    return CreateWithProbe(*driver_, spec, &boxes_);
   }
 
   ExecResult Run(Sandbox* b, const std::string& command, milliseconds timeout = milliseconds(20000)) {
-    ExecRequest req;
-    req.command = command;
-    req.timeout = timeout;
-    auto r = b->Exec(req);
-    EXPECT_TRUE(r.ok()) << r.status().ToString();
-    return r.ok() ? *r : ExecResult{};
+    return RunIn(b, command, timeout);
   }
 
   // Runs the probe and returns its one-line verdict.
