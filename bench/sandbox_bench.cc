@@ -140,9 +140,7 @@ int main(int argc, char** argv) {
   std::string bwrap = "/usr/bin/bwrap";
 
   // Cold start: create a sandbox, run `true`, destroy it; alternated with bare bwrap and
-  // with a start without a spare. Before each start, untimed, the spare pool is full again
-  // and the host rests 100 ms: what a sandbox finds when the previous one started a moment
-  // before.
+  // with a start without a spare.
   std::vector<double> bare, cold_ms, no_spare_ms;
   int n = 0;
   auto make = [&](sandbox::BwrapDriver& d, sandbox::Limits limits = {}) {
@@ -156,12 +154,17 @@ int main(int argc, char** argv) {
   };
   sandbox::ExecRequest t;
   t.command = "true";
-  auto cold_start = [&](sandbox::BwrapDriver& d) -> double {
-    // Both drivers wait for the pool: a refill under way would slow either start.
-    if (!driver->WaitForSparesBlocking(std::chrono::seconds(10))) return -1;
-    // From rest: the kernel's cgroup writes (the refill's too) leave moving a process into a
-    // cgroup cheap for a few milliseconds, which would flatter the start without a spare.
+  // Every start, bare bwrap's too, begins from the same rest: the pool full (a refill under
+  // way would slow any start) and 100 ms without work (the kernel's cgroup writes, the
+  // refill's too, leave moving a process into a cgroup cheap for a few milliseconds, which
+  // would flatter the start without a spare).
+  auto rest = [&] {
+    if (!driver->WaitForSparesBlocking(std::chrono::seconds(10))) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return true;
+  };
+  auto cold_start = [&](sandbox::BwrapDriver& d) -> double {
+    if (!rest()) return -1;
     auto start = Clock::now();
     auto [root, box] = make(d);
     if (!box.ok() || !(*box)->Exec(t).ok()) return -1;
@@ -171,6 +174,7 @@ int main(int argc, char** argv) {
     return ms;
   };
   for (int i = 0; i < cold; ++i) {
+    if (!rest()) return 2;
     bare.push_back(BareBwrapMs(bwrap));
     cold_ms.push_back(cold_start(*driver));
     no_spare_ms.push_back(cold_start(*direct));
