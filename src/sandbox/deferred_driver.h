@@ -31,6 +31,19 @@ class DeferredDriver : public SandboxDriver {
     return driver().Create(spec);
   }
   Status Discard(const std::string& root) override { return driver().Discard(root); }
+  Status Hibernate(Sandbox& box, const std::string& image_dir) override {
+    return driver().Hibernate(box, image_dir);
+  }
+  Result<std::unique_ptr<Sandbox>> Resume(const SandboxSpec& spec,
+                                          const std::string& image_dir) override {
+    return driver().Resume(spec, image_dir);
+  }
+  Result<std::unique_ptr<Process>> Reattach(Sandbox& box, int64_t id) override {
+    return driver().Reattach(box, id);
+  }
+  int64_t ProcessId(const Process& process) const override {
+    return const_cast<DeferredDriver*>(this)->driver().ProcessId(process);
+  }
 
  private:
   std::function<std::unique_ptr<SandboxDriver>()> open_;

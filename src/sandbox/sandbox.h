@@ -127,6 +127,23 @@ class SandboxDriver {
   // Removes a sandbox's root and everything in it, including a filesystem the driver
   // mounted there. The sandbox must be destroyed first; its files are gone afterwards.
   virtual Status Discard(const std::string& root) = 0;
+
+  // Checkpoints, for drivers whose capabilities() list "checkpoint" (the others answer
+  // FailedPrecondition): a sandbox's live processes kept across its stop and start.
+  //
+  // Saves running sandbox `box` (made by this driver) into the folder `image_dir` and stops
+  // it; its processes live on in the image, and its Process handles report them killed.
+  virtual Status Hibernate(Sandbox& box, const std::string& image_dir);
+  // Starts a sandbox from an image Hibernate wrote, on `spec` (whose root holds the files
+  // the sandbox had). Its live processes keep running, detached until Reattach.
+  virtual Result<std::unique_ptr<Sandbox>> Resume(const SandboxSpec& spec,
+                                                  const std::string& image_dir);
+  // A handle on live process `id` of a resumed sandbox (an id ProcessId gave before the
+  // sandbox was hibernated).
+  virtual Result<std::unique_ptr<Process>> Reattach(Sandbox& box, int64_t id);
+  // The id of a process this driver spawned, stable across Hibernate and Resume; -1 when
+  // the driver has none.
+  virtual int64_t ProcessId(const Process& process) const;
 };
 
 }  // namespace agentd::sandbox

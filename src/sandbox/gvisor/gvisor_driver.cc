@@ -1122,7 +1122,7 @@ Result<std::unique_ptr<Process>> GvisorDriver::Reattach(Sandbox& box, int64_t id
   return MakeProcess(h->box(), nullptr, id);
 }
 
-int64_t GvisorDriver::ProcessId(const Process& p) {
+int64_t GvisorDriver::ProcessId(const Process& p) const {
   auto* g = dynamic_cast<const GvisorProcess*>(&p);
   return g == nullptr ? -1 : g->id();
 }

@@ -45,23 +45,16 @@ class GvisorDriver : public SandboxDriver {
   Result<std::unique_ptr<Sandbox>> Create(const SandboxSpec& spec) override;
   Status Discard(const std::string& root) override;
 
-  // Checkpoint extension (capability "checkpoint").
-  //
-  // Saves `box` (made by this driver, running) into `image_dir` and stops it; its
-  // processes live on in the image. Commands still running in it end with an error, and
-  // its Process handles report the process killed. FailedPrecondition when the sandbox is
-  // not running, Unimplemented-like Unavailable when the host cannot checkpoint.
-  Status Hibernate(Sandbox& box, const std::string& image_dir);
-  // Restores a sandbox saved by Hibernate onto `spec` (same root, or one holding the same
-  // workspace files). Its live processes keep running, detached: their output is dropped
-  // until Reattach.
-  Result<std::unique_ptr<Sandbox>> Resume(const SandboxSpec& spec, const std::string& image_dir);
+  // Checkpoints (capability "checkpoint"; sandbox.h). Hibernate fails with
+  // FailedPrecondition when the sandbox is not running. Commands still running in a
+  // hibernated sandbox end with an error.
+  Status Hibernate(Sandbox& box, const std::string& image_dir) override;
+  Result<std::unique_ptr<Sandbox>> Resume(const SandboxSpec& spec,
+                                          const std::string& image_dir) override;
+  Result<std::unique_ptr<Process>> Reattach(Sandbox& box, int64_t id) override;
+  int64_t ProcessId(const Process& p) const override;
   // The processes of a resumed sandbox that were still running when it was saved.
   std::vector<int64_t> LiveProcesses(Sandbox& box);
-  // A handle on a live process of a resumed sandbox (ids from LiveProcesses or ProcessId).
-  Result<std::unique_ptr<Process>> Reattach(Sandbox& box, int64_t id);
-  // The id a process of this driver has inside its sandbox; -1 for any other Process.
-  static int64_t ProcessId(const Process& p);
 
   struct Impl;
 

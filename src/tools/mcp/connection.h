@@ -74,11 +74,15 @@ class Connection {
   virtual void SetProtocolVersion(const std::string& version) = 0;
   // True once the connection cannot carry requests any more; `why` says why.
   virtual bool Broken(Status* why) = 0;
+  // The JSON-RPC id the next request gets (ids are never reused within a session).
+  virtual int64_t NextRequestId() const = 0;
 };
 
+// `first_request_id` > 1 continues a session whose earlier requests used lower ids.
 Result<std::unique_ptr<Connection>> StartStdioConnection(std::unique_ptr<sandbox::Process> process,
                                                          const ClientOptions& options,
-                                                         NotificationSink sink);
+                                                         NotificationSink sink,
+                                                         int64_t first_request_id = 1);
 std::unique_ptr<Connection> StartHttpConnection(const HttpTarget& target,
                                                 const ClientOptions& options,
                                                 NotificationSink sink);

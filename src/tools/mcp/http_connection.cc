@@ -273,6 +273,8 @@ class HttpConnection final : public Connection {
     if (version.empty() || IsModern(version)) session_id_.clear();
   }
 
+  int64_t NextRequestId() const override { return next_id_.load(); }
+
   bool Broken(Status* why) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (session_expired_ && why != nullptr) {

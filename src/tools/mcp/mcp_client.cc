@@ -632,6 +632,69 @@ Result<CallResult> McpClient::CallToolBlocking(const std::string& name, const Js
   return out;
 }
 
+Result<Json> McpClient::SaveSession() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (impl_->http) return FailedPrecondition("only a stdio client's session can be saved");
+  Status why;
+  if (impl_->conn == nullptr || impl_->conn->Broken(&why)) {
+    return FailedPrecondition(fmt::format("MCP server '{}' is not connected", impl_->server()));
+  }
+  return Json{{"era", impl_->era == Era::kStateless ? "stateless" : "handshake"},
+              {"protocol_version", impl_->version},
+              {"capabilities", impl_->capabilities},
+              {"server_info", impl_->server_info},
+              {"instructions", impl_->instructions},
+              {"next_request_id", impl_->conn->NextRequestId()}};
+}
+
+Result<std::unique_ptr<McpClient>> McpClient::ResumeStdioBlocking(
+    ClientOptions options, ProcessFactory factory, std::unique_ptr<sandbox::Process> live,
+    const Json& saved) {
+  if (!factory) return InvalidArgument("ResumeStdioBlocking needs a process factory");
+  auto bad = [&](std::string_view why) {
+    return InvalidArgument(
+        fmt::format("MCP server '{}': saved session is unusable: {}", options.server_name, why));
+  };
+  if (!saved.is_object()) return bad("not an object");
+  std::string era = saved.value("era", "");
+  const Json& version = saved.contains("protocol_version") ? saved["protocol_version"] : Json();
+  const Json& next_id = saved.contains("next_request_id") ? saved["next_request_id"] : Json();
+  if (era != "stateless" && era != "handshake") return bad("unknown era");
+  if (!version.is_string() || !Contains(options.protocol_versions, version.get<std::string>()) ||
+      IsModernVersion(version.get<std::string>()) != (era == "stateless")) {
+    return bad("a protocol version this client does not speak");
+  }
+  if (!next_id.is_number_integer() || next_id.get<int64_t>() < 1) return bad("no request id");
+  auto impl = std::make_unique<Impl>();
+  impl->options = std::move(options);
+  impl->factory = std::move(factory);
+  Impl* raw = impl.get();
+  auto sink = [raw](const std::string& method, const Json& params) {
+    raw->OnNotification(method, params);
+  };
+  ASSIGN_OR_RETURN(auto conn, internal::StartStdioConnection(std::move(live), impl->options,
+                                                             sink, next_id.get<int64_t>()));
+  conn->SetProtocolVersion(version.get<std::string>());
+  impl->known_handshake = era == "handshake";
+  impl->conn = std::shared_ptr<Connection>(std::move(conn));
+  impl->era = era == "stateless" ? Era::kStateless : Era::kHandshake;
+  impl->version = version.get<std::string>();
+  if (saved.contains("capabilities") && saved["capabilities"].is_object()) {
+    impl->capabilities = saved["capabilities"];
+  }
+  if (saved.contains("server_info")) impl->server_info = saved["server_info"];
+  impl->instructions = saved.value("instructions", "");
+  auto client = std::unique_ptr<McpClient>(new McpClient(std::move(impl)));
+  // The server must still be there and in its session; a failure here leaves the caller to
+  // start afresh.
+  const bool reconnect = client->impl_->options.auto_reconnect;
+  client->impl_->options.auto_reconnect = false;  // not yet: the check is of this process
+  auto listed = client->ListToolsBlocking(true);
+  client->impl_->options.auto_reconnect = reconnect;
+  if (!listed.ok()) return listed.status();
+  return client;
+}
+
 Status McpClient::ReconnectBlocking() { return impl_->Install(nullptr, true); }
 
 Era McpClient::era() const {

@@ -165,6 +165,21 @@ class McpClient {
   Result<CallResult> CallToolBlocking(const std::string& name, const Json& arguments,
                                       const CallOptions& options = {});
 
+  // Taking over a live stdio server: after the sandbox that runs it was hibernated and
+  // resumed, the server process still has its state and its protocol session, so a new
+  // client continues that session (no probe, no handshake, no reused request id).
+  //
+  // What this client knows of its server's session, as JSON to keep beside the sandbox's
+  // image: era, protocol version, capabilities, server info, instructions and the next
+  // request id. FailedPrecondition for an HTTP client or one whose connection broke.
+  Result<Json> SaveSession() const;
+  // A client over `live` (a handle on the running server process) continuing the session
+  // `saved` describes; checks the server answers (tools/list) before returning. `factory`
+  // spawns a fresh server when this one later dies, as for ConnectStdioBlocking. Blocking.
+  static Result<std::unique_ptr<McpClient>> ResumeStdioBlocking(
+      ClientOptions options, ProcessFactory factory, std::unique_ptr<sandbox::Process> live,
+      const Json& saved);
+
   // Drops the current connection (killing a stdio process) and connects again, spawning a
   // fresh process for stdio. Blocking.
   Status ReconnectBlocking();

@@ -91,6 +91,9 @@ class StdioConnection final : public Connection {
         max_message_bytes_(options.max_message_bytes),
         sink_(std::move(sink)) {}
 
+  int64_t NextRequestId() const override { return next_id_.load(); }
+  void SetNextRequestId(int64_t id) { next_id_.store(id); }
+
   ~StdioConnection() override {
     stop_.store(true);
     if (reader_.joinable()) reader_.join();
@@ -421,9 +424,11 @@ class StdioConnection final : public Connection {
 
 Result<std::unique_ptr<Connection>> StartStdioConnection(std::unique_ptr<sandbox::Process> process,
                                                          const ClientOptions& options,
-                                                         NotificationSink sink) {
+                                                         NotificationSink sink,
+                                                         int64_t first_request_id) {
   if (process == nullptr) return Internal("no process to talk to");
   auto conn = std::make_unique<StdioConnection>(std::move(process), options, std::move(sink));
+  conn->SetNextRequestId(std::max<int64_t>(1, first_request_id));
   conn->Start();
   return std::unique_ptr<Connection>(std::move(conn));
 }

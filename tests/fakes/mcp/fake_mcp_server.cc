@@ -152,6 +152,7 @@ class FakeServer {
               tool("huge", {{"bytes", {{"type", "integer"}}}}),
               tool("change_tools"),
               tool("cancelled_count"),
+              tool("counter"),
               tool("ping_client"),
               tool("ask_input"),
               tool("forget_session"),
@@ -420,6 +421,14 @@ class FakeServer {
         ch.Send(note);
       }
       done({{"content", Text("changed")}});
+    } else if (name == "counter") {
+      // State that lives only in this process: how many times it was called.
+      int n;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        n = ++counter_;
+      }
+      done({{"content", Text(std::to_string(n))}});
     } else if (name == "cancelled_count") {
       int n;
       {
@@ -505,6 +514,7 @@ class FakeServer {
   bool initialized_ = false;
   std::set<std::string> cancelled_ids_;
   int cancelled_count_ = 0;
+  int counter_ = 0;
   std::map<std::string, Json> answers_;
   Json listen_id_;
   std::set<std::string> sessions_;

@@ -133,7 +133,7 @@ TEST_P(McpEraTest, ListsToolsAcrossPages) {
   // Five pages of at most four (19 tools); on stateless HTTP without bad_header, whose x-mcp-header
   // annotation is invalid.
   bool drops_bad_header = GetParam().http && Stateless();
-  EXPECT_EQ(tools->size(), drops_bad_header ? 18u : 19u);
+  EXPECT_EQ(tools->size(), drops_bad_header ? 19u : 20u);
   EXPECT_EQ(names.count("bad_header"), drops_bad_header ? 0u : 1u);
   EXPECT_TRUE(names.count("echo") && names.count("bad.name") && names.count("forget_session"));
   for (const auto& t : *tools) {
@@ -306,6 +306,52 @@ TEST(McpDetectionTest, LegacyServerAnsweringTheProbeWithAnErrorKeepsItsProcess) 
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ((*c)->protocol_version(), "2025-06-18");
   EXPECT_EQ(spawns->spawns, 1);
+}
+
+// Taking a server over (after its sandbox was hibernated and resumed) continues the saved
+// session without a handshake; the server must really be in that session.
+TEST(McpResumeTest, ContinuesASavedSessionOnlyWhereTheServerHasIt) {
+  auto a = McpClient::ConnectStdioBlocking(FastOptions(), HostFactory({kFake, "--era", "dual"}));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_TRUE((*a)->CallToolBlocking("echo", {{"text", "x"}}).ok());
+  auto saved = (*a)->SaveSession();
+  ASSERT_TRUE(saved.ok()) << saved.status().ToString();
+  EXPECT_EQ((*saved)["era"], "stateless");
+  EXPECT_EQ((*saved)["protocol_version"], kStatelessVersion);
+  EXPECT_GE((*saved)["next_request_id"].get<int64_t>(), 3);  // discover, list, call were sent
+
+  auto factory = HostFactory({kFake, "--era", "dual"});
+  // A stateless session needs no handshake, so any server of that era carries it on.
+  (*saved)["next_request_id"] = 1000;  // as if the session had sent 999 requests
+  auto b = McpClient::ResumeStdioBlocking(FastOptions(), factory, std::move(factory()).value(), *saved);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ((*b)->era(), Era::kStateless);
+  auto r = (*b)->CallToolBlocking("counter", Json::object());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->content[0]["text"], "1");
+  // Ids go on from where the saved session stopped (tools/list pages, then the call).
+  EXPECT_GT((*(*b)->SaveSession())["next_request_id"].get<int64_t>(), 1001);
+
+  // A handshake-era session on a server that never saw its initialize: refused, not
+  // silently restarted.
+  Json handshake = *saved;
+  handshake["era"] = "handshake";
+  handshake["protocol_version"] = kVersion20251125;
+  auto c = McpClient::ResumeStdioBlocking(FastOptions(), factory, std::move(factory()).value(), handshake);
+  EXPECT_FALSE(c.ok());
+  // Saved sessions that do not fit the client are refused before anything is sent.
+  for (auto [key, value] : std::vector<std::pair<std::string, Json>>{
+           {"era", "telepathy"}, {"protocol_version", "1999-01-01"},
+           {"protocol_version", kVersion20251125}, {"next_request_id", 0}}) {
+    Json bad = *saved;
+    bad[key] = value;
+    auto d = McpClient::ResumeStdioBlocking(FastOptions(), factory, std::move(factory()).value(), bad);
+    EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument) << key << " " << value.dump();
+  }
+  auto http = StartHttpFake("2026-07-28");
+  auto h = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{http.url, {}, milliseconds(5000)});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ((*h)->SaveSession().status().code(), StatusCode::kFailedPrecondition);
 }
 
 TEST(McpDetectionTest, HandshakeOnlyClientUsesInitializeWithADualServer) {
