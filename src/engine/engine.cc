@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <list>
 #include <optional>
@@ -15,6 +16,7 @@
 #include "journal/events.h"
 #include "journal/state.h"
 #include "memory/context.h"
+#include "sandbox/host_util.h"
 #include "sandbox/workspace/workspace.h"
 #include "tools/builtin/builtin_tools.h"
 #include "tools/builtin/workspace_files.h"
@@ -34,6 +36,11 @@ using journal::TurnState;
 // that could change them) leaves the host too, and comes back from the store when the
 // session next needs it. One with unsnapshotted changes (agentd stopped mid-turn) stays on
 // the host, where the next sandbox of the session takes it over.
+//
+// Where the driver can checkpoint, a sandbox running stdio MCP servers is hibernated
+// instead of stopped when the session leaves memory: its processes, with their state, wait
+// in an image beside the root (kept on the host with it), and the next sandbox of the
+// session resumes from the image and takes the servers over (see EnsureSandbox).
 struct Engine::SessionSandbox {
   sandbox::SandboxDriver* driver = nullptr;
   std::string root;
@@ -42,10 +49,60 @@ struct Engine::SessionSandbox {
   std::optional<sandbox::workspace::Manifest> manifest;
   bool dirty = false;    // a built-in tool ran since the last snapshot; guarded by Actor::mu
   bool discard = false;  // the session was deleted; guarded by Actor::mu
+  bool hibernated = false;  // the sandbox is in its image: the root stays on the host
+  std::mutex mu;
+  // The sandbox process id of each stdio MCP server (for hibernation); guarded by mu.
+  std::map<std::string, int64_t> mcp_process;
+  // Servers left running in the image this sandbox resumed from: process id and saved
+  // client session, taken (and erased) by McpClientFor; guarded by mu.
+  std::map<std::string, std::pair<int64_t, Json>> resumed_servers;
+
+  static std::string ImageDir(const std::string& root) { return root + ".image"; }
+
+  // Hibernates the sandbox when the driver can and a stdio MCP server runs in it; `mcp` are
+  // the session's clients, still connected (they are destroyed after this).
+  void HibernateWith(const std::map<std::string, std::unique_ptr<tools::mcp::McpClient>>& mcp) {
+    if (driver == nullptr || box == nullptr || discard) return;
+    const auto& enforced = driver->capabilities().enforced;
+    if (std::find(enforced.begin(), enforced.end(), "checkpoint") == enforced.end()) return;
+    Json servers = Json::object();
+    {
+      std::lock_guard lock(mu);
+      for (const auto& [name, pid] : mcp_process) {
+        auto client = mcp.find(name);
+        if (client == mcp.end()) continue;
+        auto saved = client->second->SaveSession();
+        if (saved.ok()) servers[name] = {{"process", pid}, {"session", *saved}};
+      }
+    }
+    if (servers.empty()) return;  // nothing alive worth an image
+    std::string image = ImageDir(root);
+    sandbox::host::RemoveTree(image).IgnoreError();
+    auto started = std::chrono::steady_clock::now();
+    Status st = driver->Hibernate(*box, image);
+    if (st.ok()) {
+      st = sandbox::host::WriteText(image + "/agentd-live.json",
+                     DumpJson({{"format", 1}, {"servers", std::move(servers)}}));
+    }
+    if (!st.ok()) {
+      spdlog::warn("sandbox {}: not hibernated ({}); its MCP servers stop and start afresh",
+                   root, st.ToString());
+      sandbox::host::RemoveTree(image).IgnoreError();
+      return;
+    }
+    hibernated = true;
+    spdlog::info("sandbox {}: hibernated with {} live MCP server(s) in {} ms", root,
+                 servers.size(),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - started)
+                     .count());
+  }
 
   ~SessionSandbox() {
     box.reset();
-    if (driver != nullptr && (discard || !dirty)) {
+    if (driver == nullptr) return;
+    if (discard) sandbox::host::RemoveTree(ImageDir(root)).IgnoreError();
+    if (discard || (!dirty && !hibernated)) {
       if (Status st = driver->Discard(root); !st.ok()) {
         spdlog::warn("sandbox root {}: {}", root, st.ToString());
       }
@@ -55,6 +112,13 @@ struct Engine::SessionSandbox {
 
 struct Engine::Actor {
   explicit Actor(std::string sid) : id(std::move(sid)) {}
+  // The sandbox outlives the MCP clients (stdio servers run in it), and is hibernated, when
+  // it can be, while they still run.
+  ~Actor() {
+    if (sandbox) sandbox->HibernateWith(mcp);
+    mcp.clear();
+    sandbox.reset();
+  }
   const std::string id;
   std::mutex mu;
   std::condition_variable cv;  // wakes backoff sleeps on cancel or drain
@@ -293,6 +357,7 @@ Status Engine::DeleteSession(const std::string& id) {
       leftover && d != sandbox_drivers_.end() && std::filesystem::exists(SandboxRoot(id))) {
     d->second->Discard(SandboxRoot(id)).IgnoreError();
   }
+  if (leftover) sandbox::host::RemoveTree(SessionSandbox::ImageDir(SandboxRoot(id))).IgnoreError();
   Release(a);
   return st;
 }
@@ -1264,10 +1329,34 @@ Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string&
             [this, weak](const sandbox::egress::EgressEvent& e) { RecordEgress(weak, e); }, id);
       };
     }
-    auto box = d->second->Create(spec);
-    if (!box.ok()) return unavailable("the sandbox did not start: " + box.status().message());
+    // A sandbox hibernated with live MCP servers resumes from its image; when it cannot,
+    // the servers start afresh on the workspace as the image left it. Either way the
+    // journal says which.
+    std::optional<Json> resumed_event;
+    const std::string image = SessionSandbox::ImageDir(ss->root);
+    if (on_host && std::filesystem::exists(image, ec)) {
+      auto resumed = ResumeSandbox(*d->second, spec, image, ss.get());
+      if (resumed.ok()) {
+        ss->box = std::move(resumed).value();
+        Json names = Json::array();
+        for (const auto& [name, live] : ss->resumed_servers) names.push_back(name);
+        resumed_event = Json{{"from", "checkpoint"}, {"processes", std::move(names)}};
+      } else {
+        spdlog::warn("session {}: sandbox not resumed from its checkpoint: {}", a->id,
+                     resumed.status().ToString());
+        resumed_event = Json{{"from", "workspace"},
+                             {"reason", "the checkpoint could not be resumed: " +
+                                            resumed.status().message()}};
+        ss->resumed_servers.clear();
+      }
+      sandbox::host::RemoveTree(image).IgnoreError();  // an image is resumed at most once
+    }
+    if (!ss->box) {
+      auto box = d->second->Create(spec);
+      if (!box.ok()) return unavailable("the sandbox did not start: " + box.status().message());
+      ss->box = std::move(box).value();
+    }
     ss->driver = d->second;
-    ss->box = std::move(box).value();
     if (!on_host && !manifest.empty()) {
       auto restored = sandbox::workspace::RestoreBlocking(manifest, *store_, ss->box->workspace());
       if (!restored.ok()) {
@@ -1278,8 +1367,39 @@ Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string&
     }
     std::lock_guard lock(a->mu);
     a->sandbox = std::move(ss);
+    if (resumed_event && !a->state.current_turn.empty()) {
+      Stage(*a, ev::kSandboxResumed, a->state.current_turn, std::move(*resumed_event))
+          .IgnoreError();
+    }
   }
   return Status::OK();
+}
+
+Result<std::unique_ptr<sandbox::Sandbox>> Engine::ResumeSandbox(
+    sandbox::SandboxDriver& driver, const sandbox::SandboxSpec& spec, const std::string& image,
+    SessionSandbox* ss) {
+  const auto& enforced = driver.capabilities().enforced;
+  if (std::find(enforced.begin(), enforced.end(), "checkpoint") == enforced.end()) {
+    return FailedPrecondition("the sandbox driver cannot checkpoint on this host");
+  }
+  std::ifstream in(image + "/agentd-live.json");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSIGN_OR_RETURN(Json live, ParseJson(text, "the checkpoint's agentd-live.json"));
+  if (!live.is_object() || live.value("format", 0) != 1 || !live.contains("servers") ||
+      !live["servers"].is_object()) {
+    return InvalidArgument("the checkpoint's agentd-live.json is not one this agentd wrote");
+  }
+  ASSIGN_OR_RETURN(auto box, driver.Resume(spec, image));
+  std::lock_guard lock(ss->mu);
+  for (const auto& [name, server] : live["servers"].items()) {
+    if (!server.is_object() || !server.contains("process") ||
+        !server["process"].is_number_integer()) {
+      continue;
+    }
+    ss->resumed_servers[name] = {server["process"].get<int64_t>(),
+                                 server.value("session", Json())};
+  }
+  return box;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1365,9 +1485,43 @@ Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>
     for (const auto& [k, v] : def.env) {
       ASSIGN_OR_RETURN(spawn.env[k], ResolveValue(def.name, k, v));
     }
-    sandbox::Sandbox* box = a->sandbox->box.get();
-    ASSIGN_OR_RETURN(client, tools::mcp::McpClient::ConnectStdioBlocking(
-                                 options, [box, spawn] { return box->Spawn(spawn); }));
+    SessionSandbox* ss = a->sandbox.get();
+    sandbox::Sandbox* box = ss->box.get();
+    // Every process started for the server is remembered, so hibernation can name it.
+    tools::mcp::ProcessFactory factory = [ss, box, spawn,
+                                          name = def.name]() -> Result<std::unique_ptr<sandbox::Process>> {
+      ASSIGN_OR_RETURN(auto p, box->Spawn(spawn));
+      std::lock_guard lock(ss->mu);
+      ss->mcp_process[name] = ss->driver->ProcessId(*p);
+      return p;
+    };
+    std::optional<std::pair<int64_t, Json>> resumed;
+    {
+      std::lock_guard lock(ss->mu);
+      if (auto it = ss->resumed_servers.find(def.name); it != ss->resumed_servers.end()) {
+        resumed = std::move(it->second);
+        ss->resumed_servers.erase(it);
+      }
+    }
+    if (resumed) {
+      // The server kept running in the checkpoint: take it over, state and session intact.
+      auto live = ss->driver->Reattach(*box, resumed->first);
+      auto taken = live.ok() ? tools::mcp::McpClient::ResumeStdioBlocking(
+                                   options, factory, std::move(live).value(), resumed->second)
+                             : Result<std::unique_ptr<tools::mcp::McpClient>>(live.status());
+      if (taken.ok()) {
+        std::lock_guard lock(ss->mu);
+        ss->mcp_process[def.name] = resumed->first;
+        client = std::move(taken).value();
+      } else {
+        spdlog::warn("session {}: MCP server '{}' could not be taken over after the sandbox "
+                     "resumed ({}); starting it afresh",
+                     a->id, def.name, taken.status().ToString());
+      }
+    }
+    if (!client) {
+      ASSIGN_OR_RETURN(client, tools::mcp::McpClient::ConnectStdioBlocking(options, factory));
+    }
   } else {
     // An HTTP server is reached only where the agent's egress list allows.
     std::string host;

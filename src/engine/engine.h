@@ -165,6 +165,12 @@ class Engine {
   // Makes the session's sandbox if it has none (restoring snapshot `manifest` into it).
   // Called by the session's worker, unlocked.
   Status EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string& manifest);
+  // Starts a sandbox from the checkpoint `image` and notes in `ss` the MCP servers left
+  // running in it. Worker, unlocked.
+  Result<std::unique_ptr<sandbox::Sandbox>> ResumeSandbox(sandbox::SandboxDriver& driver,
+                                                          const sandbox::SandboxSpec& spec,
+                                                          const std::string& image,
+                                                          SessionSandbox* ss);
   // The session's client of MCP server `def`, connecting (and for stdio, starting the server
   // in the sandbox) first when need be. Worker, unlocked.
   Result<tools::mcp::McpClient*> McpClientFor(const std::shared_ptr<Actor>& a,

@@ -28,6 +28,9 @@ inline constexpr std::string_view kWorkspaceSnapshot = "workspace.snapshot";
 // A program in the session's sandbox asked the egress proxy for a connection: allowed or
 // refused by the agent's egress list. Changes no state.
 inline constexpr std::string_view kEgressConnection = "egress.connection";
+// The session's sandbox started again from a checkpoint (its live processes kept) or, when
+// that was not possible, from its workspace alone. Changes no state.
+inline constexpr std::string_view kSandboxResumed = "sandbox.resumed";
 }  // namespace ev
 
 // True for the events that end a turn.

@@ -341,6 +341,78 @@ TEST_F(McpTest, TheReferenceFilesystemServerWorksOnTheSessionsWorkspace) {
             "written over MCP");
 }
 
+// gVisor can checkpoint a sandbox: a session's MCP servers keep running (with their state)
+// across an agentd restart; where the checkpoint is lost or broken, they start afresh on the
+// same workspace, and the journal says which happened.
+TEST_F(McpTest, AGvisorSessionKeepsItsLiveServersAcrossARestart) {
+  Json tools = Json::array({{{"type", "mcp"}, {"name", "fake"}, {"command", {AGENTD_FAKE_MCP_SERVER}}},
+                            {{"type", "builtin"}, {"name", "write_file"}},
+                            {{"type", "builtin"}, {"name", "read_file"}}});
+  std::string sid =
+      CreateSession(CreateAgent({{"tools", tools}, {"sandbox", {{"driver", "gvisor"}}}}));
+  auto counter = [&] {
+    Json t = Turn(sid, R"(call fake__counter {})");
+    EXPECT_EQ(t["status"], "completed") << t.dump();
+    return Output(t);
+  };
+  auto restart = [&](int sig) {
+    agentd_.proc->Signal(sig);
+    int code = agentd_.proc->Wait();
+    if (sig == SIGTERM) {
+      EXPECT_EQ(code, 0) << agentd_.proc->Output();
+    }
+    agentd_.proc.reset();
+    StartDaemon({"--config", dir_ + "/agentd.yaml"});
+  };
+  auto resumed_events = [&] {
+    std::vector<Json> out;
+    for (const auto& e : Events(sid)) {
+      if (e["type"] == "sandbox.resumed") out.push_back(e["data"]);
+    }
+    return out;
+  };
+  EXPECT_EQ(counter(), "1");
+  EXPECT_EQ(counter(), "2");
+  ASSERT_EQ(Turn(sid, R"(call write_file {"path": "kept.txt", "content": "kept"})")["status"],
+            "completed");
+
+  // A clean stop hibernates the sandbox with the server in it.
+  restart(SIGTERM);
+  std::string image = WorkspaceRoot(sid) + ".image";
+  ASSERT_TRUE(fs::exists(image + "/agentd-live.json"));
+  EXPECT_EQ(counter(), "3");  // the same process, its count intact
+  EXPECT_FALSE(fs::exists(image));  // an image is used once
+  std::vector<Json> resumed = resumed_events();
+  ASSERT_EQ(resumed.size(), 1u);
+  EXPECT_EQ(resumed[0], Json({{"from", "checkpoint"}, {"processes", {"fake"}}}));
+  Json t = Turn(sid, R"(call read_file {"path": "kept.txt"})");
+  EXPECT_NE(Output(t).find("kept"), std::string::npos) << Output(t);
+
+  // kill -9 leaves no checkpoint: the server starts afresh, the files are still there.
+  restart(SIGKILL);
+  EXPECT_EQ(counter(), "1");
+  EXPECT_EQ(resumed_events().size(), 1u);
+  EXPECT_EQ(counter(), "2");
+
+  // A checkpoint that cannot be resumed: the same, and the journal says why.
+  restart(SIGTERM);
+  ASSERT_TRUE(fs::exists(image + "/agentd-live.json"));
+  for (const auto& f : fs::directory_iterator(image)) {
+    if (f.is_regular_file() && f.path().filename() != "agentd-live.json") {
+      fs::resize_file(f.path(), 10);
+    }
+  }
+  EXPECT_EQ(counter(), "1");
+  resumed = resumed_events();
+  ASSERT_EQ(resumed.size(), 2u);
+  EXPECT_EQ(resumed[1]["from"], "workspace");
+  EXPECT_NE(resumed[1]["reason"].get<std::string>().find("checkpoint"), std::string::npos)
+      << resumed[1].dump();
+  t = Turn(sid, R"(call read_file {"path": "kept.txt"})");
+  EXPECT_NE(Output(t).find("kept"), std::string::npos) << Output(t);
+  EXPECT_FALSE(fs::exists(image));
+}
+
 TEST_F(McpTest, HttpServersMustBeOnTheEgressList) {
   std::string sid = CreateSession(McpAgent(Json::array(
       {{{"type", "mcp"}, {"name", "remote"}, {"url", "http://127.0.0.1:9/mcp"}}})));
