@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <memory>
+
 namespace agentd::sandbox {
 namespace {
 
@@ -119,8 +121,9 @@ int RunSpare(int sock) {
   } while (n < 0 && errno == EINTR);
   if (n != 1) return 0;
 
-  std::string text(kMaxOrder + 1, '\0');
-  OrderHeader h(text.data(), text.size());
+  // Not zeroed: the pages of the buffer cost nothing until the order is written into them.
+  std::unique_ptr<char[]> text(new char[kMaxOrder + 1]);
+  OrderHeader h(text.get(), kMaxOrder + 1);
   msghdr& msg = h.msg;
   do {
     n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
@@ -137,10 +140,10 @@ int RunSpare(int sock) {
   if (got != kBwrapFds || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0) return kExitOrder;
 
   // Split "<uid>\0<argc>\0<argv...>\0<env...>\0" in place.
-  text.resize(static_cast<size_t>(n));
-  if (text.empty() || text.back() != '\0') return kExitOrder;
+  const size_t size = static_cast<size_t>(n);
+  if (text[size - 1] != '\0') return kExitOrder;
   std::vector<char*> fields;
-  for (size_t at = 0; at < text.size(); at = text.find('\0', at) + 1) fields.push_back(&text[at]);
+  for (size_t at = 0; at < size; at += strlen(&text[at]) + 1) fields.push_back(&text[at]);
   if (fields.size() < 3) return kExitOrder;
   long uid = strcmp(fields[0], "-") == 0 ? -1 : strtol(fields[0], nullptr, 10);
   size_t argc = strtoul(fields[1], nullptr, 10);
