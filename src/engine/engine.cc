@@ -1182,7 +1182,7 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     std::string manifest = s.workspace_manifest;
     const ToolDef server = *tool;
     lock.unlock();
-    out = RunMcp(a, server, mcp_tool, args, manifest);
+    out = RunMcp(a, server, mcp_tool, args, manifest, turn_id, call_id);
     lock.lock();
   } else {
     tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent};
@@ -1587,7 +1587,8 @@ std::vector<model::ToolSpec> Engine::ListMcpTools(const std::shared_ptr<Actor>& 
 
 tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef& server,
                                   const std::string& tool, const Json& args,
-                                  const std::string& manifest) {
+                                  const std::string& manifest, const std::string& turn_id,
+                                  const std::string& call_id) {
   auto client = McpClientFor(a, server, manifest);
   if (!client.ok()) return NotSent(client.status().message());
   if (!server.command.empty()) {
@@ -1598,6 +1599,24 @@ tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef
   options.timeout = std::chrono::milliseconds(server.timeout_ms);
   Actor* raw = a.get();
   options.should_abort = [this, raw] { return ShouldAbort(*raw); };
+  // The server's progress reports reach the journal (and so every event stream) as they
+  // come: the first, the last and at most four a second in between.
+  auto last_progress = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
+  options.on_progress = [this, raw, turn_id, call_id,
+                         last_progress](const tools::mcp::ProgressUpdate& p) {
+    auto now = std::chrono::steady_clock::now();
+    bool final = p.total && p.progress >= *p.total;
+    if (*last_progress && !final && now - **last_progress < std::chrono::milliseconds(250)) return;
+    *last_progress = now;
+    Json data = {{"call_id", call_id}, {"progress", p.progress}};
+    if (p.total) data["total"] = *p.total;
+    if (!p.message.empty()) data["message"] = p.message.substr(0, 1024);
+    std::lock_guard lock(raw->mu);
+    if (raw->broken || raw->state.current_turn != turn_id) return;
+    if (Stage(*raw, ev::kToolCallProgress, turn_id, std::move(data)).ok()) {
+      FlushLocked(*raw).IgnoreError();
+    }
+  };
   auto result = (*client)->CallToolBlocking(tool, args, options);
   tools::ToolOutcome out;
   if (!result.ok()) {

@@ -180,7 +180,8 @@ class Engine {
   std::vector<model::ToolSpec> ListMcpTools(const std::shared_ptr<Actor>& a,
                                             const std::string& manifest);
   tools::ToolOutcome RunMcp(const std::shared_ptr<Actor>& a, const ToolDef& server,
-                            const std::string& tool, const Json& args, const std::string& manifest);
+                            const std::string& tool, const Json& args, const std::string& manifest,
+                            const std::string& turn_id, const std::string& call_id);
   // Stages a workspace.snapshot for `turn_id` when a built-in tool changed the workspace since
   // the last one; the snapshot's blobs go into the same batch. a.mu held.
   void SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id);

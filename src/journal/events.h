@@ -18,6 +18,8 @@ inline constexpr std::string_view kModelCallFailed = "model_call.failed";
 inline constexpr std::string_view kToolCallStarted = "tool_call.started";
 inline constexpr std::string_view kToolCallCompleted = "tool_call.completed";
 inline constexpr std::string_view kToolCallFailed = "tool_call.failed";
+// A running tool reported progress (MCP notifications/progress). Changes no state.
+inline constexpr std::string_view kToolCallProgress = "tool_call.progress";
 inline constexpr std::string_view kTurnRequiresAction = "turn.requires_action";
 inline constexpr std::string_view kSessionNeedsAttention = "session.needs_attention";
 inline constexpr std::string_view kTurnCompleted = "turn.completed";

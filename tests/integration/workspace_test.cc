@@ -341,6 +341,35 @@ TEST_F(McpTest, TheReferenceFilesystemServerWorksOnTheSessionsWorkspace) {
             "written over MCP");
 }
 
+TEST_F(McpTest, ProgressReportsReachTheJournalAsTheyCome) {
+  std::string sid = CreateSession(McpAgent(Json::array(
+      {{{"type", "mcp"}, {"name", "fake"}, {"command", {AGENTD_FAKE_MCP_SERVER}}}})));
+  Json t = Turn(sid, R"(call fake__progress {"steps": 3})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  std::vector<Json> progress;
+  std::string started_call, completed_call;
+  std::vector<std::string> order;
+  for (const auto& e : Events(sid)) {
+    std::string type = e["type"];
+    if (type.rfind("tool_call.", 0) == 0) order.push_back(type);
+    if (type == "tool_call.started") started_call = e["data"]["call_id"];
+    if (type == "tool_call.completed") completed_call = e["data"]["call_id"];
+    if (type == "tool_call.progress") {
+      EXPECT_EQ(e["turn_id"], t["id"]);
+      progress.push_back(e["data"]);
+    }
+  }
+  // The first report and the last one at least (those between may be thinned out), each
+  // naming its call, between the call's start and its result.
+  ASSERT_GE(progress.size(), 2u);
+  EXPECT_EQ(progress.front(), Json({{"call_id", started_call}, {"progress", 1}, {"total", 3},
+                                    {"message", "step 1"}}));
+  EXPECT_EQ(progress.back()["progress"], 3);
+  EXPECT_EQ(progress.back()["call_id"], completed_call);
+  EXPECT_EQ(order.front(), "tool_call.started");
+  EXPECT_EQ(order.back(), "tool_call.completed");
+}
+
 // gVisor can checkpoint a sandbox: a session's MCP servers keep running (with their state)
 // across an agentd restart; where the checkpoint is lost or broken, they start afresh on the
 // same workspace, and the journal says which happened.
