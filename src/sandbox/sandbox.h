@@ -72,6 +72,9 @@ class Process {
   // True while running; when it has exited, `exit_code` says how (128 + signal if killed).
   virtual bool Running(int* exit_code) = 0;
   virtual void Kill() = 0;
+  // Closes the process's stdin, so that it reads end-of-file (how an MCP client asks a
+  // stdio server to exit). stdin_fd() is -1 afterwards; idempotent.
+  virtual void CloseStdin() = 0;
 };
 
 struct SpawnRequest {

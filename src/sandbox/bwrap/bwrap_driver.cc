@@ -95,7 +95,7 @@ class BwrapProcess : public Process {
  public:
   BwrapProcess(std::shared_ptr<BwrapSandbox> box, int64_t id, int in, int out, int err);
   ~BwrapProcess() override;
-  int stdin_fd() const override { return in_; }
+  int stdin_fd() const override { return in_.load(); }
   int stdout_fd() const override { return out_; }
   std::string StderrTail() const override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -103,11 +103,15 @@ class BwrapProcess : public Process {
   }
   bool Running(int* exit_code) override;
   void Kill() override;
+  void CloseStdin() override {
+    if (int fd = in_.exchange(-1); fd >= 0) close(fd);
+  }
 
  private:
   std::shared_ptr<BwrapSandbox> box_;
   const int64_t id_;
-  int in_, out_, err_;
+  std::atomic<int> in_;
+  int out_, err_;
   mutable std::mutex mu_;
   std::string tail_;  // guarded by mu_
   std::thread drain_;
@@ -571,7 +575,7 @@ BwrapProcess::BwrapProcess(std::shared_ptr<BwrapSandbox> box, int64_t id, int in
 
 BwrapProcess::~BwrapProcess() {
   Kill();
-  close(in_);
+  CloseStdin();
   close(out_);
   drain_.join();  // the runner kills the tree, so stderr ends
   close(err_);

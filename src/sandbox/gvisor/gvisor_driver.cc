@@ -861,11 +861,14 @@ class GvisorProcess : public Process {
       : box_(std::move(box)), id_(id), in_(in), out_(out) {}
   ~GvisorProcess() override {
     Kill();
-    close(in_);
+    CloseStdin();
     close(out_);
     box_->Forget(id_);
   }
-  int stdin_fd() const override { return in_; }
+  int stdin_fd() const override { return in_.load(); }
+  void CloseStdin() override {
+    if (int fd = in_.exchange(-1); fd >= 0) close(fd);
+  }
   int stdout_fd() const override { return out_; }
   std::string StderrTail() const override { return box_->Tail(id_); }
   bool Running(int* exit_code) override { return !box_->Exited(id_, exit_code); }
@@ -877,7 +880,8 @@ class GvisorProcess : public Process {
  private:
   std::shared_ptr<GvisorSandbox> box_;
   const int64_t id_;
-  int in_, out_;
+  std::atomic<int> in_;
+  int out_;
 };
 
 Result<std::unique_ptr<Process>> MakeProcess(std::shared_ptr<GvisorSandbox> box, const SpawnRequest* req,

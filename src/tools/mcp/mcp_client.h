@@ -94,6 +94,9 @@ struct ClientOptions {
   size_t max_message_bytes = 16u << 20;
   // Reconnect (a new process for stdio) when a call finds the connection broken.
   bool auto_reconnect = true;
+  // Closing a stdio connection closes the server's stdin and waits this long for it to exit
+  // before killing it (the specification's shutdown sequence).
+  std::chrono::milliseconds shutdown_grace{2000};
   // Called (on a transport thread, without locks held) when the server says its tool list
   // changed; the next ListToolsBlocking() fetches it again in any case.
   std::function<void()> on_tools_changed;

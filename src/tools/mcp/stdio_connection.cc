@@ -89,12 +89,20 @@ class StdioConnection final : public Connection {
       : process_(std::move(process)),
         server_(options.server_name),
         max_message_bytes_(options.max_message_bytes),
+        shutdown_grace_(options.shutdown_grace),
         sink_(std::move(sink)) {}
 
   int64_t NextRequestId() const override { return next_id_.load(); }
   void SetNextRequestId(int64_t id) { next_id_.store(id); }
 
+  // MCP's stdio shutdown: the server's stdin is closed, it gets a moment to exit on its
+  // own (and save what it keeps), and only then is it killed.
   ~StdioConnection() override {
+    process_->CloseStdin();
+    auto deadline = std::chrono::steady_clock::now() + shutdown_grace_;
+    while (process_->Running(nullptr) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     stop_.store(true);
     if (reader_.joinable()) reader_.join();
     process_->Kill();
@@ -407,6 +415,7 @@ class StdioConnection final : public Connection {
   std::unique_ptr<sandbox::Process> process_;
   const std::string server_;
   const size_t max_message_bytes_;
+  const std::chrono::milliseconds shutdown_grace_;
   NotificationSink sink_;
   std::atomic<int64_t> next_id_{1};
   std::atomic<bool> stop_{false};

@@ -83,6 +83,7 @@ struct Flags {
   bool garbage_banner = false;
   std::string required_header;  // lower-cased name
   std::string required_value;
+  std::string exit_file;  // written when stdin ends (a clean shutdown)
 };
 
 Flags g_flags;
@@ -558,6 +559,13 @@ int RunStdio() {
       g_server->Handle(msg, ch);
     }).detach();
   }
+  if (!g_flags.exit_file.empty()) {
+    std::FILE* f = std::fopen(g_flags.exit_file.c_str(), "w");
+    if (f != nullptr) {
+      std::fputs("stdin closed\n", f);
+      std::fclose(f);
+    }
+  }
   return 0;
 }
 
@@ -852,6 +860,8 @@ int main(int argc, char** argv) {
       g_flags.page_size = static_cast<size_t>(n);
     } else if (arg == "--silent-discover") {
       g_flags.silent_discover = true;
+    } else if (arg == "--exit-file") {
+      g_flags.exit_file = value();
     } else if (arg == "--garbage-banner") {
       g_flags.garbage_banner = true;
     } else if (arg == "--require-header") {

@@ -65,7 +65,8 @@ Result<std::unique_ptr<HostProcess>> HostProcess::Spawn(
 HostProcess::~HostProcess() {
   Kill();
   if (stderr_reader_.joinable()) stderr_reader_.join();
-  for (int fd : {stdin_fd_, stdout_fd_, stderr_fd_}) {
+  CloseStdin();
+  for (int fd : {stdout_fd_, stderr_fd_}) {
     if (fd >= 0) ::close(fd);
   }
 }

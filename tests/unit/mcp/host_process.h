@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -28,6 +29,9 @@ class HostProcess final : public sandbox::Process {
   std::string StderrTail() const override;
   bool Running(int* exit_code) override;
   void Kill() override;
+  void CloseStdin() override {
+    if (int fd = stdin_fd_.exchange(-1); fd >= 0) ::close(fd);
+  }
   pid_t pid() const { return pid_; }
 
  private:
@@ -35,7 +39,7 @@ class HostProcess final : public sandbox::Process {
   void Reap(int status);
 
   pid_t pid_ = -1;
-  int stdin_fd_ = -1;
+  std::atomic<int> stdin_fd_{-1};
   int stdout_fd_ = -1;
   int stderr_fd_ = -1;
   std::thread stderr_reader_;

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -306,6 +307,20 @@ TEST(McpDetectionTest, LegacyServerAnsweringTheProbeWithAnErrorKeepsItsProcess) 
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ((*c)->protocol_version(), "2025-06-18");
   EXPECT_EQ(spawns->spawns, 1);
+}
+
+TEST(McpShutdownTest, ClosingAStdioClientLetsTheServerExitOnItsOwn) {
+  std::string marker = agentd::testing::TempDir("mcp-exit") + "/exited";
+  {
+    auto c = McpClient::ConnectStdioBlocking(
+        FastOptions(), HostFactory({kFake, "--era", "dual", "--exit-file", marker}));
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    ASSERT_TRUE((*c)->CallToolBlocking("echo", {{"text", "x"}}).ok());
+  }
+  // The server read end-of-file and finished (a kill would not have let it write this).
+  std::ifstream in(marker);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "stdin closed\n");
 }
 
 // Taking a server over (after its sandbox was hibernated and resumed) continues the saved
