@@ -124,9 +124,20 @@ Result<HttpResponse> HttpDoBlocking(const HttpRequest& req) {
     headers = curl_slist_append(headers, line.c_str());
   }
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  struct curl_slist* connect_to = nullptr;
+  if (!req.connect_address.empty()) {
+    // "HOST:PORT:CONNECT-TO-HOST:CONNECT-TO-PORT" with empty HOST and PORT: whatever the URL
+    // names, connect to this address on the URL's port.
+    std::string addr = req.connect_address.find(':') != std::string::npos
+                           ? "[" + req.connect_address + "]"
+                           : req.connect_address;
+    connect_to = curl_slist_append(connect_to, ("::" + addr + ":").c_str());
+    curl_easy_setopt(c, CURLOPT_CONNECT_TO, connect_to);
+  }
 
   CURLcode rc = curl_easy_perform(c);
   curl_slist_free_all(headers);
+  curl_slist_free_all(connect_to);
 
   if (t.too_big) {
     return ResourceExhausted(

@@ -34,6 +34,11 @@ struct HttpRequest {
   std::function<bool(std::string_view)> on_body;
   // Polled while the transfer runs; returning true aborts it with Cancelled.
   std::function<bool()> should_abort;
+  // When set, the TCP connection goes to this address (an IP literal, checked by the
+  // caller) instead of wherever the URL's host name resolves now: a name checked against a
+  // policy cannot be re-pointed between the check and the connect. Host header and TLS
+  // name stay the URL's.
+  std::string connect_address;
 };
 
 struct HttpResponse {

@@ -8,6 +8,7 @@
 #include <list>
 #include <optional>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -198,6 +199,23 @@ Engine::~Engine() {
   DrainBlocking();
   workers_.Shutdown();
   egress_proxy_->Shutdown();
+  // The sessions still in memory leave it together: stopping a sandbox, or hibernating one
+  // (a second or more for gVisor), takes a while each, and shutdown should not add them up.
+  std::vector<std::shared_ptr<Actor>> resident;
+  {
+    std::lock_guard lock(actors_mu_);
+    for (auto& [id, a] : actors_) resident.push_back(std::move(a));
+    actors_.clear();
+    idle_.clear();
+  }
+  std::atomic<size_t> next{0};
+  std::vector<std::thread> leaving;
+  for (size_t t = 0; t < std::min<size_t>(8, resident.size()); ++t) {
+    leaving.emplace_back([&] {
+      for (size_t i; (i = next.fetch_add(1)) < resident.size();) resident[i].reset();
+    });
+  }
+  for (auto& t : leaving) t.join();
 }
 
 std::set<std::string> Engine::ProviderNames() const {
@@ -1530,19 +1548,21 @@ Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>
       return InvalidArgument(fmt::format("MCP server '{}': bad URL", def.name));
     }
     const auto& policy = a->agent.sandbox.egress;
-    auto literal = sandbox::egress::IpAddress::Parse(host);
-    std::optional<std::string> refused;
     if (policy.Match(host, port) == nullptr) {
-      refused = "not in the agent's sandbox.egress list";
-    } else if (literal) {
-      refused = policy.CheckAddress(*literal, port);
+      return PermissionDenied(fmt::format("MCP server '{}' at {}:{} is not allowed: not in the "
+                                          "agent's sandbox.egress list",
+                                          def.name, host, port));
     }
-    if (refused) {
-      return PermissionDenied(fmt::format("MCP server '{}' at {}:{} is not allowed: {}", def.name,
-                                          host, port, *refused));
+    // Decided as the egress proxy decides, on the addresses the name has now; the client
+    // then connects to the address checked, never to a later answer of the resolver.
+    auto addrs = egress_proxy_->CheckDestination(policy, host, port);
+    if (!addrs.ok()) {
+      return Status(addrs.status().code(),
+                    fmt::format("MCP server '{}': {}", def.name, addrs.status().message()));
     }
     tools::mcp::HttpTarget target;
     target.url = def.url;
+    target.connect_address = addrs->front().ToString();
     for (const auto& [k, v] : def.headers) {
       ASSIGN_OR_RETURN(std::string value, ResolveValue(def.name, k, v));
       target.headers.emplace_back(k, std::move(value));

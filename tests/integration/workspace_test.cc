@@ -442,6 +442,31 @@ TEST_F(McpTest, AGvisorSessionKeepsItsLiveServersAcrossARestart) {
   EXPECT_FALSE(fs::exists(image));
 }
 
+// An HTTP MCP server is reached where the egress list allows, decided on the addresses its
+// name has (a listed name never unlocks loopback; an address entry does), and the client
+// connects to the address that was checked.
+TEST_F(McpTest, HttpServersAreReachedOnlyAtAddressesTheEgressListAllows) {
+  auto p = Process::Start({AGENTD_FAKE_MCP_SERVER, "--transport", "http", "--era", "dual"}, {},
+                          dir_ + "/mcp-http.log");
+  ASSERT_TRUE(p.ok());
+  auto port = (*p)->WaitForLine("LISTENING ([0-9]+)", std::chrono::seconds(10));
+  ASSERT_TRUE(port.ok());
+  auto agent = [&](std::string host, Json egress) {
+    Json server = {{"type", "mcp"}, {"name", "remote"},
+                   {"url", "http://" + host + ":" + *port + "/mcp"}};
+    return CreateAgent({{"tools", {server}}, {"sandbox", {{"egress", egress}}}});
+  };
+  // (localhost is loopback whichever of 127.0.0.1 and ::1 it resolves to here.)
+  std::string by_name = CreateSession(agent("localhost", {"localhost:" + *port}));
+  Json t = Turn(by_name, R"(call remote__echo {"text": "x"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  EXPECT_NE(Output(t).find("loopback"), std::string::npos) << Output(t);
+  std::string by_address = CreateSession(agent("127.0.0.1", {"127.0.0.1:" + *port}));
+  t = Turn(by_address, R"(call remote__echo {"text": "over http"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  EXPECT_EQ(Output(t), "over http");
+}
+
 TEST_F(McpTest, HttpServersMustBeOnTheEgressList) {
   std::string sid = CreateSession(McpAgent(Json::array(
       {{{"type", "mcp"}, {"name", "remote"}, {"url", "http://127.0.0.1:9/mcp"}}})));

@@ -876,6 +876,26 @@ void EgressProxy::Shutdown() {
   done_.clear();  // iterators into `threads`, all joined
 }
 
+Result<std::vector<IpAddress>> EgressProxy::CheckDestination(const EgressPolicy& policy,
+                                                             const std::string& host,
+                                                             uint16_t port) const {
+  const EgressProxyOptions& o = options_;
+  std::vector<IpAddress> addrs;
+  if (std::optional<IpAddress> ip = IpAddress::Parse(host)) {
+    addrs.push_back(*ip);
+  } else {
+    ASSIGN_OR_RETURN(addrs, o.resolver ? o.resolver(host) : GetAddrInfo(host));
+  }
+  std::vector<IpAddress> mine = o.host_addresses ? o.host_addresses() : GetIfAddrs();
+  for (const IpAddress& a : addrs) {
+    if (std::optional<std::string> why = policy.CheckAddress(a, port, mine)) {
+      return PermissionDenied(
+          fmt::format("{}:{} ({}) is not allowed: {}", host, port, a.ToString(), *why));
+    }
+  }
+  return addrs;
+}
+
 size_t EgressProxy::active_connections() const {
   std::lock_guard<std::mutex> lock(mu_);
   return active_;

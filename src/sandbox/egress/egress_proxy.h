@@ -126,6 +126,15 @@ class EgressProxy {
   // proxy.
   void Shutdown();
 
+  // The addresses `host:port` is reached at under `policy`, decided as a connection through
+  // the proxy would be: the name resolved here, every address it has checked (an internal
+  // one among public ones refuses the whole name). PermissionDenied naming the address and
+  // the rule; NotFound or Unavailable when the name does not resolve. For agentd's own
+  // connections on a session's behalf (MCP over HTTP), which then connect to exactly these
+  // addresses. Blocking.
+  Result<std::vector<IpAddress>> CheckDestination(const EgressPolicy& policy,
+                                                  const std::string& host, uint16_t port) const;
+
   // Connections being served now.
   size_t active_connections() const;
 

@@ -68,6 +68,7 @@ class HttpConnection final : public Connection {
     req.headers = BaseHeaders();
     req.timeout = kDeleteTimeout;
     req.connect_timeout = target_.connect_timeout;
+    req.connect_address = target_.connect_address;
     auto r = HttpDoBlocking(req);  // a courtesy: the server may keep the session otherwise
     (void)r;
   }
@@ -103,6 +104,7 @@ class HttpConnection final : public Connection {
     req.body = DumpJson(msg);
     req.timeout = left;
     req.connect_timeout = target_.connect_timeout;
+    req.connect_address = target_.connect_address;
 
     // The body is sniffed: JSON starts with '{' or '['; anything else is an event stream.
     // (on_body runs before the caller sees the headers.)
@@ -220,6 +222,7 @@ class HttpConnection final : public Connection {
         get.headers.emplace_back("Last-Event-ID", sse.last_event_id());
         get.timeout = remaining;
         get.connect_timeout = target_.connect_timeout;
+        get.connect_address = target_.connect_address;
         get.on_body = req.on_body;
         get.should_abort = req.should_abort;
         auto r = HttpDoBlocking(get);
@@ -253,6 +256,7 @@ class HttpConnection final : public Connection {
     req.body = DumpJson(msg);
     req.timeout = kNotifyTimeout;
     req.connect_timeout = target_.connect_timeout;
+    req.connect_address = target_.connect_address;
     req.max_response_bytes = 64 * 1024;
     ASSIGN_OR_RETURN(HttpResponse resp, HttpDoBlocking(req));
     if (resp.status < 200 || resp.status >= 300) {
@@ -369,6 +373,7 @@ class HttpConnection final : public Connection {
     req.body = DumpJson(answer);
     req.timeout = kNotifyTimeout;
     req.connect_timeout = target_.connect_timeout;
+    req.connect_address = target_.connect_address;
     req.max_response_bytes = 64 * 1024;
     auto r = HttpDoBlocking(req);
     if (!r.ok()) {

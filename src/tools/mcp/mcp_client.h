@@ -108,6 +108,8 @@ struct HttpTarget {
   // Added to every request (from the tool definition: Authorization, API keys, ...).
   std::vector<std::pair<std::string, std::string>> headers;
   std::chrono::milliseconds connect_timeout{5000};  // TCP connect
+  // When set, every request connects to this IP address (see HttpRequest::connect_address).
+  std::string connect_address;
 };
 
 // A tool as the server describes it in tools/list.

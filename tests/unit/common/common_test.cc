@@ -195,6 +195,21 @@ TEST(Base64Test, RoundTripsAndRefusesWhatIsNotBase64) {
   }
 }
 
+// connect_address pins where the connection goes, whatever the name resolves to (here, to
+// nothing at all); the Host header stays the URL's.
+TEST_F(HttpServerTest, ConnectAddressOverridesTheNamesResolution) {
+  std::string port = base_.substr(base_.rfind(':') + 1);
+  HttpRequest req;
+  req.url = "http://mcp.example.invalid:" + port + "/pinned";
+  req.body = "x";
+  auto unpinned = HttpDoBlocking(req);
+  EXPECT_FALSE(unpinned.ok());
+  req.connect_address = "127.0.0.1";
+  auto r = HttpDoBlocking(req);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->body, "POST /pinned q= x");
+}
+
 TEST_F(HttpServerTest, BadPercentEncodingIs400) {
   HttpRequest req;
   req.method = "GET";

@@ -466,6 +466,38 @@ TEST(EgressProxy, NamesResolvingToInternalAddressesAreRefused) {
   EXPECT_EQ(ev[4].status, 502);
 }
 
+// agentd's own connections on a session's behalf (MCP over HTTP) are decided the same way,
+// and get the addresses to connect to.
+TEST(EgressProxy, CheckDestinationDecidesAsTheProxyDoes) {
+  EgressProxyOptions options;
+  options.resolver = [](const std::string& host) -> Result<std::vector<IpAddress>> {
+    if (host == "public.example.com") {
+      return std::vector<IpAddress>{*IpAddress::Parse("93.184.216.34")};
+    }
+    if (host == "rebind.example.com") {
+      return std::vector<IpAddress>{*IpAddress::Parse("93.184.216.34"),
+                                    *IpAddress::Parse("127.0.0.1")};
+    }
+    return NotFound("Name or service not known");
+  };
+  EgressProxy proxy(options);
+  EgressPolicy policy = Policy({"*.example.com:443", "10.1.2.3:443"});
+  auto ok = proxy.CheckDestination(policy, "public.example.com", 443);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(*ok, std::vector<IpAddress>{*IpAddress::Parse("93.184.216.34")});
+  auto rebind = proxy.CheckDestination(policy, "rebind.example.com", 443);
+  EXPECT_EQ(rebind.status().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(rebind.status().message().find("127.0.0.1"), std::string::npos)
+      << rebind.status().message();
+  EXPECT_NE(rebind.status().message().find("loopback"), std::string::npos);
+  EXPECT_EQ(proxy.CheckDestination(policy, "gone.example.com", 443).status().code(),
+            StatusCode::kNotFound);
+  // A private address is reachable only because an address entry lists it.
+  EXPECT_TRUE(proxy.CheckDestination(policy, "10.1.2.3", 443).ok());
+  EXPECT_EQ(proxy.CheckDestination(policy, "10.1.2.4", 443).status().code(),
+            StatusCode::kPermissionDenied);
+}
+
 TEST(EgressProxy, PlainHttpIsForwardedInOriginFormWithoutProxyHeaders) {
   HttpServer origin;
   Events events;  // outlives the proxy, whose threads call it
