@@ -4,6 +4,7 @@
 // of 10 MB in 1,000 files and of a one-file change; memory per idle sandbox and per spare
 // launcher. One JSON line per measurement. Needs root for the per-sandbox uid, tmpfs and
 // cgroups, as agentd does.
+#include <poll.h>
 #include <spawn.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -24,6 +25,7 @@
 
 #include "common/json.h"
 #include "sandbox/bwrap/bwrap_driver.h"
+#include "sandbox/gvisor/gvisor_driver.h"
 #include "sandbox/workspace/workspace.h"
 #include "store/sqlite/sqlite_store.h"
 
@@ -110,12 +112,13 @@ void WriteTree(const std::string& root, int files, size_t total_bytes, std::mt19
 
 int main(int argc, char** argv) {
   CLI::App app{"agentd sandbox benchmarks"};
-  int cold = 50, warm = 200, idle = 20, runs = 5;
+  int cold = 50, warm = 200, idle = 20, runs = 5, gvisor = 20;
   std::string dir = "/tmp";
   app.add_option("--cold", cold, "cold starts measured");
   app.add_option("--warm", warm, "warm exec round trips measured");
   app.add_option("--idle", idle, "idle sandboxes for the memory figure");
   app.add_option("--runs", runs, "repetitions of the workspace measurements");
+  app.add_option("--gvisor", gvisor, "gvisor cold starts and checkpoints measured (0: none)");
   app.add_option("--dir", dir, "where to work (a folder others may pass through)");
   CLI11_PARSE(app, argc, argv);
 
@@ -286,6 +289,108 @@ int main(int argc, char** argv) {
           {"workspace_fs", tmpfs ? "tmpfs" : "the --dir file system"}});
     (*store)->Close();
     if (tmpfs) umount2(fsdir.c_str(), MNT_DETACH);
+  }
+  // gVisor: cold start and warm exec; where runsc can checkpoint, a sandbox with a live
+  // process (a line-echoing shell, as an MCP server would be) hibernated and resumed: the
+  // time to save it, and from resume to its first command and to the live process answering.
+  if (gvisor > 0) {
+    sandbox::GvisorOptions go;
+    go.state_dir = work + "/gvisor";
+    auto g = sandbox::GvisorDriver::Open(go);
+    const auto& caps = g->capabilities();
+    if (!caps.available) {
+      Emit({{"bench", "gvisor"}, {"skipped", caps.unavailable_reason}});
+    } else {
+      auto spec_for = [&](int i) {
+        sandbox::SandboxSpec spec;
+        spec.id = fmt::format("bench-{}-g{}", getpid(), i);
+        spec.root = fmt::format("{}/gbox{}", work, i);
+        fs::create_directories(spec.root);
+        return spec;
+      };
+      std::vector<double> cold_g, warm_g;
+      for (int i = 0; i < gvisor; ++i) {
+        auto spec = spec_for(i);
+        auto start = Clock::now();
+        auto box = g->Create(spec);
+        if (!box.ok() || !(*box)->Exec(t).ok()) return 11;
+        cold_g.push_back(Ms(Clock::now() - start));
+        if (i == 0) {
+          for (int k = 0; k < 50; ++k) {
+            auto ws = Clock::now();
+            if (!(*box)->Exec(t).ok()) return 12;
+            warm_g.push_back(Ms(Clock::now() - ws));
+          }
+        }
+        box->reset();
+        g->Discard(spec.root).IgnoreError();
+      }
+      std::string platform;
+      for (const auto& e : caps.enforced) {
+        if (e.rfind("platform:", 0) == 0) platform = e.substr(9);
+      }
+      Emit({{"bench", "gvisor"}, {"platform", platform},
+            {"cold_start_to_first_command", Stats(cold_g)}, {"warm_exec_true", Stats(warm_g)}});
+      bool checkpoint = std::find(caps.enforced.begin(), caps.enforced.end(), "checkpoint") !=
+                        caps.enforced.end();
+      if (!checkpoint) {
+        Emit({{"bench", "gvisor_checkpoint"}, {"skipped", caps.not_enforced.count("checkpoint")
+                                                             ? caps.not_enforced.at("checkpoint")
+                                                             : "no checkpoint"}});
+      } else {
+        // One line in, one line back, within `ms`.
+        auto echo = [](sandbox::Process& p, const std::string& line, int ms) {
+          std::string out = line + "\n";
+          if (write(p.stdin_fd(), out.data(), out.size()) != static_cast<ssize_t>(out.size())) {
+            return false;
+          }
+          std::string got;
+          auto deadline = Clock::now() + std::chrono::milliseconds(ms);
+          while (got.find('\n') == std::string::npos && Clock::now() < deadline) {
+            pollfd pfd{p.stdout_fd(), POLLIN, 0};
+            if (poll(&pfd, 1, 50) <= 0) continue;
+            char buf[256];
+            ssize_t n = read(p.stdout_fd(), buf, sizeof buf);
+            if (n <= 0) return false;
+            got.append(buf, static_cast<size_t>(n));
+          }
+          return got == out;
+        };
+        std::vector<double> save_ms, resume_ms, live_ms;
+        int rounds = std::max(1, gvisor / 2);
+        for (int i = 0; i < rounds; ++i) {
+          auto spec = spec_for(1000 + i);
+          auto box = g->Create(spec);
+          if (!box.ok()) return 13;
+          sandbox::SpawnRequest req;
+          req.argv = {"/bin/sh", "-c", "while read l; do echo \"$l\"; done"};
+          auto proc = (*box)->Spawn(req);
+          if (!proc.ok() || !echo(**proc, "before", 10000)) return 14;
+          int64_t id = g->ProcessId(**proc);
+          std::string image = spec.root + ".image";
+          auto start = Clock::now();
+          if (!g->Hibernate(**box, image).ok()) return 15;
+          save_ms.push_back(Ms(Clock::now() - start));
+          proc->reset();
+          box->reset();
+          start = Clock::now();
+          auto again = g->Resume(spec, image);
+          if (!again.ok() || !(*again)->Exec(t).ok()) return 16;
+          resume_ms.push_back(Ms(Clock::now() - start));
+          auto live = g->Reattach(**again, id);
+          if (!live.ok() || !echo(**live, "after", 10000)) return 17;
+          live_ms.push_back(Ms(Clock::now() - start));
+          live->reset();
+          again->reset();
+          fs::remove_all(image);
+          g->Discard(spec.root).IgnoreError();
+        }
+        Emit({{"bench", "gvisor_checkpoint"}, {"hibernate", Stats(save_ms)},
+              {"resume_to_first_command", Stats(resume_ms)},
+              {"resume_to_live_process_answer", Stats(live_ms)},
+              {"note", "a sandbox with one live line-echoing shell, saved and restored"}});
+      }
+    }
   }
   fs::remove_all(work);
   return 0;

@@ -95,6 +95,8 @@ Status ReadSandbox(const YAML::Node& n, Config* cfg) {
       } catch (const std::exception&) {
         return InvalidArgument("config key 'sandbox.probe_gvisor_at_start' must be true or false");
       }
+    } else if (key == "spares") {
+      RETURN_IF_ERROR(ReadInt(kv.second, "sandbox.spares", 0, 16, &cfg->sandbox_spares));
     } else if (key == "uid_base") {
       RETURN_IF_ERROR(ReadInt(kv.second, "sandbox.uid_base", 1000, 4000000000LL, &cfg->sandbox_uid_base));
     } else {

@@ -30,6 +30,8 @@ struct Config {
   sandbox::Limits sandbox_defaults{512, 1.0, 256, 256, 60000};
   sandbox::Limits sandbox_max{8192, 4.0, 4096, 10240, 3600000};
   int64_t sandbox_uid_base = 1000000000;
+  // bwrap spare launchers kept ready so a sandbox's start skips joining its cgroups.
+  int64_t sandbox_spares = 1;
   // Probe the gvisor driver at start-up (in the background) rather than when first used.
   bool sandbox_probe_gvisor_at_start = false;
   // Host folders every sandbox sees read-only at the same path (MCP servers from npm).

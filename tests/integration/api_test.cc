@@ -671,6 +671,13 @@ TEST_F(AgentdTest, UnknownConfigKeyIsRefusedByName) {
   ASSERT_TRUE(p.ok());
   EXPECT_EQ((*p)->Wait(), 2);
   EXPECT_NE((*p)->Output().find("unknown config key 'listen_port'"), std::string::npos);
+  f = fopen(cfg.c_str(), "w");
+  fputs("sandbox:\n  spares: 99\n", f);
+  fclose(f);
+  auto s = Process::Start({BinPath("agentd"), "--config", cfg, "--data-dir", dir_ + "/d3"}, {}, "");
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ((*s)->Wait(), 2);
+  EXPECT_NE((*s)->Output().find("sandbox.spares"), std::string::npos) << (*s)->Output();
   // A second agentd on the same data directory is refused.
   auto q = Process::Start({BinPath("agentd"), "--listen", "127.0.0.1:0", "--data-dir",
                            dir_ + "/data"},
