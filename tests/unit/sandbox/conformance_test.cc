@@ -294,11 +294,19 @@ TEST_P(SandboxConformance, ContainsAForkBomb) {
   l.pids = 64;
   Sandbox* b = NewSandbox(l);
   ASSERT_NE(b, nullptr);
+  // The limit itself: fork fails with EAGAIN before the sandbox holds 64 processes.
+  ExecResult counted = Run(b, "./probe forks 500");
+  ASSERT_EQ(counted.stdout_data.rfind("forked ", 0), 0u) << counted.stdout_data << counted.stderr_data;
+  size_t forked = std::stoul(counted.stdout_data.substr(7));
+  EXPECT_LT(forked, 64u) << counted.stdout_data;
+  EXPECT_GT(forked, 8u) << counted.stdout_data;  // the limit, not some other failure
+  EXPECT_NE(counted.stdout_data.find("denied: EAGAIN"), std::string::npos) << counted.stdout_data;
+  // A real bomb is contained: the sandbox answers again afterwards, and so does the host
+  // (this test is running), and the processes it left are gone.
   ExecResult r = Run(b, "bomb() { bomb | bomb & }; bomb; sleep 2", milliseconds(3000));
   EXPECT_TRUE(r.timed_out || r.exit_code != 0 || r.stderr_data.find("fork") != std::string::npos);
-  // Contained: the sandbox answers again, and so does the host (this test is running).
-  ExecResult after = Run(b, "echo alive");
-  EXPECT_EQ(after.stdout_data, "alive\n") << after.stderr_data;
+  ExecResult after = Run(b, "echo alive; ./probe forks 8");
+  EXPECT_EQ(after.stdout_data, "alive\nforked 8\n") << after.stderr_data;
 }
 
 TEST_P(SandboxConformance, KillsAMemoryBombAtTheLimit) {

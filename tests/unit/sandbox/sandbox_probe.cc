@@ -17,9 +17,11 @@
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -73,6 +75,33 @@ int main(int argc, char** argv) {
   if (what == "keyctl") return Report(syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3, 0));
   if (what == "module") return Report(syscall(SYS_finit_module, 0, "", 0));
   if (what == "connect" && argc == 4) return Report(Connect(argv[2], atoi(argv[3])));
+  if (what == "forks" && argc == 3) {
+    // Starts up to N processes that wait; prints how many started before fork failed and
+    // why ("forked K: denied: EAGAIN", or "forked N" when none failed), then ends them.
+    long n = strtol(argv[2], nullptr, 10);
+    std::vector<pid_t> kids;
+    int err = 0;
+    for (long i = 0; i < n; ++i) {
+      pid_t pid = fork();
+      if (pid == 0) {
+        pause();
+        _exit(0);
+      }
+      if (pid < 0) {
+        err = errno;
+        break;
+      }
+      kids.push_back(pid);
+    }
+    for (pid_t k : kids) kill(k, SIGKILL);
+    for (pid_t k : kids) waitpid(k, nullptr, 0);
+    if (err != 0) {
+      printf("forked %zu: denied: %s\n", kids.size(), strerrorname_np(err));
+      return 1;
+    }
+    printf("forked %zu\n", kids.size());
+    return 0;
+  }
   if (what == "memory" && argc == 3) {
     // Touches MB megabytes, one page at a time.
     size_t mb = strtoul(argv[2], nullptr, 10);
