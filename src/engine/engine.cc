@@ -42,9 +42,31 @@ using journal::TurnState;
 // instead of stopped when the session leaves memory: its processes, with their state, wait
 // in an image beside the root (kept on the host with it), and the next sandbox of the
 // session resumes from the image and takes the servers over (see EnsureSandbox).
+// Sandbox roots that have a sandbox on them (running, stopping or hibernating). A session's
+// next sandbox waits until its previous one has let go of the root: an actor leaving memory
+// may still be stopping (or hibernating, which takes a second or more) its sandbox while the
+// session is loaded again for its next turn.
+struct Engine::RootRegistry {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<std::string> busy;  // guarded by mu
+
+  void Take(const std::string& root) {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return busy.count(root) == 0; });
+    busy.insert(root);
+  }
+  void Give(const std::string& root) {
+    std::lock_guard lock(mu);
+    busy.erase(root);
+    cv.notify_all();
+  }
+};
+
 struct Engine::SessionSandbox {
   sandbox::SandboxDriver* driver = nullptr;
   std::string root;
+  std::shared_ptr<RootRegistry> roots;  // holds `root` for as long as this lives
   std::unique_ptr<sandbox::Sandbox> box;
   // The last snapshot's or restore's manifest, so the next snapshot reads only what changed.
   std::optional<sandbox::workspace::Manifest> manifest;
@@ -101,13 +123,15 @@ struct Engine::SessionSandbox {
 
   ~SessionSandbox() {
     box.reset();
-    if (driver == nullptr) return;
-    if (discard) sandbox::host::RemoveTree(ImageDir(root)).IgnoreError();
-    if (discard || (!dirty && !hibernated)) {
-      if (Status st = driver->Discard(root); !st.ok()) {
-        spdlog::warn("sandbox root {}: {}", root, st.ToString());
+    if (driver != nullptr) {
+      if (discard) sandbox::host::RemoveTree(ImageDir(root)).IgnoreError();
+      if (discard || (!dirty && !hibernated)) {
+        if (Status st = driver->Discard(root); !st.ok()) {
+          spdlog::warn("sandbox root {}: {}", root, st.ToString());
+        }
       }
     }
+    if (roots) roots->Give(root);
   }
 };
 
@@ -192,6 +216,7 @@ Engine::Engine(EngineOptions options, store::Store* store, ModelProviders provid
         o.max_connections_per_owner = 64;  // one session cannot take them all
         return o;
       }())),
+      roots_(std::make_shared<RootRegistry>()),
       clock_(clock),
       workers_("turns", 0, options.max_workers) {}
 
@@ -441,6 +466,15 @@ void Engine::Release(const std::shared_ptr<Actor>& a) {
   // Actors leaving memory are destroyed after actors_mu_ is released (declared first, so
   // destroyed last): stopping a sandbox takes a while.
   std::vector<std::shared_ptr<Actor>> dropped;
+  // Those this call takes out of memory are destroyed on a worker, not on the caller's
+  // thread (an API request): stopping or hibernating a sandbox takes a while.
+  struct Later {
+    ThreadPool& pool;
+    std::vector<std::shared_ptr<Actor>>& actors;
+    ~Later() {
+      if (!actors.empty()) pool.Submit([gone = std::move(actors)]() mutable { gone.clear(); });
+    }
+  } later{workers_, dropped};
   std::lock_guard lock(actors_mu_);
   if (--a->pins > 0) return;
   auto drop = [this, &dropped](const std::shared_ptr<Actor>& victim) {
@@ -1322,6 +1356,8 @@ Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string&
     }
     auto ss = std::make_unique<SessionSandbox>();
     ss->root = SandboxRoot(a->id);
+    roots_->Take(ss->root);
+    ss->roots = roots_;
     std::error_code ec;
     // Files left by an earlier run of agentd are newer than (or equal to) the last snapshot.
     bool on_host = std::filesystem::exists(ss->root + "/workspace", ec);

@@ -136,6 +136,7 @@ class Engine {
   struct Actor;
   struct Watch;
   struct SessionSandbox;
+  struct RootRegistry;
 
   Result<std::shared_ptr<Actor>> Acquire(const std::string& session_id);
   void Release(const std::shared_ptr<Actor>& a);
@@ -205,6 +206,7 @@ class Engine {
   const SandboxDrivers sandbox_drivers_;
   // Serves the network connections of every session's sandbox (those with an egress list).
   std::unique_ptr<sandbox::egress::EgressProxy> egress_proxy_;
+  const std::shared_ptr<RootRegistry> roots_;
   Clock* const clock_;
   ThreadPool workers_;
 

@@ -5,6 +5,7 @@
 #include <sys/utsname.h>
 
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "tests/integration/fixture.h"
@@ -339,6 +340,44 @@ TEST_F(McpTest, TheReferenceFilesystemServerWorksOnTheSessionsWorkspace) {
   EXPECT_EQ(Output(t).rfind("error:", 0), 0u) << Output(t);
   EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid + "/workspace/from-mcp.txt")).raw,
             "written over MCP");
+}
+
+// With no idle session kept in memory, every turn's end takes the session out of memory:
+// its sandbox is hibernated (on a worker, while the API answers), and the next turn waits for
+// that to finish before it resumes the same sandbox from the image.
+TEST_F(McpTest, AGvisorSessionLeavingMemoryBetweenTurnsKeepsItsServer) {
+  std::string cfg = dir_ + "/evict.yaml";
+  {
+    std::ifstream in(dir_ + "/agentd.yaml");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(cfg) << text << "resident_idle_sessions: 0\n";
+  }
+  agentd_.proc->Signal(SIGTERM);
+  agentd_.proc->Wait();
+  agentd_.proc.reset();
+  StartDaemon({"--config", cfg});
+  Json tools = Json::array({{{"type", "mcp"}, {"name", "fake"}, {"command", {AGENTD_FAKE_MCP_SERVER}}}});
+  std::string sid =
+      CreateSession(CreateAgent({{"tools", tools}, {"sandbox", {{"driver", "gvisor"}}}}));
+  for (const char* want : {"1", "2", "3"}) {
+    Json t = Turn(sid, R"(call fake__counter {})");
+    ASSERT_EQ(t["status"], "completed") << t.dump();
+    EXPECT_EQ(Output(t), want);
+    // Out of memory (its hibernation may still be under way) before the next turn loads it.
+    for (int i = 0; i < 500; ++i) {
+      if (Call("GET", Url("/readyz")).body.value("resident_sessions", -1) == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(Call("GET", Url("/readyz")).body["resident_sessions"], 0);
+  }
+  int from_checkpoint = 0;
+  for (const auto& e : Events(sid)) {
+    if (e["type"] == "sandbox.resumed") {
+      EXPECT_EQ(e["data"]["from"], "checkpoint") << e.dump();
+      ++from_checkpoint;
+    }
+  }
+  EXPECT_EQ(from_checkpoint, 2);
 }
 
 TEST_F(McpTest, ProgressReportsReachTheJournalAsTheyCome) {
