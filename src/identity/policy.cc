@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <set>
+#include <unordered_map>
 
 #include "common/clock.h"
 
@@ -554,14 +555,6 @@ bool ConditionHolds(const Condition& c, const Request& req, const PatternVariabl
   return IsNegated(c.op) ? !matched : matched;
 }
 
-bool StatementApplies(const Statement& st, const Request& req, const PatternVariables& vars) {
-  bool resource = std::any_of(st.resources.begin(), st.resources.end(),
-                              [&](const Pattern& p) { return p.Matches(req.resource, vars); });
-  if (!resource) return false;
-  return std::all_of(st.conditions.begin(), st.conditions.end(),
-                     [&](const Condition& c) { return ConditionHolds(c, req, vars); });
-}
-
 }  // namespace
 
 // ---- Pattern ----------------------------------------------------------------------------
@@ -640,9 +633,26 @@ std::string_view Pattern::TokenText(const Token& t, const PatternVariables& vars
   }
 }
 
-std::string_view Pattern::LiteralPrefix() const {
-  if (tokens_.empty() || tokens_[0].kind != Token::Kind::kLiteral) return {};
-  return TokenText(tokens_[0], {});
+Pattern::Anchor Pattern::anchor() const {
+  Anchor a;
+  size_t i = 0;
+  auto literal_at = [&](size_t k) {
+    return k < tokens_.size() && tokens_[k].kind == Token::Kind::kLiteral;
+  };
+  if (literal_at(i)) a.key = TokenText(tokens_[i++], {});
+  if (i >= tokens_.size()) return a;
+  Token::Kind kind = tokens_[i].kind;
+  std::string_view next = literal_at(i + 1) ? TokenText(tokens_[i + 1], {}) : std::string_view();
+  if (kind == Token::Kind::kPrincipalId || kind == Token::Kind::kPrincipalTenant) {
+    a.gap = kind == Token::Kind::kPrincipalId ? Gap::kPrincipalId : Gap::kPrincipalTenant;
+  } else if (kind == Token::Kind::kStar && next.starts_with(':')) {
+    a.gap = Gap::kAnyToColon;
+  } else {
+    return a;
+  }
+  a.lead = a.key;
+  a.key = next;
+  return a;
 }
 
 bool Pattern::Matches(std::string_view text, const PatternVariables& vars) const {
@@ -736,6 +746,99 @@ std::string_view DeniedByName(DeniedBy d) {
   return "both";
 }
 
+// ---- the index --------------------------------------------------------------------------
+
+namespace {
+
+static_assert(kKnownActions.size() <= 32, "action masks are 32 bits");
+
+struct IndexEntry {
+  uint32_t statement;
+  uint32_t resource;  // which of the statement's resource patterns
+};
+
+struct TransparentHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+
+// Entries filed under literal keys; a text reaches those whose key it starts with.
+struct PrefixTable {
+  std::unordered_map<std::string, std::vector<IndexEntry>, TransparentHash, std::equal_to<>> by_key;
+  std::vector<size_t> key_lengths;  // distinct, ascending
+
+  void Add(std::string_view key, IndexEntry e) {
+    by_key[std::string(key)].push_back(e);
+    auto at = std::lower_bound(key_lengths.begin(), key_lengths.end(), key.size());
+    if (at == key_lengths.end() || *at != key.size()) key_lengths.insert(at, key.size());
+  }
+
+  template <typename F>
+  void ForEachCandidate(std::string_view text, F&& f) const {
+    for (size_t len : key_lengths) {
+      if (len > text.size()) break;
+      auto it = by_key.find(text.substr(0, len));
+      if (it == by_key.end()) continue;
+      for (const IndexEntry& e : it->second) f(e);
+    }
+  }
+};
+
+// Patterns that start with `lead` and then the same gap: filed by what follows the gap.
+struct GapGroup {
+  std::string lead;
+  Pattern::Gap gap;
+  PrefixTable table;
+};
+
+// The statements of one effect.
+struct IndexSide {
+  PrefixTable plain;
+  std::vector<GapGroup> groups;
+
+  void Add(const Pattern& p, IndexEntry e) {
+    Pattern::Anchor a = p.anchor();
+    if (a.gap == Pattern::Gap::kNone) return plain.Add(a.key, e);
+    auto g = std::find_if(groups.begin(), groups.end(),
+                          [&](const GapGroup& g) { return g.lead == a.lead && g.gap == a.gap; });
+    if (g == groups.end()) {
+      groups.push_back({std::string(a.lead), a.gap, {}});
+      g = groups.end() - 1;
+    }
+    g->table.Add(a.key, e);
+  }
+
+  // Calls f for every entry whose pattern `resource` may match (and some it will not).
+  template <typename F>
+  void ForEachCandidate(std::string_view resource, const PatternVariables& vars, F&& f) const {
+    plain.ForEachCandidate(resource, f);
+    for (const GapGroup& g : groups) {
+      if (!resource.starts_with(g.lead)) continue;
+      std::string_view rest = resource.substr(g.lead.size());
+      if (g.gap == Pattern::Gap::kAnyToColon) {
+        // The `*` may end before any ':' (it may span some: "a:b" is a tenant it matches).
+        for (size_t colon = rest.find(':'); colon != std::string_view::npos;
+             colon = rest.find(':', colon + 1)) {
+          g.table.ForEachCandidate(rest.substr(colon), f);
+        }
+        continue;
+      }
+      std::string_view value =
+          g.gap == Pattern::Gap::kPrincipalId ? vars.principal_id : vars.principal_tenant;
+      if (value.empty() || !rest.starts_with(value)) continue;
+      g.table.ForEachCandidate(rest.substr(value.size()), f);
+    }
+  }
+};
+
+}  // namespace
+
+struct Policy::Index {
+  IndexSide deny;
+  IndexSide allow;
+  std::vector<uint32_t> action_masks;  // per statement: bit a for kKnownActions[a]
+};
+
 // ---- ParsePolicy, Decide ----------------------------------------------------------------
 
 Result<Policy> ParsePolicy(std::string_view json_text) {
@@ -768,15 +871,22 @@ Result<Policy> ParsePolicy(std::string_view json_text) {
     RETURN_IF_ERROR(
         ParseStatement((*statements)[i], fmt::format("statements[{}]", i), &policy.statements_[i]));
   }
+  auto index = std::make_shared<Policy::Index>();
   for (size_t i = 0; i < policy.statements_.size(); ++i) {
     const Statement& st = policy.statements_[i];
-    auto& index = st.effect == Effect::kDeny ? policy.deny_index_ : policy.allow_index_;
+    uint32_t mask = 0;
     for (size_t a = 0; a < kKnownActions.size(); ++a) {
       bool named = std::any_of(st.actions.begin(), st.actions.end(),
                                [&](const Pattern& p) { return p.Matches(kKnownActions[a]); });
-      if (named) index[a].push_back(static_cast<uint32_t>(i));
+      if (named) mask |= 1u << a;
+    }
+    index->action_masks.push_back(mask);
+    IndexSide& side = st.effect == Effect::kDeny ? index->deny : index->allow;
+    for (size_t r = 0; r < st.resources.size(); ++r) {
+      side.Add(st.resources[r], {static_cast<uint32_t>(i), static_cast<uint32_t>(r)});
     }
   }
+  policy.index_ = std::move(index);
   return policy;
 }
 
@@ -784,26 +894,41 @@ Decision Decide(const std::vector<const Policy*>& policies, const Request& req) 
   Decision d;
   int action = ActionIndex(req.action);
   if (action < 0) return d;
+  const uint32_t action_bit = 1u << action;
   const PatternVariables vars{req.principal.id, req.principal.tenant};
-  auto first_match = [&](auto index_of, Effect effect, DecisionReason reason) {
-    for (size_t p = 0; p < policies.size(); ++p) {
-      if (policies[p] == nullptr) continue;
-      const Policy& policy = *policies[p];
-      for (uint32_t s : (policy.*index_of)[action]) {
-        const Statement& st = policy.statements_[s];
-        if (!StatementApplies(st, req, vars)) continue;
-        d.effect = effect;
-        d.reason = reason;
-        d.policy_index = static_cast<int>(p);
-        d.statement_index = static_cast<int>(s);
-        d.sid = st.sid;
-        return true;
+  // The first statement of `side` that applies, in statement order, or -1. Candidates come
+  // in index order, not statement order: keep the lowest that applies.
+  auto first_applying = [&](const Policy& policy, const IndexSide& side) {
+    int64_t best = -1;
+    side.ForEachCandidate(req.resource, vars, [&](const IndexEntry& e) {
+      if (best >= 0 && e.statement >= best) return;
+      if ((policy.index_->action_masks[e.statement] & action_bit) == 0) return;
+      const Statement& st = policy.statements_[e.statement];
+      if (!st.resources[e.resource].Matches(req.resource, vars)) return;
+      for (const Condition& c : st.conditions) {
+        if (!ConditionHolds(c, req, vars)) return;
       }
+      best = e.statement;
+    });
+    return best;
+  };
+  auto decide = [&](bool deny, Effect effect, DecisionReason reason) {
+    for (size_t p = 0; p < policies.size(); ++p) {
+      const Policy* policy = policies[p];
+      if (policy == nullptr || policy->index_ == nullptr) continue;
+      int64_t s = first_applying(*policy, deny ? policy->index_->deny : policy->index_->allow);
+      if (s < 0) continue;
+      d.effect = effect;
+      d.reason = reason;
+      d.policy_index = static_cast<int>(p);
+      d.statement_index = static_cast<int>(s);
+      d.sid = policy->statements_[s].sid;
+      return true;
     }
     return false;
   };
-  if (first_match(&Policy::deny_index_, Effect::kDeny, DecisionReason::kExplicitDeny)) return d;
-  first_match(&Policy::allow_index_, Effect::kAllow, DecisionReason::kAllow);
+  if (decide(true, Effect::kDeny, DecisionReason::kExplicitDeny)) return d;
+  decide(false, Effect::kAllow, DecisionReason::kAllow);
   return d;
 }
 

@@ -14,14 +14,16 @@
 //
 // Parsing is strict: unknown fields, unknown actions, operators and condition keys are
 // errors that name their JSON path, so that a typo can neither widen nor narrow a policy.
-// Patterns are compiled at parse time and statements indexed by action, so evaluation does
-// no allocation for resource matching and visits only statements that name the action.
+// Patterns are compiled at parse time and statements indexed by the literal start of their
+// resource patterns (after `${...}` variables), so a decision visits only the statements
+// whose resources can match and allocates nothing to find them.
 //
 // A Policy is immutable after parsing and safe to share between threads.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -77,8 +79,20 @@ class Pattern {
   bool Matches(std::string_view text, const PatternVariables& vars = {}) const;
   const std::string& text() const { return text_; }
   bool has_variables() const { return has_variables_; }
-  // The literal characters the pattern starts with, up to its first wildcard or variable.
-  std::string_view LiteralPrefix() const;
+  // What every text the pattern matches starts with: `lead`, then what `gap` says, then
+  // `key`. What an index files the pattern under.
+  enum class Gap : uint8_t {
+    kNone,             // `key` follows `lead` at once (and `lead` is empty)
+    kPrincipalId,      // the value of ${principal.id}
+    kPrincipalTenant,  // the value of ${principal.tenant}
+    kAnyToColon,       // a `*`; `key` starts with ':' ("agentd:*:session/*")
+  };
+  struct Anchor {
+    std::string_view lead;
+    Gap gap = Gap::kNone;
+    std::string_view key;
+  };
+  Anchor anchor() const;
 
  private:
   struct Token {
@@ -166,12 +180,10 @@ class Policy {
  private:
   friend Result<Policy> ParsePolicy(std::string_view json_text);
   friend Decision Decide(const std::vector<const Policy*>& policies, const Request& req);
+  struct Index;  // policy.cc: which statements a request can reach, by action and resource
 
   std::vector<Statement> statements_;
-  // For each entry of kKnownActions, the indexes of the statements whose action patterns
-  // match it, denies and allows apart, in statement order.
-  std::array<std::vector<uint32_t>, kKnownActions.size()> deny_index_;
-  std::array<std::vector<uint32_t>, kKnownActions.size()> allow_index_;
+  std::shared_ptr<const Index> index_;
 };
 
 // Parses and compiles a document (at most kMaxPolicyBytes). Errors are InvalidArgument and

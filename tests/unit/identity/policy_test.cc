@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "common/clock.h"
 
 namespace agentd::identity {
@@ -734,6 +736,107 @@ TEST(PolicyConditions, DenyWithConditionOnlyDeniesWhenItHolds) {
   Decision d = Decide({&allow, &deny}, r);
   EXPECT_EQ(d.reason, DecisionReason::kExplicitDeny);
   EXPECT_EQ(d.sid, "big-payments");
+}
+
+// ---- the index against a plain scan --------------------------------------------------------
+
+// What Decide must answer, found the slow way: every statement of every policy in order.
+Decision DecideByScan(const std::vector<const Policy*>& policies, const Request& req) {
+  const PatternVariables vars{req.principal.id, req.principal.tenant};
+  for (Effect effect : {Effect::kDeny, Effect::kAllow}) {
+    for (size_t p = 0; p < policies.size(); ++p) {
+      const auto& statements = policies[p]->statements();
+      for (size_t s = 0; s < statements.size(); ++s) {
+        const Statement& st = statements[s];
+        if (st.effect != effect) continue;
+        bool action = std::any_of(st.actions.begin(), st.actions.end(),
+                                  [&](const Pattern& a) { return a.Matches(req.action); });
+        bool resource =
+            std::any_of(st.resources.begin(), st.resources.end(),
+                        [&](const Pattern& r) { return r.Matches(req.resource, vars); });
+        if (!action || !resource) continue;
+        Decision d;
+        d.effect = effect;
+        d.reason = effect == Effect::kDeny ? DecisionReason::kExplicitDeny : DecisionReason::kAllow;
+        d.policy_index = static_cast<int>(p);
+        d.statement_index = static_cast<int>(s);
+        return d;
+      }
+    }
+  }
+  return Decision();
+}
+
+TEST(PolicyIndex, AgreesWithAPlainScanOnRandomPolicies) {
+  std::mt19937 rng(20261101);
+  auto pick = [&](const std::vector<std::string>& from) {
+    return from[std::uniform_int_distribution<size_t>(0, from.size() - 1)(rng)];
+  };
+  const std::vector<std::string> tenants = {
+      "acme", "a", "*", "${principal.tenant}", "ac*", "?cme", "${principal.id}", "globex"};
+  const std::vector<std::string> types = {"session", "agent", "sess*", "tool", "*"};
+  const std::vector<std::string> pieces = {
+      "s-1", "*", "?", "${principal.id}", "x", "-", "/", "${principal.tenant}", "s"};
+  const std::vector<std::string> actions = {
+      "*", "sessions:*", "*:Read", "sessions:Invoke", "tools:Call", "sessions:?ead", "agents:*"};
+  auto random_resource_pattern = [&] {
+    if (rng() % 10 == 0) return std::string("*");
+    std::string type = pick(types);
+    std::string p = "agentd:" + pick(tenants) + ":" + type;
+    if (type.find('*') == std::string::npos || rng() % 2) p += "/";
+    for (unsigned n = rng() % 4; n > 0; --n) p += pick(pieces);
+    return p;
+  };
+  const std::vector<std::string> principal_values = {"acme", "a:b", "*", "", "u-1", "s"};
+  const std::vector<std::string> ids = {"s-1", "s-1x", "x", "u-1", "acme", "s-1/u-1", "s", ""};
+  int allowed = 0, denied = 0;
+  for (int round = 0; round < 300; ++round) {
+    std::vector<Policy> owned;
+    for (unsigned n = 1 + rng() % 3; n > 0; --n) {
+      std::string statements;
+      for (unsigned s = rng() % 12; s > 0; --s) {
+        if (!statements.empty()) statements += ",";
+        Json st = {{"effect", rng() % 4 == 0 ? "deny" : "allow"},
+                   {"actions", {pick(actions), pick(actions)}},
+                   {"resources", Json::array()}};
+        for (unsigned r = 1 + rng() % 3; r > 0; --r)
+          st["resources"].push_back(random_resource_pattern());
+        statements += st.dump();
+      }
+      owned.push_back(MustParse(Doc(statements)));
+    }
+    std::vector<const Policy*> policies;
+    for (const Policy& p : owned) policies.push_back(&p);
+    for (int q = 0; q < 40; ++q) {
+      Request r;
+      r.action = std::string(kKnownActions[rng() % kKnownActions.size()]);
+      r.principal.tenant = pick(principal_values);
+      r.principal.id = pick(principal_values);
+      r.resource = "agentd:" + pick({"acme", "a:b", "globex", "", "*"}) + ":" +
+                   pick({"session", "agent", "tool"}) + "/" + pick(ids) + pick({"", "/u-1", "s"});
+      Decision want = DecideByScan(policies, r);
+      Decision got = Decide(policies, r);
+      ASSERT_EQ(got.reason, want.reason) << r.action << " " << r.resource << " round " << round;
+      ASSERT_EQ(got.policy_index, want.policy_index) << r.resource << " round " << round;
+      ASSERT_EQ(got.statement_index, want.statement_index) << r.resource << " round " << round;
+      (got.allowed() ? allowed : denied)++;
+    }
+  }
+  // The random policies are neither all-allow nor all-deny.
+  EXPECT_GT(allowed, 1000);
+  EXPECT_GT(denied, 1000);
+}
+
+TEST(PolicyIndex, ReportsTheFirstApplyingStatementWhateverItsKey) {
+  // Statement 0's key ("agentd:") is shorter than statement 1's, so the index finds them in
+  // the other order; the answer must still be statement 0.
+  Policy p = MustParse(Doc(R"({"sid": "broad", "effect": "allow", "actions": ["*"],
+                               "resources": ["agentd:*"]},
+                              {"sid": "narrow", "effect": "allow", "actions": ["*"],
+                               "resources": ["agentd:acme:session/s-1"]})"));
+  Decision d = Decide({&p}, SessionRequest("sessions:Read", "agentd:acme:session/s-1"));
+  EXPECT_EQ(d.statement_index, 0);
+  EXPECT_EQ(d.sid, "broad");
 }
 
 // ---- intersection ----------------------------------------------------------------------------
