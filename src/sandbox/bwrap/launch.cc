@@ -1,6 +1,7 @@
 #include "sandbox/bwrap/launch.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <memory>
@@ -41,8 +43,20 @@ void ResetSignals() {
   struct sigaction dfl;
   memset(&dfl, 0, sizeof(dfl));
   dfl.sa_handler = SIG_DFL;
-  // SIGKILL, SIGSTOP and the C library's own signals refuse; they need no reset.
-  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);
+  // SIGKILL and SIGSTOP refuse and need no reset. The C library refuses its own signals
+  // (32 and 33, which its threads use), but a parent may have left them ignored, and an
+  // ignored disposition survives exec: those are reset with the system call itself.
+  struct KernelSigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)();
+    uint64_t mask;
+  } kernel_dfl{SIG_DFL, 0, nullptr, 0};
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sigaction(sig, &dfl, nullptr) != 0 && sig != SIGKILL && sig != SIGSTOP) {
+      syscall(SYS_rt_sigaction, sig, &kernel_dfl, nullptr, sizeof(kernel_dfl.mask));
+    }
+  }
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
