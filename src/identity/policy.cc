@@ -721,29 +721,13 @@ std::string_view ConditionOpName(ConditionOp op) {
 }
 
 std::string_view DecisionReasonName(DecisionReason r) {
-  switch (r) {
-    case DecisionReason::kExplicitDeny:
-      return "explicit_deny";
-    case DecisionReason::kAllow:
-      return "allow";
-    case DecisionReason::kDefaultDeny:
-      return "default_deny";
-  }
-  return "default_deny";
+  static constexpr std::string_view kNames[] = {"explicit_deny", "allow", "default_deny"};
+  return kNames[static_cast<size_t>(r)];
 }
 
 std::string_view DeniedByName(DeniedBy d) {
-  switch (d) {
-    case DeniedBy::kNone:
-      return "none";
-    case DeniedBy::kAgent:
-      return "agent";
-    case DeniedBy::kPrincipal:
-      return "principal";
-    case DeniedBy::kBoth:
-      return "both";
-  }
-  return "both";
+  static constexpr std::string_view kNames[] = {"none", "agent", "principal", "both"};
+  return kNames[static_cast<size_t>(d)];
 }
 
 // ---- the index --------------------------------------------------------------------------
