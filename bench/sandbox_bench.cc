@@ -331,8 +331,7 @@ int main(int argc, char** argv) {
       }
       Emit({{"bench", "gvisor"}, {"platform", platform},
             {"cold_start_to_first_command", Stats(cold_g)}, {"warm_exec_true", Stats(warm_g)}});
-      bool checkpoint = std::find(caps.enforced.begin(), caps.enforced.end(), "checkpoint") !=
-                        caps.enforced.end();
+      bool checkpoint = caps.Enforces("checkpoint");
       if (!checkpoint) {
         Emit({{"bench", "gvisor_checkpoint"}, {"skipped", caps.not_enforced.count("checkpoint")
                                                              ? caps.not_enforced.at("checkpoint")

@@ -86,8 +86,7 @@ struct Engine::SessionSandbox {
   // the session's clients, still connected (they are destroyed after this).
   void HibernateWith(const std::map<std::string, std::unique_ptr<tools::mcp::McpClient>>& mcp) {
     if (driver == nullptr || box == nullptr || discard) return;
-    const auto& enforced = driver->capabilities().enforced;
-    if (std::find(enforced.begin(), enforced.end(), "checkpoint") == enforced.end()) return;
+    if (!driver->capabilities().Enforces("checkpoint")) return;
     Json servers = Json::object();
     {
       std::lock_guard lock(mu);
@@ -463,24 +462,23 @@ Result<std::shared_ptr<Engine::Actor>> Engine::Acquire(const std::string& sessio
 }
 
 void Engine::Release(const std::shared_ptr<Actor>& a) {
-  // Actors leaving memory are destroyed after actors_mu_ is released (declared first, so
-  // destroyed last): stopping a sandbox takes a while.
   std::vector<std::shared_ptr<Actor>> dropped;
-  // Those this call takes out of memory are destroyed on a worker, not on the caller's
-  // thread (an API request): stopping or hibernating a sandbox takes a while.
-  struct Later {
-    ThreadPool& pool;
-    std::vector<std::shared_ptr<Actor>>& actors;
-    ~Later() {
-      if (!actors.empty()) pool.Submit([gone = std::move(actors)]() mutable { gone.clear(); });
-    }
-  } later{workers_, dropped};
-  std::lock_guard lock(actors_mu_);
+  {
+    std::lock_guard lock(actors_mu_);
+    UnpinLocked(a, &dropped);
+  }
+  // Those taken out of memory are destroyed on a worker, not on the caller's thread (an API
+  // request): stopping or hibernating a sandbox takes a while.
+  if (!dropped.empty()) workers_.Submit([gone = std::move(dropped)]() mutable { gone.clear(); });
+}
+
+void Engine::UnpinLocked(const std::shared_ptr<Actor>& a,
+                         std::vector<std::shared_ptr<Actor>>* dropped) {
   if (--a->pins > 0) return;
-  auto drop = [this, &dropped](const std::shared_ptr<Actor>& victim) {
+  auto drop = [this, dropped](const std::shared_ptr<Actor>& victim) {
     auto it = actors_.find(victim->id);
     if (it != actors_.end() && it->second == victim) {
-      dropped.push_back(std::move(it->second));
+      dropped->push_back(std::move(it->second));
       actors_.erase(it);
     }
   };
@@ -1432,8 +1430,7 @@ Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string&
 Result<std::unique_ptr<sandbox::Sandbox>> Engine::ResumeSandbox(
     sandbox::SandboxDriver& driver, const sandbox::SandboxSpec& spec, const std::string& image,
     SessionSandbox* ss) {
-  const auto& enforced = driver.capabilities().enforced;
-  if (std::find(enforced.begin(), enforced.end(), "checkpoint") == enforced.end()) {
+  if (!driver.capabilities().Enforces("checkpoint")) {
     return FailedPrecondition("the sandbox driver cannot checkpoint on this host");
   }
   std::ifstream in(image + "/agentd-live.json");

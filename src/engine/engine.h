@@ -140,6 +140,8 @@ class Engine {
 
   Result<std::shared_ptr<Actor>> Acquire(const std::string& session_id);
   void Release(const std::shared_ptr<Actor>& a);
+  // Release's bookkeeping: the actors that leave memory go to `dropped`. actors_mu_ held.
+  void UnpinLocked(const std::shared_ptr<Actor>& a, std::vector<std::shared_ptr<Actor>>* dropped);
   Status Load(Actor& a);
 
   // Stage/flush require a->mu held.

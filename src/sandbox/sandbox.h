@@ -9,12 +9,14 @@
 // Thread-safe: one Sandbox may run several commands at once.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -39,6 +41,10 @@ struct Capabilities {
   // "memory:cgroup_v1", "disk:tmpfs", ...) and each missing one with its reason.
   std::vector<std::string> enforced;
   std::map<std::string, std::string> not_enforced;
+
+  bool Enforces(std::string_view mechanism) const {
+    return std::find(enforced.begin(), enforced.end(), mechanism) != enforced.end();
+  }
 };
 
 struct ExecRequest {
