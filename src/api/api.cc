@@ -234,6 +234,13 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       }
       return method_not_allowed("GET, PUT");
     }
+    // The kill switch: every queued and running turn of the agent's sessions.
+    if (seg.size() == 4 && seg[3] == "cancel-turns") {
+      if (m != "POST") return method_not_allowed("POST");
+      engine::CancelFilter filter;
+      filter.agent_id = seg[2];
+      return reply(engine_->CancelTurns(filter));
+    }
   }
 
   // /v1/sessions...

@@ -106,6 +106,76 @@ Status ReadSandbox(const YAML::Node& n, Config* cfg) {
   return Status::OK();
 }
 
+Status ReadBudget(const YAML::Node& n, Config* cfg) {
+  if (!n.IsMap()) return InvalidArgument("config key 'budget' must be a mapping");
+  for (const auto& kv : n) {
+    std::string key = kv.first.as<std::string>();
+    if (key != "defaults") return InvalidArgument(fmt::format("unknown config key 'budget.{}'", key));
+    if (!kv.second.IsMap()) {
+      return InvalidArgument("config key 'budget.defaults' must be a mapping");
+    }
+    engine::Budget& b = cfg->budget_defaults;
+    for (const auto& f : kv.second) {
+      std::string name = f.first.as<std::string>();
+      std::string full = "budget.defaults." + name;
+      const YAML::Node& v = f.second;
+      if (name == "max_tokens") {
+        RETURN_IF_ERROR(ReadInt(v, full, 1, 1000000000000LL, &b.max_tokens));
+      } else if (name == "max_model_calls") {
+        RETURN_IF_ERROR(ReadInt(v, full, 1, 1000000, &b.max_model_calls));
+      } else if (name == "max_tool_calls") {
+        RETURN_IF_ERROR(ReadInt(v, full, 1, 1000000, &b.max_tool_calls));
+      } else if (name == "max_turn_seconds") {
+        RETURN_IF_ERROR(ReadDouble(v, full, 0.001, 30 * 86400.0, &b.max_turn_seconds));
+      } else if (name == "max_cost_usd") {
+        RETURN_IF_ERROR(ReadDouble(v, full, 0.000001, 1e6, &b.max_cost_usd));
+      } else if (name == "max_repeated_tool_calls") {
+        RETURN_IF_ERROR(ReadInt(v, full, 1, 1000, &b.max_repeated_tool_calls));
+      } else {
+        return InvalidArgument(fmt::format("unknown config key '{}'", full));
+      }
+    }
+  }
+  return Status::OK();
+}
+
+Status ReadPrices(const YAML::Node& n, Config* cfg) {
+  if (!n.IsMap()) {
+    return InvalidArgument("config key 'prices' must be a mapping of model names to prices");
+  }
+  for (const auto& kv : n) {
+    std::string model = kv.first.as<std::string>();
+    std::string path = "prices." + model;
+    if (model.empty() || !kv.second.IsMap()) {
+      return InvalidArgument(fmt::format(
+          "config key '{}' must be a mapping with input_per_million_usd and "
+          "output_per_million_usd",
+          path));
+    }
+    engine::ModelPrice price;
+    bool input = false, output = false;
+    for (const auto& f : kv.second) {
+      std::string name = f.first.as<std::string>();
+      if (name == "input_per_million_usd") {
+        RETURN_IF_ERROR(ReadDouble(f.second, path + "." + name, 0, 1e6, &price.input_per_million_usd));
+        input = true;
+      } else if (name == "output_per_million_usd") {
+        RETURN_IF_ERROR(ReadDouble(f.second, path + "." + name, 0, 1e6, &price.output_per_million_usd));
+        output = true;
+      } else {
+        return InvalidArgument(fmt::format("unknown config key '{}.{}'", path, name));
+      }
+    }
+    if (!input || !output) {
+      return InvalidArgument(fmt::format("config key '{}' needs both input_per_million_usd and "
+                                         "output_per_million_usd",
+                                         path));
+    }
+    cfg->prices[model] = price;
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
@@ -161,6 +231,10 @@ Status LoadConfigFile(const std::string& path, Config* cfg) {
       RETURN_IF_ERROR(ReadInt(v, key, 0, 3600000, &cfg->drain_timeout_ms));
     } else if (key == "sandbox") {
       RETURN_IF_ERROR(ReadSandbox(v, cfg));
+    } else if (key == "budget") {
+      RETURN_IF_ERROR(ReadBudget(v, cfg));
+    } else if (key == "prices") {
+      RETURN_IF_ERROR(ReadPrices(v, cfg));
     } else {
       return InvalidArgument(fmt::format("unknown config key '{}' in '{}'", key, path));
     }

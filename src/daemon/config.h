@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
+#include "engine/agent_spec.h"
 #include "sandbox/sandbox.h"
 
 namespace agentd::daemon {
@@ -36,6 +38,12 @@ struct Config {
   bool sandbox_probe_gvisor_at_start = false;
   // Host folders every sandbox sees read-only at the same path (MCP servers from npm).
   std::vector<std::string> sandbox_read_only_paths;
+  // `budget: {defaults: {...}}`: turn limits for agents that leave them out (the fields of
+  // an agent's `budget`).
+  engine::Budget budget_defaults;
+  // `prices: {"<model>" or "<provider>/<model>": {input_per_million_usd,
+  // output_per_million_usd}}`: what model calls cost, for budget.max_cost_usd.
+  std::map<std::string, engine::ModelPrice> prices;
 };
 
 // Reads a YAML file into `cfg` (keys override defaults).

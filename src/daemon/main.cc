@@ -166,6 +166,8 @@ int main(int argc, char** argv) {
   eo.max_workers = static_cast<size_t>(cfg.max_workers);
   eo.resident_idle_sessions = static_cast<size_t>(cfg.resident_idle_sessions);
   eo.drain_timeout = std::chrono::milliseconds(cfg.drain_timeout_ms);
+  eo.budget_defaults = cfg.budget_defaults;
+  eo.prices = cfg.prices;
   engine::Engine engine(eo, store->get(), providers, SystemClock::Default(), drivers);
 
   std::atomic<bool> ready{false};

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <regex>
 
 #include "common/clock.h"
@@ -198,7 +199,99 @@ Status ParseRetry(const Json& j, RetryPolicy* p) {
   return r.NoUnknownKeys();
 }
 
+// A limit of a budget: absent or null leaves it unset; otherwise a positive number of the
+// right kind, at most `max`.
+Status BudgetNumber(const Json& j, const std::string& path, const char* key, bool integer,
+                    double max, double* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return Status::OK();
+  std::string field = path + "." + key;
+  bool ok = integer ? it->is_number_integer() : it->is_number();
+  double v = ok ? it->get<double>() : 0;
+  if (!ok || !(v > 0) || v > max) {
+    return InvalidArgument(fmt::format("'{}' must be a positive {} at most {}", field,
+                                       integer ? "integer" : "number", max));
+  }
+  *out = v;
+  return Status::OK();
+}
+
 }  // namespace
+
+bool Budget::empty() const {
+  return max_tokens == 0 && max_model_calls == 0 && max_tool_calls == 0 &&
+         max_turn_seconds == 0 && max_cost_usd == 0 && max_repeated_tool_calls == 0;
+}
+
+Json Budget::ToJson() const {
+  Json j = Json::object();
+  if (max_tokens > 0) j["max_tokens"] = max_tokens;
+  if (max_model_calls > 0) j["max_model_calls"] = max_model_calls;
+  if (max_tool_calls > 0) j["max_tool_calls"] = max_tool_calls;
+  if (max_turn_seconds > 0) j["max_turn_seconds"] = max_turn_seconds;
+  if (max_cost_usd > 0) j["max_cost_usd"] = max_cost_usd;
+  if (max_repeated_tool_calls > 0) j["max_repeated_tool_calls"] = max_repeated_tool_calls;
+  return j;
+}
+
+namespace {
+template <typename T>
+T Smaller(T a, T b) {
+  if (a <= 0) return b;
+  if (b <= 0) return a;
+  return std::min(a, b);
+}
+}  // namespace
+
+Budget Budget::Tightened(const Budget& o) const {
+  Budget b;
+  b.max_tokens = Smaller(max_tokens, o.max_tokens);
+  b.max_model_calls = Smaller(max_model_calls, o.max_model_calls);
+  b.max_tool_calls = Smaller(max_tool_calls, o.max_tool_calls);
+  b.max_turn_seconds = Smaller(max_turn_seconds, o.max_turn_seconds);
+  b.max_cost_usd = Smaller(max_cost_usd, o.max_cost_usd);
+  b.max_repeated_tool_calls = Smaller(max_repeated_tool_calls, o.max_repeated_tool_calls);
+  return b;
+}
+
+Budget Budget::WithDefaults(const Budget& d) const {
+  Budget b = *this;
+  if (b.max_tokens <= 0) b.max_tokens = d.max_tokens;
+  if (b.max_model_calls <= 0) b.max_model_calls = d.max_model_calls;
+  if (b.max_tool_calls <= 0) b.max_tool_calls = d.max_tool_calls;
+  if (b.max_turn_seconds <= 0) b.max_turn_seconds = d.max_turn_seconds;
+  if (b.max_cost_usd <= 0) b.max_cost_usd = d.max_cost_usd;
+  if (b.max_repeated_tool_calls <= 0) b.max_repeated_tool_calls = d.max_repeated_tool_calls;
+  return b;
+}
+
+Result<Budget> ParseBudget(const Json& j, const std::string& path) {
+  FieldReader r(j, path);
+  RETURN_IF_ERROR(r.CheckObject());
+  Budget b;
+  double v = 0;
+  auto integer = [&](const char* key, double max, int64_t* out) -> Status {
+    const Json* ignored = nullptr;
+    RETURN_IF_ERROR(r.Value(key, &ignored, false));  // marks the key as known
+    v = 0;
+    RETURN_IF_ERROR(BudgetNumber(j, path, key, true, max, &v));
+    *out = static_cast<int64_t>(v);
+    return Status::OK();
+  };
+  auto number = [&](const char* key, double max, double* out) -> Status {
+    const Json* ignored = nullptr;
+    RETURN_IF_ERROR(r.Value(key, &ignored, false));
+    return BudgetNumber(j, path, key, false, max, out);
+  };
+  RETURN_IF_ERROR(integer("max_tokens", 1e12, &b.max_tokens));
+  RETURN_IF_ERROR(integer("max_model_calls", 1e6, &b.max_model_calls));
+  RETURN_IF_ERROR(integer("max_tool_calls", 1e6, &b.max_tool_calls));
+  RETURN_IF_ERROR(number("max_turn_seconds", 30 * 86400.0, &b.max_turn_seconds));
+  RETURN_IF_ERROR(number("max_cost_usd", 1e6, &b.max_cost_usd));
+  RETURN_IF_ERROR(integer("max_repeated_tool_calls", 1000, &b.max_repeated_tool_calls));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  return b;
+}
 
 bool AgentSpec::UsesSandbox() const {
   for (const auto& t : tools) {
@@ -259,7 +352,7 @@ Json AgentSpec::ToJson() const {
                      {"base_url", model.base_url},
                      {"timeout_ms", model.timeout_ms}};
   if (!model.api_key_env.empty()) model_json["api_key_env"] = model.api_key_env;
-  return {{"object", "agent"},
+  Json j = {{"object", "agent"},
           {"id", id},
           {"version", version},
           {"name", name},
@@ -274,6 +367,9 @@ Json AgentSpec::ToJson() const {
             {"max_backoff_ms", retry.max_backoff_ms}}},
           {"turn_policy", turn_policy},
           {"created_at", FormatRfc3339(created_ms)}};
+  // Absent rather than empty, so agents stored before budgets existed read back the same.
+  if (!budget.empty()) j["budget"] = budget.ToJson();
+  return j;
 }
 
 Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& providers) {
@@ -310,6 +406,11 @@ Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& 
   RETURN_IF_ERROR(r.String("turn_policy", &a.turn_policy, false, 16));
   if (a.turn_policy != "enqueue" && a.turn_policy != "reject") {
     return InvalidArgument("'turn_policy' must be \"enqueue\" or \"reject\"");
+  }
+  const Json* budget = nullptr;
+  RETURN_IF_ERROR(r.Value("budget", &budget, false));
+  if (budget) {
+    ASSIGN_OR_RETURN(a.budget, ParseBudget(*budget, "budget"));
   }
   // Fields the server sets are accepted on input (so a fetched agent can be PUT back) but
   // ignored.

@@ -49,6 +49,41 @@ struct SandboxDef {
   sandbox::egress::EgressPolicy egress;
 };
 
+// Limits on one turn's work (docs/api/openapi.yaml, "Budget"). A field at 0 sets no limit;
+// every limit counts per turn, from the journal (journal::TurnState), and is checked before
+// each step: once one is reached, no further model or tool call starts and the turn fails.
+struct Budget {
+  int64_t max_tokens = 0;       // total tokens of the turn's model calls
+  int64_t max_model_calls = 0;  // completed model calls
+  int64_t max_tool_calls = 0;   // tool calls started (a retry is the same call)
+  double max_turn_seconds = 0;  // wall time since turn.started
+  double max_cost_usd = 0;      // model cost from the daemon's price table
+  // Loop detection: this many consecutive calls of one tool with the same arguments run; the
+  // next identical one stops the turn. 0: the daemon's default.
+  int64_t max_repeated_tool_calls = 0;
+
+  bool empty() const;
+  // Only the limits that are set.
+  Json ToJson() const;
+  // Each limit the smaller of the two where both are set, else the one that is.
+  Budget Tightened(const Budget& other) const;
+  // Limits left at 0 take those of `defaults`.
+  Budget WithDefaults(const Budget& defaults) const;
+};
+
+// Loop detection when neither the agent, its session nor the daemon's config sets
+// max_repeated_tool_calls. Lenient, since a tool that polls repeats itself legitimately.
+inline constexpr int64_t kDefaultMaxRepeatedToolCalls = 25;
+
+// What one model costs, from the daemon's price table.
+struct ModelPrice {
+  double input_per_million_usd = 0;
+  double output_per_million_usd = 0;
+};
+
+// Validates a budget object; errors name the field under `path` ("budget.max_tokens").
+Result<Budget> ParseBudget(const Json& j, const std::string& path);
+
 struct AgentSpec {
   std::string id;
   int64_t version = 0;
@@ -59,6 +94,7 @@ struct AgentSpec {
   SandboxDef sandbox;
   RetryPolicy retry;
   std::string turn_policy = "enqueue";  // enqueue | reject
+  Budget budget;
   int64_t created_ms = 0;
 
   const ToolDef* FindTool(const std::string& name) const;

@@ -179,6 +179,9 @@ struct Engine::Actor {
   std::atomic<bool> broken{false};
   bool deleted = false;               // guarded by mu
   std::string cancel_turn;            // guarded by mu; cancellation requested for this turn
+  // The running turn's wall-time deadline (clock ms, 0: none), set by the worker before each
+  // step; atomic so that ShouldAbort reads it on other threads.
+  std::atomic<int64_t> turn_deadline_ms{0};
   int pins = 0;                       // guarded by Engine::actors_mu_
   // Position in Engine::idle_ while unpinned and kept resident; guarded by actors_mu_.
   std::optional<std::list<std::shared_ptr<Actor>>::iterator> idle_pos;
@@ -259,6 +262,7 @@ size_t Engine::ResidentSessions() const {
 Result<Json> Engine::CreateAgent(const Json& body) {
   ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
   RETURN_IF_ERROR(CheckSandbox(a));
+  RETURN_IF_ERROR(CheckCostBudget(a.budget, a.model, "budget.max_cost_usd"));
   a.id = NewId("agt_");
   a.version = 1;
   a.created_ms = clock_->NowMillis();
@@ -274,6 +278,7 @@ Result<Json> Engine::UpdateAgent(const std::string& id, const Json& body) {
   if (!current) return NotFound(fmt::format("agent '{}' not found", id));
   ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
   RETURN_IF_ERROR(CheckSandbox(a));
+  RETURN_IF_ERROR(CheckCostBudget(a.budget, a.model, "budget.max_cost_usd"));
   a.id = id;
   a.version = current->version + 1;
   a.created_ms = clock_->NowMillis();
@@ -334,9 +339,15 @@ Result<Json> Engine::CreateSession(const Json& body) {
   RETURN_IF_ERROR(r.String("agent_id", &agent_id, true, 64));
   const Json* metadata = nullptr;
   RETURN_IF_ERROR(r.Value("metadata", &metadata, false));
+  const Json* budget_json = nullptr;
+  RETURN_IF_ERROR(r.Value("budget", &budget_json, false));
   RETURN_IF_ERROR(r.NoUnknownKeys());
   Json meta = metadata ? *metadata : Json::object();
   RETURN_IF_ERROR(CheckSessionMetadata(meta));
+  std::optional<Budget> budget;
+  if (budget_json) {
+    ASSIGN_OR_RETURN(budget, ParseBudget(*budget_json, "budget"));
+  }
   ASSIGN_OR_RETURN(auto agent, store_->GetAgent(agent_id, 0));
   if (!agent) return NotFound(fmt::format("agent '{}' not found", agent_id));
 
@@ -424,6 +435,88 @@ Result<Json> Engine::CancelSession(const std::string& id) {
   Release(a);
   RETURN_IF_ERROR(st);
   return GetSession(id);
+}
+
+Result<Json> Engine::CancelTurns(const CancelFilter& filter) {
+  if (filter.agent_id.empty() && filter.tenant_id.empty()) {
+    return InvalidArgument("cancelling turns needs an agent or a tenant");
+  }
+  if (!filter.agent_id.empty()) {
+    ASSIGN_OR_RETURN(auto agent, store_->GetAgent(filter.agent_id, 0));
+    if (!agent) return NotFound(fmt::format("agent '{}' not found", filter.agent_id));
+  }
+  // The tenant a session belongs to, once sessions carry one.
+  auto tenant_of = [](const auto& row) -> std::optional<std::string> {
+    if constexpr (requires { row.tenant_id; }) {
+      return row.tenant_id;
+    } else {
+      return std::nullopt;
+    }
+  };
+  std::vector<std::string> ids;
+  // Only sessions with an open turn: running (or queued), or waiting for someone.
+  for (const char* status : {"running", "requires_action", "needs_attention"}) {
+    store::SessionFilter f;
+    f.agent_id = filter.agent_id;
+    f.status = status;
+    store::Page page;
+    page.limit = 500;
+    while (true) {
+      ASSIGN_OR_RETURN(auto rows, store_->ListSessions(f, page));
+      for (const auto& row : rows.first) {
+        if (!filter.tenant_id.empty()) {
+          std::optional<std::string> tenant = tenant_of(row);
+          if (!tenant) return InvalidArgument("sessions do not carry a tenant on this agentd");
+          if (*tenant != filter.tenant_id) continue;
+        }
+        ids.push_back(row.id);
+      }
+      if (rows.second.empty()) break;
+      page.cursor = rows.second;
+    }
+  }
+  int64_t cancelled = 0;
+  Json sessions = Json::array();
+  const Json reason = {{"reason", "cancelled by an operator (cancel-turns)"}};
+  for (const auto& id : ids) {
+    auto acquired = Acquire(id);
+    if (!acquired.ok()) {
+      if (acquired.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
+      return acquired.status();
+    }
+    std::shared_ptr<Actor> a = std::move(acquired).value();
+    Status st;
+    int64_t here = 0;
+    {
+      std::unique_lock lock(a->mu);
+      // Queued turns end at once; they never start.
+      std::vector<std::string> queued = a->state.queue;
+      for (const auto& tid : queued) {
+        st = Stage(*a, ev::kTurnCancelled, tid, reason);
+        if (!st.ok()) break;
+        ++here;
+      }
+      // The running turn: by its worker when one drives it, else here (as CancelSession).
+      const std::string current = a->state.current_turn;
+      if (st.ok() && !current.empty()) {
+        ++here;
+        if (a->worker_active) {
+          a->cancel_turn = current;
+          a->cv.notify_all();
+        } else {
+          st = Stage(*a, ev::kTurnCancelled, current, reason);
+        }
+      }
+      if (st.ok()) st = FlushLocked(*a);
+    }
+    Release(a);
+    RETURN_IF_ERROR(st);
+    if (here > 0) {
+      cancelled += here;
+      sessions.push_back(id);
+    }
+  }
+  return Json{{"cancelled", cancelled}, {"sessions", std::move(sessions)}};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -941,11 +1034,17 @@ void Engine::Drive(std::shared_ptr<Actor> a) {
 }
 
 bool Engine::ShouldAbort(const Actor& a) const {
-  return abandon_.load() || a.deleted || (!a.cancel_turn.empty());
+  int64_t deadline = a.turn_deadline_ms.load();
+  return abandon_.load() || a.deleted || (!a.cancel_turn.empty()) ||
+         (deadline > 0 && clock_->NowMillis() >= deadline);
 }
 
 bool Engine::SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock,
                          std::chrono::milliseconds d) {
+  // A backoff does not outlast the turn's time budget: the next step finds it spent.
+  if (int64_t deadline = a.turn_deadline_ms.load(); deadline > 0) {
+    d = std::min(d, std::chrono::milliseconds(std::max<int64_t>(0, deadline - clock_->NowMillis())));
+  }
   a.cv.wait_for(lock, d, [&] { return draining_.load() || !a.cancel_turn.empty() || a.deleted; });
   return !(draining_.load() || !a.cancel_turn.empty() || a.deleted);
 }
@@ -970,6 +1069,14 @@ bool Engine::StepLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std::m
     return t != nullptr && t->type == "client";
   };
   journal::NextAction next = journal::DecideNext(s, is_client);
+  a->turn_deadline_ms = TurnDeadlineLocked(*a);
+  if (Json stop = BudgetStopLocked(*a, next); !stop.is_null()) {
+    // The turn ends failed; the session goes on with its next turn.
+    if (!Stage(*a, ev::kTurnFailed, next.turn_id, {{"error", std::move(stop)}}).ok()) {
+      return false;
+    }
+    return FlushLocked(*a).ok();
+  }
   switch (next.kind) {
     case NextKind::kIdle:
     case NextKind::kWait:
@@ -1093,22 +1200,29 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
 
   if (a->deleted || abandon_.load()) return;  // nothing is journaled; recovery re-runs it
   if (!a->cancel_turn.empty()) return;        // the loop records the cancellation
+  if (!result.response && ShouldAbort(*a)) return;  // out of time: the next step says so
   if (result.response) {
     const auto& r = *result.response;
     Json calls = Json::array();
     for (const auto& c : r.tool_calls) {
       calls.push_back({{"call_id", c.call_id}, {"name", c.name}, {"arguments", c.arguments}});
     }
-    Stage(*a, ev::kModelCallCompleted, turn_id,
-          {{"attempt", attempt},
-           {"text", r.text},
-           {"tool_calls", calls},
-           {"finish_reason", r.finish_reason},
-           {"usage",
-            {{"input_tokens", r.usage.input_tokens},
-             {"output_tokens", r.usage.output_tokens},
-             {"total_tokens", r.usage.total_tokens}}}})
-        .IgnoreError();
+    Json data = {{"attempt", attempt},
+                 {"text", r.text},
+                 {"tool_calls", calls},
+                 {"finish_reason", r.finish_reason},
+                 {"usage",
+                  {{"input_tokens", r.usage.input_tokens},
+                   {"output_tokens", r.usage.output_tokens},
+                   {"total_tokens", r.usage.total_tokens}}}};
+    // The cost is journaled with the call, so the turn's total is a fold of the journal and
+    // a later change of prices does not rewrite it.
+    if (const ModelPrice* p = PriceOf(agent.model)) {
+      data["cost_usd"] = (static_cast<double>(r.usage.input_tokens) * p->input_per_million_usd +
+                          static_cast<double>(r.usage.output_tokens) * p->output_per_million_usd) /
+                         1e6;
+    }
+    Stage(*a, ev::kModelCallCompleted, turn_id, std::move(data)).IgnoreError();
     return;
   }
   bool will_retry = result.retryable && attempt < agent.retry.max_attempts;
@@ -1245,6 +1359,8 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   if (a->deleted || abandon_.load()) return;  // unjournaled: recovery decides
   if (!a->cancel_turn.empty()) return;        // turn.cancelled closes the call
   using Kind = tools::ToolOutcome::Kind;
+  // Interrupted by the turn's time budget: the next step fails the turn, closing the call.
+  if (out.kind != Kind::kOk && ShouldAbort(*a)) return;
   if (out.kind == Kind::kOk) {
     Stage(*a, ev::kToolCallCompleted, turn_id,
           {{"call_id", call_id}, {"output", out.output}, {"is_error", false},
@@ -1282,6 +1398,103 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   }
   FlushLocked(*a).IgnoreError();
   SleepLocked(*a, lock, wait);
+}
+
+// ---------------------------------------------------------------------------------------
+// Budgets and loop detection
+
+const ModelPrice* Engine::PriceOf(const ModelDef& model) const {
+  for (const std::string& key : {model.provider + "/" + model.name, model.name}) {
+    auto it = options_.prices.find(key);
+    if (it != options_.prices.end()) return &it->second;
+  }
+  return nullptr;
+}
+
+Status Engine::CheckCostBudget(const Budget& b, const ModelDef& model,
+                               const std::string& field) const {
+  if (b.max_cost_usd <= 0 || PriceOf(model) != nullptr) return Status::OK();
+  // A cost limit on a model without a price would never be reached: refused, not ignored.
+  return Unprocessable(fmt::format(
+      "'{}' needs a price for model '{}' (provider '{}'), and agentd's config has none: add "
+      "'{}' (or '{}/{}') under 'prices'",
+      field, model.name, model.provider, model.name, model.provider, model.name));
+}
+
+Budget Engine::EffectiveBudget(const Actor& a) const {
+  Budget b = a.agent.budget.WithDefaults(options_.budget_defaults);
+  if (!a.state.budget.empty()) {
+    // Journaled by CreateSession from a checked budget; anything unreadable limits nothing.
+    if (auto own = ParseBudget(a.state.budget, "budget"); own.ok()) b = b.Tightened(*own);
+  }
+  if (b.max_repeated_tool_calls <= 0) b.max_repeated_tool_calls = kDefaultMaxRepeatedToolCalls;
+  return b;
+}
+
+int64_t Engine::TurnDeadlineLocked(const Actor& a) const {
+  auto it = a.state.open_turns.find(a.state.current_turn);
+  if (it == a.state.open_turns.end() || it->second.status != "running") return 0;
+  Budget b = EffectiveBudget(a);
+  if (b.max_turn_seconds <= 0) return 0;
+  return it->second.started_ms + static_cast<int64_t>(b.max_turn_seconds * 1000.0);
+}
+
+Json Engine::BudgetStopLocked(const Actor& a, const journal::NextAction& next) const {
+  if (next.kind != NextKind::kCallModel && next.kind != NextKind::kRunTool &&
+      next.kind != NextKind::kRecoverTool) {
+    return Json();
+  }
+  auto it = a.state.open_turns.find(next.turn_id);
+  if (it == a.state.open_turns.end()) return Json();
+  const TurnState& t = it->second;
+  const Budget b = EffectiveBudget(a);
+  auto exceeded = [](const char* limit, auto max, auto used, const std::string& what) {
+    return Json{{"code", "budget_exceeded"},
+                {"limit", limit},
+                {"max", max},
+                {"used", used},
+                {"message", fmt::format("budget.{} reached: the turn {} (limit {}); it stops "
+                                        "before its next step",
+                                        limit, what, max)}};
+  };
+  int64_t elapsed_ms = clock_->NowMillis() - t.started_ms;
+  if (b.max_turn_seconds > 0 && elapsed_ms >= b.max_turn_seconds * 1000.0) {
+    double used = static_cast<double>(elapsed_ms) / 1000.0;
+    return exceeded("max_turn_seconds", b.max_turn_seconds, used,
+                    fmt::format("has run for {:.3f} s", used));
+  }
+  if (b.max_tokens > 0 && t.usage.total_tokens >= b.max_tokens) {
+    return exceeded("max_tokens", b.max_tokens, t.usage.total_tokens,
+                    fmt::format("used {} tokens", t.usage.total_tokens));
+  }
+  if (b.max_model_calls > 0 && t.model_calls >= b.max_model_calls) {
+    return exceeded("max_model_calls", b.max_model_calls, t.model_calls,
+                    fmt::format("made {} model calls", t.model_calls));
+  }
+  if (b.max_cost_usd > 0 && t.cost_usd >= b.max_cost_usd) {
+    return exceeded("max_cost_usd", b.max_cost_usd, t.cost_usd,
+                    fmt::format("cost {:.6f} USD", t.cost_usd));
+  }
+  // A call that has not started yet is a new tool call (a retried one started already).
+  if (next.kind == NextKind::kRunTool && next.call->idempotency_key.empty()) {
+    if (b.max_tool_calls > 0 && t.tool_calls >= b.max_tool_calls) {
+      return exceeded("max_tool_calls", b.max_tool_calls, t.tool_calls,
+                      fmt::format("started {} tool calls", t.tool_calls));
+    }
+    if (t.repeats >= b.max_repeated_tool_calls &&
+        journal::ToolCallSignature(next.call->name, next.call->arguments) == t.last_call) {
+      return Json{{"code", "loop_detected"},
+                  {"limit", "max_repeated_tool_calls"},
+                  {"max", b.max_repeated_tool_calls},
+                  {"tool", next.call->name},
+                  {"message", fmt::format("the model called tool '{}' {} times in a row with the "
+                                          "same arguments and asked for it once more; the turn "
+                                          "stops (budget.max_repeated_tool_calls = {})",
+                                          next.call->name, t.repeats,
+                                          b.max_repeated_tool_calls)}};
+    }
+  }
+  return Json();
 }
 
 // ---------------------------------------------------------------------------------------

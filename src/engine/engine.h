@@ -30,6 +30,7 @@
 #include "common/status.h"
 #include "common/thread_pool.h"
 #include "engine/agent_spec.h"
+#include "journal/state.h"
 #include "model/model.h"
 #include "sandbox/egress/egress_proxy.h"
 #include "sandbox/sandbox.h"
@@ -53,6 +54,20 @@ struct EngineOptions {
   sandbox::Limits sandbox_max;       // an agent asking for more is refused (0: no maximum)
   // Host folders every sandbox sees read-only (MCP servers installed from npm, say).
   std::vector<std::string> sandbox_read_only_paths;
+  // Turn limits for agents that leave them out (max_repeated_tool_calls left at 0 here too
+  // takes kDefaultMaxRepeatedToolCalls).
+  Budget budget_defaults;
+  // Model prices for budget.max_cost_usd, by "<provider>/<model name>" or "<model name>"
+  // (the first found wins). A model without one costs nothing.
+  std::map<std::string, ModelPrice> prices;
+};
+
+// Which sessions' turns CancelTurns cancels. An empty field matches any session.
+struct CancelFilter {
+  std::string agent_id;
+  // Matched against the session's tenant (store::SessionRow::tenant_id); while sessions
+  // carry no tenant, a non-empty tenant_id is refused rather than matching everything.
+  std::string tenant_id;
 };
 
 using SandboxDrivers = std::map<std::string, sandbox::SandboxDriver*>;
@@ -91,6 +106,11 @@ class Engine {
   Status DeleteSession(const std::string& id);
   // Cancels the session's running turn.
   Result<Json> CancelSession(const std::string& id);
+  // The kill switch: cancels every queued and running turn (waiting ones included) of every
+  // session the filter matches, as CancelSession does for one running turn. Returns
+  // {cancelled: <turns>, sessions: [ids]}; a turn being driven ends as soon as its step
+  // notices (a model or tool call in flight is interrupted). At least one field must be set.
+  Result<Json> CancelTurns(const CancelFilter& filter);
 
   // `input` is a string or an array of message items.
   Result<SubmitResult> SubmitTurn(const std::string& session_id, const Json& input,
@@ -159,6 +179,18 @@ class Engine {
   // Waits up to `d` unless cancel or drain interrupts; returns false when interrupted.
   bool SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d);
   bool ShouldAbort(const Actor& a) const;
+  // The limits that apply to the session's turns: its agent's budget (or the daemon's
+  // defaults) tightened by the session's own. a.mu held.
+  Budget EffectiveBudget(const Actor& a) const;
+  // When the current turn must stop before `next` (a budget limit reached, a loop): the
+  // turn's error object; null otherwise. a.mu held.
+  Json BudgetStopLocked(const Actor& a, const journal::NextAction& next) const;
+  // The current turn's wall-time deadline in clock milliseconds, 0 for none. a.mu held.
+  int64_t TurnDeadlineLocked(const Actor& a) const;
+  // The price of the agent's model, if the table has one.
+  const ModelPrice* PriceOf(const ModelDef& model) const;
+  // Refuses a budget that limits cost when the model has no price (`field` names it).
+  Status CheckCostBudget(const Budget& b, const ModelDef& model, const std::string& field) const;
   // Checks an agent's sandbox block against the drivers and the daemon's maxima.
   Status CheckSandbox(const AgentSpec& a) const;
   // Runs a built-in tool in the session's sandbox, creating it (and restoring its workspace

@@ -63,6 +63,15 @@ ToolCallState* FindCall(TurnState& t, const std::string& call_id) {
 
 }  // namespace
 
+std::string ToolCallSignature(const std::string& name, const std::string& arguments) {
+  std::string canonical = arguments;
+  try {
+    canonical = DumpJson(Json::parse(arguments));
+  } catch (const std::exception&) {
+  }
+  return name + "\n" + canonical;
+}
+
 Status Apply(SessionState& s, const store::EventRecord& e, ApplyEffect* effect) {
   Json d;
   try {
@@ -88,6 +97,7 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
     s.agent_id = Str(d, "agent_id");
     s.agent_version = Int(d, "agent_version");
     s.metadata = d.value("metadata", Json::object());
+    s.budget = d.value("budget", Json::object());
     s.created_ms = e.time_ms;
     return Status::OK();
   }
@@ -119,6 +129,7 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
     s.queue.erase(s.queue.begin());
     s.current_turn = t->id;
     t->status = "running";
+    t->started_ms = e.time_ms;
     for (const auto& item : t->input) s.items.push_back(item);
   } else if (type == ev::kModelCallStarted) {
     t->model_in_flight = true;
@@ -133,6 +144,9 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
     t->usage.input_tokens += Int(u, "input_tokens");
     t->usage.output_tokens += Int(u, "output_tokens");
     t->usage.total_tokens += Int(u, "total_tokens");
+    if (auto cost = d.find("cost_usd"); cost != d.end() && cost->is_number()) {
+      t->cost_usd += cost->get<double>();
+    }
     std::string text = Str(d, "text");
     if (!text.empty()) {
       AddItem(s, *t, Json{{"type", "message"}, {"role", "assistant"}, {"content", text}});
@@ -152,6 +166,13 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
   } else if (type == ev::kToolCallStarted) {
     ToolCallState* c = FindCall(*t, Str(d, "call_id"));
     if (c == nullptr) return Bad(e, "tool_call.started for an unknown call");
+    if (c->idempotency_key.empty()) {
+      // The call's first start: a new call (a retry or a recovery starts it again).
+      ++t->tool_calls;
+      std::string sig = ToolCallSignature(c->name, c->arguments);
+      t->repeats = sig == t->last_call ? t->repeats + 1 : 1;
+      t->last_call = std::move(sig);
+    }
     c->status = "started";
     if (c->idempotency_key.empty()) c->idempotency_key = Str(d, "idempotency_key");
   } else if (type == ev::kToolCallFailed) {
@@ -298,6 +319,8 @@ Json TurnObject(const std::string& session_id, const TurnState& t) {
         {"output_tokens", t.usage.output_tokens},
         {"total_tokens", t.usage.total_tokens}}},
       {"model_calls", t.model_calls},
+      {"tool_calls", t.tool_calls},
+      {"cost_usd", t.cost_usd},
       {"created_at", FormatRfc3339(t.created_ms)},
       {"completed_at", t.completed_ms ? Json(FormatRfc3339(t.completed_ms)) : Json()},
   };
@@ -326,6 +349,11 @@ Json TurnToJson(const TurnState& t) {
           {"error", t.error},
           {"usage", {t.usage.input_tokens, t.usage.output_tokens, t.usage.total_tokens}},
           {"model_calls", t.model_calls},
+          {"started_ms", t.started_ms},
+          {"tool_calls", t.tool_calls},
+          {"cost_usd", t.cost_usd},
+          {"last_call", t.last_call},
+          {"repeats", t.repeats},
           {"model_attempt", t.model_attempt},
           {"model_in_flight", t.model_in_flight},
           {"answered", t.answered},
@@ -343,6 +371,7 @@ Json StateToJson(const SessionState& s) {
           {"agent_id", s.agent_id},
           {"agent_version", s.agent_version},
           {"metadata", s.metadata},
+          {"budget", s.budget},
           {"created_ms", s.created_ms},
           {"updated_ms", s.updated_ms},
           {"last_seq", s.last_seq},
@@ -376,6 +405,7 @@ Result<SessionState> StateFromJson(Json j) {
     s.agent_id = j.at("agent_id").get<std::string>();
     s.agent_version = j.at("agent_version").get<int64_t>();
     s.metadata = std::move(j.at("metadata"));
+    s.budget = j.value("budget", Json::object());
     s.created_ms = j.at("created_ms").get<int64_t>();
     s.updated_ms = j.at("updated_ms").get<int64_t>();
     s.last_seq = j.at("last_seq").get<int64_t>();
@@ -401,6 +431,12 @@ Result<SessionState> StateFromJson(Json j) {
       const auto& u = tj.at("usage");
       t.usage = {u.at(0).get<int64_t>(), u.at(1).get<int64_t>(), u.at(2).get<int64_t>()};
       t.model_calls = tj.at("model_calls").get<int64_t>();
+      // Added within version 1: a snapshot without them is one from before budgets.
+      t.started_ms = tj.value("started_ms", t.created_ms);
+      t.tool_calls = tj.value("tool_calls", int64_t{0});
+      t.cost_usd = tj.value("cost_usd", 0.0);
+      t.last_call = tj.value("last_call", "");
+      t.repeats = tj.value("repeats", int64_t{0});
       t.model_attempt = tj.at("model_attempt").get<int>();
       t.model_in_flight = tj.at("model_in_flight").get<bool>();
       t.answered = tj.at("answered").get<bool>();

@@ -48,6 +48,15 @@ struct TurnState {
   Json error;                   // null or {code, message}
   Usage usage;
   int64_t model_calls = 0;       // completed model calls
+  // Budget accounting (engine::Budget), all folded from the journal so a restart neither
+  // loses nor repeats a count.
+  int64_t started_ms = 0;  // time of turn.started
+  int64_t tool_calls = 0;  // calls started (a call's retries and recovery are not new calls)
+  double cost_usd = 0;     // sum of model_call.completed cost_usd
+  // The latest started call as "<name>\n<canonical arguments>", and how many started calls
+  // in a row (this turn) had it: loop detection.
+  std::string last_call;
+  int64_t repeats = 0;
   int model_attempt = 0;         // failed attempts of the current model call
   bool model_in_flight = false;  // model_call.started without result
   bool answered = false;         // latest model answer had no tool calls
@@ -60,6 +69,7 @@ struct SessionState {
   std::string agent_id;
   int64_t agent_version = 0;
   Json metadata = Json::object();
+  Json budget = Json::object();  // the session's own limits, from session.created
   int64_t created_ms = 0;
   int64_t updated_ms = 0;
   int64_t last_seq = 0;
@@ -79,6 +89,10 @@ struct SessionState {
 };
 
 // What applying one event changed, for the projections the engine writes with it.
+// The key loop detection compares: the tool's name and its arguments in canonical JSON (keys
+// sorted, no spaces), or as they are when they are not JSON.
+std::string ToolCallSignature(const std::string& name, const std::string& arguments);
+
 struct ApplyEffect {
   const TurnState* turn = nullptr;  // the turn the event touched (valid until the next Apply)
   std::optional<TurnState> ended;   // a copy of the turn that this event ended
