@@ -20,6 +20,7 @@
 #include <thread>
 #include <utility>
 
+#include "cli/audit_verify.h"
 #include "cli/client.h"
 #include "cli/exit_codes.h"
 #include "cli/format.h"
@@ -830,6 +831,26 @@ int RunAgentctlBlocking(int argc, char** argv) {
     e->add_flag("--follow,-F", follow,
                 "keep streaming new events until interrupted, reconnecting after drops");
     on(e, [&](Context& ctx) { return Events(ctx, session, after, limit, follow); });
+  }
+
+  auto* audit = app.add_subcommand("audit", "check the tamper-evident audit log");
+  audit->require_subcommand(1);
+  {
+    auto* v = audit->add_subcommand(
+        "verify",
+        "check the audit log's hash chains and signed checkpoints, through the server or "
+        "offline on a copy of a data directory");
+    v->footer("\nPrints OK with counts per chain, or every problem found with its seq.\n"
+              "Exits 10 when a problem is found. Entries after a chain's last checkpoint\n"
+              "are reported as not yet covered: a cut there cannot be detected.\n");
+    v->add_option("--data-dir", file, "verify offline: a data directory, or a copy of one");
+    v->add_option("--public-key", text,
+                  "agentd's Ed25519 public key: base64url, or a file with it, a JWK or a JWKS");
+    auto* t = v->add_option("--tenant", id, "only this tenant's chain (\"\" is the system chain)");
+    on(v, [&, t](Context& ctx) {
+      AuditVerifyArgs a{file, text, id, t->count() > 0, ctx.json};
+      return file.empty() ? AuditVerifyLive(ctx.client, a) : AuditVerifyOffline(a);
+    });
   }
 
   {

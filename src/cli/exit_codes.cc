@@ -24,7 +24,7 @@ struct ExitCodeRow {
 constexpr StatusCode kNone = StatusCode::kOk;
 
 // The table. Rows do not overlap, so the first match is the only match.
-constexpr std::array<ExitCodeRow, 10> kExitCodeTable = {{
+constexpr std::array<ExitCodeRow, 11> kExitCodeTable = {{
     {ExitCode::kOk, "success", {{{200, 299}}}, {kNone}},
     {ExitCode::kError, "other error", {}, {kNone}},
     {ExitCode::kUsage,
@@ -50,6 +50,7 @@ constexpr std::array<ExitCodeRow, 10> kExitCodeTable = {{
      "the turn stopped in requires_action: it needs client tool outputs",
      {},
      {kNone}},
+    {ExitCode::kVerifyFailed, "audit verify found a problem in the audit log", {}, {kNone}},
 }};
 
 std::string DescribeHttp(const ExitCodeRow& row) {

@@ -10,6 +10,7 @@
 //   7  unauthenticated or forbidden (HTTP 401, 403)
 //   8  the turn ended failed or cancelled
 //   9  the turn stopped in requires_action: it needs client tool outputs
+//  10  `audit verify` found a problem in the audit log
 //
 // HTTP statuses come from the server's responses; Status codes come from the transport
 // (common/http_client.h) and from local checks made before anything is sent. Both are looked
@@ -33,6 +34,7 @@ enum class ExitCode : int {
   kUnauthenticated = 7,
   kTurnFailed = 8,
   kRequiresAction = 9,
+  kVerifyFailed = 10,
 };
 
 inline int ToInt(ExitCode code) { return static_cast<int>(code); }

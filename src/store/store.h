@@ -77,6 +77,50 @@ struct BlobRow {
   std::string codec;  // "" (data is the content itself) or "zstd"
 };
 
+// One entry of a tenant's audit log (src/audit/audit.h, docs/state-format.md "Audit log").
+// The writer fills in `seq`, `prev_hash` and `hash` when the batch commits, in commit order,
+// through the chaining function the backend was opened with; what a caller puts there is
+// overwritten.
+struct AuditRow {
+  std::string tenant_id;  // "" is the system chain
+  int64_t seq = 0;        // dense per tenant: 1, 2, 3, ...
+  int64_t time_ms = 0;
+  std::string principal;
+  std::string action;
+  std::string resource;
+  std::string decision;  // "allow", "deny" or ""
+  std::string result;
+  std::string data;  // JSON object text
+  std::string prev_hash;
+  std::string hash;
+};
+
+// A signed statement that a tenant's audit chain had `head_hash` at `seq`.
+struct AuditCheckpointRow {
+  std::string tenant_id;
+  int64_t seq = 0;
+  std::string head_hash;
+  int64_t time_ms = 0;
+  std::string key_id;
+  std::string signature;  // base64url
+};
+
+// Selects audit entries of one tenant; empty strings and zeros select everything.
+struct AuditFilter {
+  std::string tenant_id;
+  int64_t after_seq = 0;
+  std::string action;
+  std::string principal;
+  std::string decision;
+  std::string resource_prefix;
+  int64_t since_ms = 0;  // time_ms >= since_ms
+  int64_t until_ms = 0;  // time_ms < until_ms; 0 means no bound
+};
+
+// Makes `row` the next link of its tenant's chain: given the chain's head hash (64 '0's for
+// an empty chain) and `row` with its seq set, sets row.prev_hash and row.hash.
+using AuditChainFn = std::function<void(AuditRow& row, const std::string& prev_hash)>;
+
 // One atomic unit of writes.
 struct WriteBatch {
   std::vector<EventRecord> events;
@@ -90,10 +134,15 @@ struct WriteBatch {
   // them; blobs no journal refers to any more are left for a garbage collector (not yet
   // written) that marks from every session's journal and sweeps the rest.
   std::vector<BlobRow> blobs;
+  // Appended to their tenants' chains in this order; see AuditRow.
+  std::vector<AuditRow> audit;
+  // Inserts; an existing (tenant_id, seq) is AlreadyExists.
+  std::vector<AuditCheckpointRow> audit_checkpoints;
 
   bool empty() const {
     return events.empty() && sessions.empty() && turns.empty() && snapshots.empty() &&
-           agents.empty() && delete_sessions.empty() && blobs.empty();
+           agents.empty() && delete_sessions.empty() && blobs.empty() && audit.empty() &&
+           audit_checkpoints.empty();
   }
 };
 
@@ -144,6 +193,16 @@ class Store {
   // only: a blob in a batch still queued counts as missing.
   virtual Result<std::vector<std::string>> MissingBlobs(
       const std::vector<std::string>& hashes) = 0;
+
+  // Audit entries matching `filter` in seq order, at most `limit`.
+  virtual Result<std::vector<AuditRow>> ReadAudit(const AuditFilter& filter, int limit) = 0;
+  // The last committed entry of the tenant's chain; nullopt when it is empty.
+  virtual Result<std::optional<AuditRow>> ReadAuditHead(const std::string& tenant_id) = 0;
+  // The tenant's checkpoints in seq order.
+  virtual Result<std::vector<AuditCheckpointRow>> ReadAuditCheckpoints(
+      const std::string& tenant_id) = 0;
+  // Tenants that have audit entries or checkpoints, sorted.
+  virtual Result<std::vector<std::string>> ListAuditTenants() = 0;
 
   virtual StoreStats Stats() const = 0;
   // Waits for queued commits to finish. Later CommitBlocking calls fail with Unavailable.

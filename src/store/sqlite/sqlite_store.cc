@@ -24,7 +24,7 @@
 namespace agentd::store::sqlite {
 namespace {
 
-constexpr int kSchemaVersion = 2;
+constexpr int kSchemaVersion = 3;
 
 // The schema of version 1; kMigrations bring it up to kSchemaVersion.
 constexpr const char* kSchema = R"sql(
@@ -61,6 +61,18 @@ CREATE TABLE IF NOT EXISTS blobs(
   hash TEXT NOT NULL PRIMARY KEY, size INTEGER NOT NULL, codec TEXT NOT NULL,
   data BLOB NOT NULL);
 )sql",
+    // 3: the audit log, one hash chain per tenant, and the signed checkpoints of its heads.
+    R"sql(
+CREATE TABLE IF NOT EXISTS audit_log(
+  tenant_id TEXT NOT NULL, seq INTEGER NOT NULL, time_ms INTEGER NOT NULL,
+  principal TEXT NOT NULL, action TEXT NOT NULL, resource TEXT NOT NULL,
+  decision TEXT NOT NULL, result TEXT NOT NULL, data TEXT NOT NULL,
+  prev_hash TEXT NOT NULL, hash TEXT NOT NULL, PRIMARY KEY(tenant_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit_checkpoints(
+  tenant_id TEXT NOT NULL, seq INTEGER NOT NULL, head_hash TEXT NOT NULL,
+  time_ms INTEGER NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL,
+  PRIMARY KEY(tenant_id, seq)) WITHOUT ROWID;
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion - 1);
 
@@ -77,6 +89,10 @@ constexpr size_t kMaxBlobHashBytes = 128;
   "MAX(updated_ms, COALESCE((SELECT time_ms FROM events e WHERE e.session_id=sessions.id " \
   "ORDER BY seq DESC LIMIT 1), 0)), "                                                      \
   "COALESCE((SELECT MAX(seq) FROM events e WHERE e.session_id=sessions.id), last_seq), active"
+
+#define AUDIT_COLUMNS                                                                   \
+  "tenant_id, seq, time_ms, principal, action, resource, decision, result, data, prev_hash, " \
+  "hash"
 
 // A prepared statement with RAII finalisation.
 class Stmt {
@@ -239,6 +255,12 @@ class SqliteStore final : public Store {
   }
 
   Status Open() {
+    if (options_.read_only) {
+      closed_ = true;
+      return ReadOne<std::string>("SELECT value FROM meta WHERE key='schema_version'", {},
+                                  [](Stmt* s) { return s->Text(0); })
+          .status();
+    }
     ASSIGN_OR_RETURN(wdb_, OpenConnection(options_.path, false, options_.synchronous_full));
     RETURN_IF_ERROR(Exec(wdb_, kSchema));
     RETURN_IF_ERROR(Migrate());
@@ -396,6 +418,63 @@ class SqliteStore final : public Store {
         [](Stmt* s) { return AgentFrom(s); }, 5, page.limit);
   }
 
+  Result<std::vector<AuditRow>> ReadAudit(const AuditFilter& f, int limit) override {
+    ASSIGN_OR_RETURN(
+        auto page,
+        ReadPage<AuditRow>(
+            "SELECT " AUDIT_COLUMNS " FROM audit_log WHERE tenant_id=?1 AND seq>?2 "
+            "AND (?3='' OR action=?3) AND (?4='' OR principal=?4) AND (?5='' OR decision=?5) "
+            "AND (?6='' OR substr(resource, 1, length(?6))=?6) AND time_ms>=?7 "
+            "AND (?8=0 OR time_ms<?8) ORDER BY seq LIMIT ?9",
+            [&](Stmt* s) {
+              s->Bind(1, f.tenant_id);
+              s->Bind(2, f.after_seq);
+              s->Bind(3, f.action);
+              s->Bind(4, f.principal);
+              s->Bind(5, f.decision);
+              s->Bind(6, f.resource_prefix);
+              s->Bind(7, f.since_ms);
+              s->Bind(8, f.until_ms);
+              s->Bind(9, static_cast<int64_t>(limit));
+            },
+            [](Stmt* s) { return AuditFrom(s); }, 1, limit));
+    return std::move(page.first);
+  }
+
+  Result<std::optional<AuditRow>> ReadAuditHead(const std::string& tenant_id) override {
+    return ReadOne<AuditRow>(
+        "SELECT " AUDIT_COLUMNS " FROM audit_log WHERE tenant_id=?1 ORDER BY seq DESC LIMIT 1",
+        {tenant_id}, [](Stmt* s) { return AuditFrom(s); });
+  }
+
+  Result<std::vector<AuditCheckpointRow>> ReadAuditCheckpoints(
+      const std::string& tenant_id) override {
+    ASSIGN_OR_RETURN(auto page,
+                     ReadPage<AuditCheckpointRow>(
+                         "SELECT tenant_id, seq, head_hash, time_ms, key_id, signature "
+                         "FROM audit_checkpoints WHERE tenant_id=?1 ORDER BY seq",
+                         [&](Stmt* s) { s->Bind(1, tenant_id); },
+                         [](Stmt* s) {
+                           return AuditCheckpointRow{s->Text(0), s->Int(1), s->Text(2),
+                                                     s->Int(3),  s->Text(4), s->Text(5)};
+                         },
+                         1, 1 << 30));
+    return std::move(page.first);
+  }
+
+  Result<std::vector<std::string>> ListAuditTenants() override {
+    // A skip scan of the primary key: one index seek per tenant, not a read of every entry.
+    ASSIGN_OR_RETURN(auto page,
+                     ReadPage<std::string>(
+                         "WITH RECURSIVE t(id) AS (SELECT MIN(tenant_id) FROM audit_log "
+                         "UNION ALL SELECT (SELECT MIN(tenant_id) FROM audit_log "
+                         "WHERE tenant_id>t.id) FROM t WHERE t.id IS NOT NULL) "
+                         "SELECT id, 0 FROM t WHERE id IS NOT NULL "
+                         "UNION SELECT DISTINCT tenant_id, 0 FROM audit_checkpoints ORDER BY 1",
+                         [](Stmt*) {}, [](Stmt* s) { return s->Text(0); }, 1, 1 << 30));
+    return std::move(page.first);
+  }
+
   Result<std::optional<BlobRow>> GetBlob(const std::string& hash) override {
     return ReadOne<BlobRow>(
         "SELECT size, codec, data FROM blobs WHERE hash=?1", {hash},
@@ -456,6 +535,11 @@ class SqliteStore final : public Store {
   static SessionRow SessionFrom(Stmt* s) {
     return SessionRow{s->Text(0), s->Text(1), s->Int(2), s->Text(3), s->Text(4),
                       s->Int(5),  s->Int(6),  s->Int(7), s->Int(8) != 0};
+  }
+  static AuditRow AuditFrom(Stmt* s) {
+    return AuditRow{s->Text(0), s->Int(1), s->Int(2), s->Text(3),
+                    s->Text(4), s->Text(5), s->Text(6), s->Text(7), s->Text(8), s->Text(9),
+                    s->Text(10)};
   }
   static TurnRow TurnFrom(Stmt* s) {
     return TurnRow{s->Text(0), s->Text(1), s->Int(2), s->Text(3), s->Text(4), s->Text(5)};
@@ -669,8 +753,79 @@ class SqliteStore final : public Store {
       s->Bind(3, snap.state);
       RETURN_IF_ERROR(step(s, "write snapshot"));
     }
+    return ApplyAudit(b);
+  }
+
+  // Links each audit row to its tenant's head, in order, and moves the head; the heads it
+  // moved are saved in audit_undo_ so that a rollback can put them back.
+  Status ApplyAudit(const WriteBatch& b) {
+    if (!b.audit.empty() && !options_.audit_chain) {
+      return FailedPrecondition("audit entries need SqliteOptions::audit_chain");
+    }
+    auto step = [&](Stmt* s, std::string_view what) -> Status {
+      if (!s->ok()) return Internal(s->error());
+      int rc = s->Step();
+      Status st = rc == SQLITE_DONE ? Status::OK() : SqlError(wdb_, what);
+      s->Reset();
+      return st;
+    };
+    for (const auto& in : b.audit) {
+      auto it = audit_heads_.find(in.tenant_id);
+      if (it == audit_heads_.end()) {
+        AuditHead head{0, std::string(64, '0')};
+        auto* s = write_stmts_->Get(
+            "SELECT seq, hash FROM audit_log WHERE tenant_id=?1 ORDER BY seq DESC LIMIT 1");
+        s->Bind(1, in.tenant_id);
+        int rc = s->Step();
+        if (rc == SQLITE_ROW) head = AuditHead{s->Int(0), s->Text(1)};
+        s->Reset();
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError(wdb_, "read audit head");
+        it = audit_heads_.emplace(in.tenant_id, std::move(head)).first;
+      }
+      AuditRow row = in;
+      row.seq = it->second.seq + 1;
+      options_.audit_chain(row, it->second.hash);
+      auto* s = write_stmts_->Get(
+          "INSERT INTO audit_log(tenant_id, seq, time_ms, principal, action, resource, "
+          "decision, result, data, prev_hash, hash) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)");
+      s->Bind(1, row.tenant_id);
+      s->Bind(2, row.seq);
+      s->Bind(3, row.time_ms);
+      s->Bind(4, row.principal);
+      s->Bind(5, row.action);
+      s->Bind(6, row.resource);
+      s->Bind(7, row.decision);
+      s->Bind(8, row.result);
+      s->Bind(9, row.data);
+      s->Bind(10, row.prev_hash);
+      s->Bind(11, row.hash);
+      RETURN_IF_ERROR(step(s, "append audit entry"));
+      audit_undo_.emplace_back(row.tenant_id, it->second);
+      it->second = AuditHead{row.seq, row.hash};
+    }
+    for (const auto& c : b.audit_checkpoints) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO audit_checkpoints(tenant_id, seq, head_hash, time_ms, key_id, signature) "
+          "VALUES(?1,?2,?3,?4,?5,?6)");
+      s->Bind(1, c.tenant_id);
+      s->Bind(2, c.seq);
+      s->Bind(3, c.head_hash);
+      s->Bind(4, c.time_ms);
+      s->Bind(5, c.key_id);
+      s->Bind(6, c.signature);
+      RETURN_IF_ERROR(step(s, "write audit checkpoint"));
+    }
     return Status::OK();
   }
+
+  // Puts back the audit heads the last batch moved, newest first.
+  void UndoAuditHeads() {
+    for (auto it = audit_undo_.rbegin(); it != audit_undo_.rend(); ++it) {
+      audit_heads_[it->first] = std::move(it->second);
+    }
+    audit_undo_.clear();
+  }
+
 
   // A statement of the writer's without rows, prepared once (BEGIN, COMMIT, savepoints).
   Status WriterExec(const char* sql) {
@@ -699,7 +854,9 @@ class SqliteStore final : public Store {
           continue;
         }
       }
+      audit_undo_.clear();
       w.status = ApplyBatch(w.batch);
+      if (!w.status.ok()) UndoAuditHeads();
       if (w.status.ok()) {
         events += static_cast<int64_t>(w.batch.events.size());
         if (!lone) WriterExec("RELEASE b").IgnoreError();
@@ -713,6 +870,7 @@ class SqliteStore final : public Store {
     if (!sqlite3_get_autocommit(wdb_)) Exec(wdb_, "ROLLBACK").IgnoreError();
     if (!txn.ok()) {
       spdlog::error("journal commit failed: {}", txn.ToString());
+      audit_heads_.clear();  // reloaded from what the database holds
       for (Writer* w : group) w->status = Unavailable("commit failed: " + txn.message());
     } else if (commit) {
       commits_.fetch_add(1, std::memory_order_relaxed);
@@ -734,6 +892,16 @@ class SqliteStore final : public Store {
   std::vector<std::unique_ptr<ReadConn>> readers_;  // guarded by pool_mu_
 
   std::atomic<int64_t> commits_{0}, batches_{0}, events_{0};
+
+  // The head of each tenant's audit chain as of the last write; used by the leader only.
+  // Loaded from the database on a tenant's first entry, so an entry always follows the
+  // last one this writer committed, even if rows were removed underneath it.
+  struct AuditHead {
+    int64_t seq = 0;
+    std::string hash;
+  };
+  std::unordered_map<std::string, AuditHead> audit_heads_;
+  std::vector<std::pair<std::string, AuditHead>> audit_undo_;  // of the batch being applied
 };
 
 }  // namespace
