@@ -446,8 +446,8 @@ TEST(JwtVerify, RefusesMalformedSegments) {
 
 TEST(JwtVerify, RefusesNonCanonicalBase64url) {
   // An RS256 signature is 256 bytes: 342 characters, the last carrying 2 bits of data and 4
-  // unused ones. Setting an unused bit leaves the decoded bytes (and the signature) as they
-  // were, so only the encoding check can refuse it.
+  // unused ones. A decoder that ignored the unused bits would read the same signature from
+  // a second spelling of the token.
   const std::string t = RsaToken();
   const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
   size_t v = alphabet.find(t.back());
