@@ -8,13 +8,15 @@
 #   BENCH_RUNS=3        repetitions (agentd_bench --runs, and RUNS of the peers' run_all.sh)
 #   BENCH_PEER_N=1000   steps per peer session (run_all.sh N; the 8-session shape runs N/4 each)
 #   BENCH_ONLY=         passed as agentd_bench --only (seq|conc|latency|resume|history|idle);
-#                       "sandbox" runs only sandbox_bench
+#                       "sandbox" runs only sandbox_bench; "identity" only policy_bench and
+#                       identity_bench (policy decisions, token minting and verification)
 #   BENCH_ARGS=         extra agentd_bench arguments, e.g. "--idle-sessions 20000"
 #   BENCH_PEERS=1       0 skips the peers
 #   PEERS_DIR=../shared/peers (relative to the repo root)
 #   PEERS, CONCS, RAW   passed to run_all.sh (runtimes to run, concurrency shapes, raw suite on/off)
 #
-# Exit status: agentd_bench's (a peer that fails or is skipped is reported, not fatal).
+# Exit status: agentd_bench's (a peer that fails or is skipped is reported, not fatal); with
+# BENCH_ONLY=identity, non-zero when policy_bench or identity_bench failed.
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,11 +44,12 @@ port_holder() {
 
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer (got '$RUNS')"
 [[ $PEER_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PEER_N must be a positive integer (got '$PEER_N')"
-case "$ONLY" in ""|seq|conc|latency|resume|history|idle|sandbox) ;;
-  *) die "BENCH_ONLY must be one of seq conc latency resume history idle sandbox (got '$ONLY')" ;; esac
-# BENCH_ONLY=sandbox: the sandbox benchmark alone, without agentd_bench or the peers.
-[ "$ONLY" = sandbox ] && WANT_PEERS=0
-[ -x "$BIN" ] || die "$BIN not found: run 'make build' (or 'make bench')"
+case "$ONLY" in ""|seq|conc|latency|resume|history|idle|sandbox|identity) ;;
+  *) die "BENCH_ONLY must be one of seq conc latency resume history idle sandbox identity (got '$ONLY')" ;; esac
+# BENCH_ONLY=sandbox or identity: those benchmarks alone, without agentd_bench or the peers.
+case "$ONLY" in sandbox|identity) WANT_PEERS=0 ;; esac
+case "$ONLY" in sandbox|identity) ;;
+  *) [ -x "$BIN" ] || die "$BIN not found: run 'make build' (or 'make bench')" ;; esac
 command -v python3 >/dev/null || die "python3 is needed to write the summary"
 
 # One bench at a time: two would skew each other's figures and fight over the peers' ports.
@@ -86,7 +89,7 @@ log "results -> $OUT"
 #    so that agentd and its SQLite baseline use the same disk as the peers (a tmpfs /tmp would
 #    make fsync free). agentd_bench deletes it when it finishes normally.
 AGENTD_RC=0
-if [ "$ONLY" != sandbox ]; then
+if [ "$ONLY" != sandbox ] && [ "$ONLY" != identity ]; then
 ARGS=(--runs "$RUNS")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 read -r -a extra <<< "$EXTRA_ARGS"; ARGS+=("${extra[@]}")
@@ -111,6 +114,28 @@ if [ -z "$ONLY" ] || [ "$ONLY" = sandbox ]; then
   SANDBOX_RC=${PIPESTATUS[0]}
   [ "$SANDBOX_RC" != 0 ] && note "sandbox_bench FAILED with exit status $SANDBOX_RC (stderr: sandbox.stderr.log)"
 fi
+
+# 1c. Identity: policy decisions (policy_bench) and tokens (identity_bench), Google Benchmark
+#     programs; BENCH_RUNS repetitions each, their JSON (with median rows) in policy.json and
+#     identity.json. Skipped with BENCH_ONLY set to one of agentd_bench's parts or "sandbox".
+IDENTITY_RC=0
+if [ -z "$ONLY" ] || [ "$ONLY" = identity ]; then
+  for b in policy identity; do
+    exe=$ROOT/build/bin/${b}_bench
+    if [ ! -x "$exe" ]; then
+      note "${b}_bench not found ($exe): run 'make build'"; IDENTITY_RC=2; continue
+    fi
+    log "$b: $exe"
+    "$exe" --benchmark_repetitions="$RUNS" --benchmark_out="$OUT/$b.json" \
+      --benchmark_out_format=json 2> "$OUT/$b.stderr.log" | grep -v -E '_(mean|stddev|cv) '
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ]; then
+      note "${b}_bench FAILED with exit status $rc (stderr: $b.stderr.log)"; IDENTITY_RC=$rc
+    fi
+  done
+fi
+EXIT_RC=$AGENTD_RC
+[ "$ONLY" = identity ] && EXIT_RC=$IDENTITY_RC
 
 # ---------------------------------------------------------------------------------------------
 # 2. Peers, after agentd_bench has exited.
@@ -515,6 +540,32 @@ P("n/a: a figure is missing (benchmark not run, skipped or failed). The steps ar
   "an agentd step makes two loopback HTTP calls and journals both, a peer step does nothing.")
 P()
 
+# ---- identity: Google Benchmark JSON of policy_bench and identity_bench
+def gbench(path):
+    """Median rows when the run had repetitions, else the plain rows."""
+    try:
+        with open(path) as f:
+            rows = json.load(f).get("benchmarks", [])
+    except (OSError, ValueError):
+        return []
+    meds = [r for r in rows if r.get("aggregate_name") == "median"]
+    return meds or [r for r in rows if r.get("run_type", "iteration") == "iteration"]
+
+
+ident = [(b, r) for b in ("identity", "policy") for r in gbench(os.path.join(out, b + ".json"))]
+if ident:
+    P("## Identity\n")
+    P("| benchmark | time per operation (median of runs) | p50 | p99 | note |\n|---|---|---|---|---|")
+    for b, r in ident:
+        name = r.get("run_name") or r.get("name", "?")
+        if r.get("error_occurred"):
+            P("| %s_bench %s | FAILED | | | %s |" % (b, name, r.get("error_message", "")))
+            continue
+        unit = " " + r.get("time_unit", "ns").replace("us", "µs")
+        P("| %s_bench %s | %s | %s | %s | %s |" % (
+            b, name, num(r.get("real_time"), unit), num(r.get("p50_ns"), " ns"), num(r.get("p99_ns"), " ns"), r.get("label", "")))
+    P()
+
 # ---- sandboxes
 S = {r.get("bench", "?"): r for r in read_jsonl(os.path.join(out, "sandbox.jsonl"))}
 if S:
@@ -567,4 +618,4 @@ PY
 log "summary: $OUT/summary.md"
 echo
 cat "$OUT/summary.md"
-exit "$AGENTD_RC"
+exit "$EXIT_RC"
