@@ -209,7 +209,9 @@ Result<Signer> Ed25519Signer(std::string key_id, std::string secret_key) {
 AuditLog::AuditLog(store::Store& store, Signer signer, AuditOptions options, Clock* clock)
     : store_(store), signer_(std::move(signer)), options_(options), clock_(clock) {
   InitSodium();
-  if (signer_.sign) thread_ = std::thread([this] { RunCheckpointer(); });
+  if (signer_.sign && options_.checkpoint_thread) {
+    thread_ = std::thread([this] { RunCheckpointer(); });
+  }
 }
 
 AuditLog::~AuditLog() { Close(); }
@@ -234,7 +236,7 @@ Status AuditLog::Prepare(AuditEntry& e) {
 }
 
 void AuditLog::NoteStaged(const std::string& tenant_id) {
-  if (!signer_.sign) return;
+  if (!thread_.joinable()) return;
   bool wake = false;
   {
     std::lock_guard lock(mu_);

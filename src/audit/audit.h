@@ -109,6 +109,7 @@ Result<Signer> Ed25519Signer(std::string key_id, std::string secret_key);
 struct AuditOptions {
   int64_t checkpoint_every = 1000;  // sign a tenant's head after this many new entries...
   std::chrono::milliseconds checkpoint_interval{10000};  // ...or this long after its last
+  bool checkpoint_thread = true;  // false: only CheckpointBlocking() signs (tools, tests)
   int max_page = 1000;      // largest `limit` Query accepts
   int default_page = 100;   // Query's `limit` when 0
 };

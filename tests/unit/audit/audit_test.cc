@@ -68,7 +68,7 @@ class AuditTest : public ::testing::Test {
   static AuditOptions ManualCheckpoints() {
     AuditOptions o;
     o.checkpoint_every = 1 << 30;
-    o.checkpoint_interval = std::chrono::hours(24);
+    o.checkpoint_thread = false;
     return o;
   }
   void Close() {
@@ -478,7 +478,7 @@ TEST_F(AuditTest, TheApiJsonVerifiesToo) {
   auto r = VerifyBlocking(source, "t1", o);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->entries, 25);
-  EXPECT_EQ(r->signatures_checked, 3);  // the log signed the head at 25 on closing
+  EXPECT_EQ(r->signatures_checked, 2);
   EXPECT_EQ(r->problem_count, 1) << Describe(*r);
   EXPECT_TRUE(Has(*r, ProblemKind::kChanged, 7, 7)) << Describe(*r);
 }
