@@ -9,14 +9,16 @@
 #   BENCH_PEER_N=1000   steps per peer session (run_all.sh N; the 8-session shape runs N/4 each)
 #   BENCH_ONLY=         passed as agentd_bench --only (seq|conc|latency|resume|history|idle);
 #                       "sandbox" runs only sandbox_bench; "identity" only policy_bench and
-#                       identity_bench (policy decisions, token minting and verification)
+#                       identity_bench (policy decisions, token minting and verification);
+#                       "audit" only audit_bench (audit append cost, verify speed)
 #   BENCH_ARGS=         extra agentd_bench arguments, e.g. "--idle-sessions 20000"
 #   BENCH_PEERS=1       0 skips the peers
 #   PEERS_DIR=../shared/peers (relative to the repo root)
 #   PEERS, CONCS, RAW   passed to run_all.sh (runtimes to run, concurrency shapes, raw suite on/off)
 #
 # Exit status: agentd_bench's (a peer that fails or is skipped is reported, not fatal); with
-# BENCH_ONLY=identity, non-zero when policy_bench or identity_bench failed.
+# BENCH_ONLY=identity, non-zero when policy_bench or identity_bench failed; with BENCH_ONLY=audit,
+# audit_bench's.
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,11 +46,11 @@ port_holder() {
 
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer (got '$RUNS')"
 [[ $PEER_N =~ ^[1-9][0-9]*$ ]] || die "BENCH_PEER_N must be a positive integer (got '$PEER_N')"
-case "$ONLY" in ""|seq|conc|latency|resume|history|idle|sandbox|identity) ;;
-  *) die "BENCH_ONLY must be one of seq conc latency resume history idle sandbox identity (got '$ONLY')" ;; esac
-# BENCH_ONLY=sandbox or identity: those benchmarks alone, without agentd_bench or the peers.
-case "$ONLY" in sandbox|identity) WANT_PEERS=0 ;; esac
-case "$ONLY" in sandbox|identity) ;;
+case "$ONLY" in ""|seq|conc|latency|resume|history|idle|sandbox|identity|audit) ;;
+  *) die "BENCH_ONLY must be one of seq conc latency resume history idle sandbox identity audit (got '$ONLY')" ;; esac
+# BENCH_ONLY=sandbox, identity or audit: those benchmarks alone, without agentd_bench or the peers.
+case "$ONLY" in sandbox|identity|audit) WANT_PEERS=0 ;; esac
+case "$ONLY" in sandbox|identity|audit) ;;
   *) [ -x "$BIN" ] || die "$BIN not found: run 'make build' (or 'make bench')" ;; esac
 command -v python3 >/dev/null || die "python3 is needed to write the summary"
 
@@ -89,7 +91,7 @@ log "results -> $OUT"
 #    so that agentd and its SQLite baseline use the same disk as the peers (a tmpfs /tmp would
 #    make fsync free). agentd_bench deletes it when it finishes normally.
 AGENTD_RC=0
-if [ "$ONLY" != sandbox ] && [ "$ONLY" != identity ]; then
+if [ "$ONLY" != sandbox ] && [ "$ONLY" != identity ] && [ "$ONLY" != audit ]; then
 ARGS=(--runs "$RUNS")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 read -r -a extra <<< "$EXTRA_ARGS"; ARGS+=("${extra[@]}")
@@ -134,8 +136,20 @@ if [ -z "$ONLY" ] || [ "$ONLY" = identity ]; then
     fi
   done
 fi
+# 1d. Audit log (audit_bench): event-batch commit throughput without and with one audit entry
+#     per batch, and verify speed over a chain of a million entries, in audit.jsonl. Its
+#     databases go under the results folder, on the disk the other figures use.
+AUDIT_RC=0
+if [ -z "$ONLY" ] || [ "$ONLY" = audit ]; then
+  log "audit: $ROOT/build/bin/audit_bench --dir $OUT --runs $RUNS"
+  "$ROOT/build/bin/audit_bench" --dir "$OUT" --runs "$RUNS" 2> "$OUT/audit.stderr.log" |
+    tee "$OUT/audit.jsonl"
+  AUDIT_RC=${PIPESTATUS[0]}
+  [ "$AUDIT_RC" != 0 ] && note "audit_bench FAILED with exit status $AUDIT_RC (stderr: audit.stderr.log)"
+fi
 EXIT_RC=$AGENTD_RC
 [ "$ONLY" = identity ] && EXIT_RC=$IDENTITY_RC
+[ "$ONLY" = audit ] && EXIT_RC=$AUDIT_RC
 
 # ---------------------------------------------------------------------------------------------
 # 2. Peers, after agentd_bench has exited.
