@@ -42,6 +42,7 @@ struct SessionRow {
   int64_t updated_ms = 0;
   int64_t last_seq = 0;
   bool active = false;  // has a queued or unfinished turn the engine must drive
+  std::string tenant_id;
 };
 
 struct TurnRow {
@@ -65,6 +66,44 @@ struct AgentRow {
   std::string name;
   std::string spec;  // the full agent object (JSON text)
   int64_t created_ms = 0;
+  std::string tenant_id;
+};
+
+// Identity (src/identity/): who may call agentd. A principal's `body` is its JSON object
+// (groups, policies, attributes) as served by the API.
+struct TenantRow {
+  std::string id;
+  std::string name;  // unique
+  int64_t created_ms = 0;
+};
+
+struct PrincipalRow {
+  std::string id;
+  std::string tenant_id;
+  std::string name;  // unique within the tenant
+  std::string kind;  // user | service
+  std::string body;  // JSON object text
+  int64_t created_ms = 0;
+};
+
+// An API key as stored: never the key itself, only its keyed hash.
+struct ApiKeyRow {
+  std::string id;
+  std::string tenant_id;
+  std::string principal_id;
+  std::string hash;
+  int64_t created_ms = 0;
+  int64_t expires_ms = 0;  // 0: never
+  int64_t revoked_ms = 0;  // 0: not revoked
+};
+
+// A vault entry: the value sealed by identity/vault.h, never the value itself.
+struct SecretRow {
+  std::string tenant_id;
+  std::string name;
+  std::string sealed;
+  int64_t created_ms = 0;
+  int64_t updated_ms = 0;
 };
 
 // Immutable bytes named by their content. The store does not compute or check `hash`: the
@@ -134,6 +173,12 @@ struct WriteBatch {
   // them; blobs no journal refers to any more are left for a garbage collector (not yet
   // written) that marks from every session's journal and sweeps the rest.
   std::vector<BlobRow> blobs;
+  std::vector<TenantRow> tenants;        // inserts; a taken id or name is AlreadyExists
+  std::vector<PrincipalRow> principals;  // inserts; a taken (tenant, name) is AlreadyExists
+  std::vector<ApiKeyRow> api_keys;       // upserts (a revocation rewrites the row)
+  std::vector<SecretRow> secrets;        // upserts by (tenant, name)
+  // Sessions and agents stored before tenants existed (tenant_id '') join this tenant.
+  std::string adopt_untenanted;
   // Appended to their tenants' chains in this order; see AuditRow.
   std::vector<AuditRow> audit;
   // Inserts; an existing (tenant_id, seq) is AlreadyExists.
@@ -141,8 +186,9 @@ struct WriteBatch {
 
   bool empty() const {
     return events.empty() && sessions.empty() && turns.empty() && snapshots.empty() &&
-           agents.empty() && delete_sessions.empty() && blobs.empty() && audit.empty() &&
-           audit_checkpoints.empty();
+           agents.empty() && delete_sessions.empty() && blobs.empty() && tenants.empty() &&
+           principals.empty() && api_keys.empty() && secrets.empty() &&
+           adopt_untenanted.empty() && audit.empty() && audit_checkpoints.empty();
   }
 };
 
@@ -152,6 +198,7 @@ struct Page {
 };
 
 struct SessionFilter {
+  std::string tenant_id;  // empty: any
   std::string agent_id;  // empty: any
   std::string status;    // empty: any
 };
@@ -185,14 +232,27 @@ class Store {
       const std::string& session_id, const Page& page) = 0;
   // version 0 means the latest.
   virtual Result<std::optional<AgentRow>> GetAgent(const std::string& id, int64_t version) = 0;
-  // Latest version of each agent.
-  virtual Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(const Page& page) = 0;
+  // Latest version of each agent of `tenant_id` (every tenant's when empty).
+  virtual Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(
+      const std::string& tenant_id, const Page& page) = 0;
   // The blob as written, or nullopt when none has this hash.
   virtual Result<std::optional<BlobRow>> GetBlob(const std::string& hash) = 0;
   // Those of `hashes` that no blob has, in their order, each once. Reads committed blobs
   // only: a blob in a batch still queued counts as missing.
   virtual Result<std::vector<std::string>> MissingBlobs(
       const std::vector<std::string>& hashes) = 0;
+
+  virtual Result<std::optional<TenantRow>> GetTenant(const std::string& id) = 0;
+  virtual Result<std::pair<std::vector<TenantRow>, std::string>> ListTenants(const Page& page) = 0;
+  virtual Result<std::optional<PrincipalRow>> GetPrincipal(const std::string& id) = 0;
+  virtual Result<std::pair<std::vector<PrincipalRow>, std::string>> ListPrincipals(
+      const std::string& tenant_id, const Page& page) = 0;
+  virtual Result<std::optional<ApiKeyRow>> GetApiKey(const std::string& id) = 0;
+  virtual Result<std::vector<ApiKeyRow>> ListApiKeys(const std::string& principal_id) = 0;
+  virtual Result<std::optional<SecretRow>> GetSecret(const std::string& tenant_id,
+                                                     const std::string& name) = 0;
+  // The tenant's secrets without their values (`sealed` left empty), by name.
+  virtual Result<std::vector<SecretRow>> ListSecrets(const std::string& tenant_id) = 0;
 
   // Audit entries matching `filter` in seq order, at most `limit`.
   virtual Result<std::vector<AuditRow>> ReadAudit(const AuditFilter& filter, int limit) = 0;

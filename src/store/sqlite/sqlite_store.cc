@@ -24,7 +24,7 @@
 namespace agentd::store::sqlite {
 namespace {
 
-constexpr int kSchemaVersion = 3;
+constexpr int kSchemaVersion = 4;
 
 // The schema of version 1; kMigrations bring it up to kSchemaVersion.
 constexpr const char* kSchema = R"sql(
@@ -73,6 +73,26 @@ CREATE TABLE IF NOT EXISTS audit_checkpoints(
   time_ms INTEGER NOT NULL, key_id TEXT NOT NULL, signature TEXT NOT NULL,
   PRIMARY KEY(tenant_id, seq)) WITHOUT ROWID;
 )sql",
+    // 4: tenants and who may act in them. Rows from before carry tenant '' until the daemon
+    // gives them its default tenant (WriteBatch::adopt_untenanted).
+    R"sql(
+CREATE TABLE IF NOT EXISTS tenants(
+  id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS principals(
+  id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL, kind TEXT NOT NULL,
+  body TEXT NOT NULL, created_ms INTEGER NOT NULL, UNIQUE(tenant_id, name));
+CREATE TABLE IF NOT EXISTS api_keys(
+  id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, principal_id TEXT NOT NULL, hash TEXT NOT NULL,
+  created_ms INTEGER NOT NULL, expires_ms INTEGER NOT NULL, revoked_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS api_keys_principal ON api_keys(principal_id);
+CREATE TABLE IF NOT EXISTS secrets(
+  tenant_id TEXT NOT NULL, name TEXT NOT NULL, sealed BLOB NOT NULL,
+  created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+  PRIMARY KEY(tenant_id, name)) WITHOUT ROWID;
+ALTER TABLE agents ADD COLUMN tenant_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE sessions ADD COLUMN tenant_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS sessions_tenant ON sessions(tenant_id);
+)sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion - 1);
 
@@ -88,7 +108,8 @@ constexpr size_t kMaxBlobHashBytes = 128;
   "id, agent_id, agent_version, status, metadata, created_ms, "                           \
   "MAX(updated_ms, COALESCE((SELECT time_ms FROM events e WHERE e.session_id=sessions.id " \
   "ORDER BY seq DESC LIMIT 1), 0)), "                                                      \
-  "COALESCE((SELECT MAX(seq) FROM events e WHERE e.session_id=sessions.id), last_seq), active"
+  "COALESCE((SELECT MAX(seq) FROM events e WHERE e.session_id=sessions.id), last_seq), active, " \
+  "tenant_id"
 
 #define AUDIT_COLUMNS                                                                   \
   "tenant_id, seq, time_ms, principal, action, resource, decision, result, data, prev_hash, " \
@@ -346,14 +367,15 @@ class SqliteStore final : public Store {
     int64_t after = CursorValue(page.cursor);
     return ReadPage<SessionRow>(
         "SELECT " SESSION_COLUMNS ", rowid FROM sessions WHERE rowid>?1 AND (?2='' OR agent_id=?2) AND "
-        "(?3='' OR status=?3) ORDER BY rowid LIMIT ?4",
+        "(?3='' OR status=?3) AND (?5='' OR tenant_id=?5) ORDER BY rowid LIMIT ?4",
         [&](Stmt* s) {
           s->Bind(1, after);
           s->Bind(2, f.agent_id);
           s->Bind(3, f.status);
           s->Bind(4, static_cast<int64_t>(page.limit + 1));
+          s->Bind(5, f.tenant_id);
         },
-        [](Stmt* s) { return SessionFrom(s); }, 9, page.limit);
+        [](Stmt* s) { return SessionFrom(s); }, 10, page.limit);
   }
 
   Result<std::vector<std::string>> ListActiveSessions() override {
@@ -395,27 +417,105 @@ class SqliteStore final : public Store {
   Result<std::optional<AgentRow>> GetAgent(const std::string& id, int64_t version) override {
     if (version > 0) {
       return ReadOne<AgentRow>(
-          "SELECT id, version, name, spec, created_ms FROM agents WHERE id=?1 AND version=?2",
+          "SELECT id, version, name, spec, created_ms, tenant_id FROM agents "
+          "WHERE id=?1 AND version=?2",
           {id, std::to_string(version)}, [](Stmt* s) { return AgentFrom(s); });
     }
     return ReadOne<AgentRow>(
-        "SELECT id, version, name, spec, created_ms FROM agents WHERE id=?1 "
+        "SELECT id, version, name, spec, created_ms, tenant_id FROM agents WHERE id=?1 "
         "ORDER BY version DESC LIMIT 1",
         {id}, [](Stmt* s) { return AgentFrom(s); });
   }
 
-  Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(const Page& page) override {
+  Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(
+      const std::string& tenant_id, const Page& page) override {
     int64_t after = CursorValue(page.cursor);
     return ReadPage<AgentRow>(
-        "SELECT a.id, a.version, a.name, a.spec, a.created_ms, f.rowid FROM agents a "
+        "SELECT a.id, a.version, a.name, a.spec, a.created_ms, a.tenant_id, f.rowid FROM agents a "
         "JOIN agents f ON f.id=a.id AND f.version=1 "
         "WHERE f.rowid>?1 AND a.version=(SELECT MAX(version) FROM agents WHERE id=a.id) "
-        "ORDER BY f.rowid LIMIT ?2",
+        "AND (?3='' OR f.tenant_id=?3) ORDER BY f.rowid LIMIT ?2",
+        [&](Stmt* s) {
+          s->Bind(1, after);
+          s->Bind(2, static_cast<int64_t>(page.limit + 1));
+          s->Bind(3, tenant_id);
+        },
+        [](Stmt* s) { return AgentFrom(s); }, 6, page.limit);
+  }
+
+  Result<std::optional<TenantRow>> GetTenant(const std::string& id) override {
+    return ReadOne<TenantRow>("SELECT id, name, created_ms FROM tenants WHERE id=?1", {id},
+                              [](Stmt* s) { return TenantFrom(s); });
+  }
+
+  Result<std::pair<std::vector<TenantRow>, std::string>> ListTenants(const Page& page) override {
+    int64_t after = CursorValue(page.cursor);
+    return ReadPage<TenantRow>(
+        "SELECT id, name, created_ms, rowid FROM tenants WHERE rowid>?1 ORDER BY rowid LIMIT ?2",
         [&](Stmt* s) {
           s->Bind(1, after);
           s->Bind(2, static_cast<int64_t>(page.limit + 1));
         },
-        [](Stmt* s) { return AgentFrom(s); }, 5, page.limit);
+        [](Stmt* s) { return TenantFrom(s); }, 3, page.limit);
+  }
+
+  Result<std::optional<PrincipalRow>> GetPrincipal(const std::string& id) override {
+    return ReadOne<PrincipalRow>(
+        "SELECT id, tenant_id, name, kind, body, created_ms FROM principals WHERE id=?1", {id},
+        [](Stmt* s) { return PrincipalFrom(s); });
+  }
+
+  Result<std::pair<std::vector<PrincipalRow>, std::string>> ListPrincipals(
+      const std::string& tenant_id, const Page& page) override {
+    int64_t after = CursorValue(page.cursor);
+    return ReadPage<PrincipalRow>(
+        "SELECT id, tenant_id, name, kind, body, created_ms, rowid FROM principals "
+        "WHERE rowid>?1 AND tenant_id=?3 ORDER BY rowid LIMIT ?2",
+        [&](Stmt* s) {
+          s->Bind(1, after);
+          s->Bind(2, static_cast<int64_t>(page.limit + 1));
+          s->Bind(3, tenant_id);
+        },
+        [](Stmt* s) { return PrincipalFrom(s); }, 6, page.limit);
+  }
+
+  Result<std::optional<ApiKeyRow>> GetApiKey(const std::string& id) override {
+    return ReadOne<ApiKeyRow>(
+        "SELECT id, tenant_id, principal_id, hash, created_ms, expires_ms, revoked_ms "
+        "FROM api_keys WHERE id=?1",
+        {id}, [](Stmt* s) { return ApiKeyFrom(s); });
+  }
+
+  Result<std::vector<ApiKeyRow>> ListApiKeys(const std::string& principal_id) override {
+    ASSIGN_OR_RETURN(auto page,
+                     ReadPage<ApiKeyRow>(
+                         "SELECT id, tenant_id, principal_id, hash, created_ms, expires_ms, "
+                         "revoked_ms, rowid FROM api_keys WHERE principal_id=?1 ORDER BY rowid",
+                         [&](Stmt* s) { s->Bind(1, principal_id); },
+                         [](Stmt* s) { return ApiKeyFrom(s); }, 7, 1 << 30));
+    return std::move(page.first);
+  }
+
+  Result<std::optional<SecretRow>> GetSecret(const std::string& tenant_id,
+                                             const std::string& name) override {
+    return ReadOne<SecretRow>(
+        "SELECT tenant_id, name, sealed, created_ms, updated_ms FROM secrets "
+        "WHERE tenant_id=?1 AND name=?2",
+        {tenant_id, name},
+        [](Stmt* s) { return SecretRow{s->Text(0), s->Text(1), s->Blob(2), s->Int(3), s->Int(4)}; });
+  }
+
+  Result<std::vector<SecretRow>> ListSecrets(const std::string& tenant_id) override {
+    ASSIGN_OR_RETURN(auto page,
+                     ReadPage<SecretRow>(
+                         "SELECT tenant_id, name, created_ms, updated_ms, 0 FROM secrets "
+                         "WHERE tenant_id=?1 ORDER BY name",
+                         [&](Stmt* s) { s->Bind(1, tenant_id); },
+                         [](Stmt* s) {
+                           return SecretRow{s->Text(0), s->Text(1), "", s->Int(2), s->Int(3)};
+                         },
+                         4, 1 << 30));
+    return std::move(page.first);
   }
 
   Result<std::vector<AuditRow>> ReadAudit(const AuditFilter& f, int limit) override {
@@ -534,7 +634,7 @@ class SqliteStore final : public Store {
 
   static SessionRow SessionFrom(Stmt* s) {
     return SessionRow{s->Text(0), s->Text(1), s->Int(2), s->Text(3), s->Text(4),
-                      s->Int(5),  s->Int(6),  s->Int(7), s->Int(8) != 0};
+                      s->Int(5),  s->Int(6),  s->Int(7), s->Int(8) != 0, s->Text(9)};
   }
   static AuditRow AuditFrom(Stmt* s) {
     return AuditRow{s->Text(0), s->Int(1), s->Int(2), s->Text(3),
@@ -545,7 +645,15 @@ class SqliteStore final : public Store {
     return TurnRow{s->Text(0), s->Text(1), s->Int(2), s->Text(3), s->Text(4), s->Text(5)};
   }
   static AgentRow AgentFrom(Stmt* s) {
-    return AgentRow{s->Text(0), s->Int(1), s->Text(2), s->Text(3), s->Int(4)};
+    return AgentRow{s->Text(0), s->Int(1), s->Text(2), s->Text(3), s->Int(4), s->Text(5)};
+  }
+  static TenantRow TenantFrom(Stmt* s) { return TenantRow{s->Text(0), s->Text(1), s->Int(2)}; }
+  static PrincipalRow PrincipalFrom(Stmt* s) {
+    return PrincipalRow{s->Text(0), s->Text(1), s->Text(2), s->Text(3), s->Text(4), s->Int(5)};
+  }
+  static ApiKeyRow ApiKeyFrom(Stmt* s) {
+    return ApiKeyRow{s->Text(0), s->Text(1), s->Text(2), s->Text(3),
+                     s->Int(4),  s->Int(5),  s->Int(6)};
   }
   static int64_t CursorValue(const std::string& c) {
     if (c.empty() || c.size() > 18) return 0;
@@ -680,12 +788,14 @@ class SqliteStore final : public Store {
     }
     for (const auto& a : b.agents) {
       auto* s = write_stmts_->Get(
-          "INSERT INTO agents(id, version, name, spec, created_ms) VALUES(?1,?2,?3,?4,?5)");
+          "INSERT INTO agents(id, version, name, spec, created_ms, tenant_id) "
+          "VALUES(?1,?2,?3,?4,?5,?6)");
       s->Bind(1, a.id);
       s->Bind(2, a.version);
       s->Bind(3, a.name);
       s->Bind(4, a.spec);
       s->Bind(5, a.created_ms);
+      s->Bind(6, a.tenant_id);
       RETURN_IF_ERROR(step(s, "insert agent"));
     }
     for (const auto& e : b.events) {
@@ -703,7 +813,7 @@ class SqliteStore final : public Store {
     for (const auto& r : b.sessions) {
       auto* s = write_stmts_->Get(
           "INSERT INTO sessions(id, agent_id, agent_version, status, metadata, created_ms, "
-          "updated_ms, last_seq, active) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9) "
+          "updated_ms, last_seq, active, tenant_id) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10) "
           "ON CONFLICT(id) DO UPDATE SET status=excluded.status, updated_ms=excluded.updated_ms, "
           "last_seq=excluded.last_seq, active=excluded.active");
       s->Bind(1, r.id);
@@ -715,7 +825,61 @@ class SqliteStore final : public Store {
       s->Bind(7, r.updated_ms);
       s->Bind(8, r.last_seq);
       s->Bind(9, static_cast<int64_t>(r.active ? 1 : 0));
+      s->Bind(10, r.tenant_id);
       RETURN_IF_ERROR(step(s, "upsert session"));
+    }
+    for (const auto& t : b.tenants) {
+      auto* s = write_stmts_->Get("INSERT INTO tenants(id, name, created_ms) VALUES(?1,?2,?3)");
+      s->Bind(1, t.id);
+      s->Bind(2, t.name);
+      s->Bind(3, t.created_ms);
+      RETURN_IF_ERROR(step(s, "insert tenant"));
+    }
+    for (const auto& p : b.principals) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO principals(id, tenant_id, name, kind, body, created_ms) "
+          "VALUES(?1,?2,?3,?4,?5,?6)");
+      s->Bind(1, p.id);
+      s->Bind(2, p.tenant_id);
+      s->Bind(3, p.name);
+      s->Bind(4, p.kind);
+      s->Bind(5, p.body);
+      s->Bind(6, p.created_ms);
+      RETURN_IF_ERROR(step(s, "insert principal"));
+    }
+    for (const auto& k : b.api_keys) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO api_keys(id, tenant_id, principal_id, hash, created_ms, expires_ms, "
+          "revoked_ms) VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(id) DO UPDATE SET "
+          "expires_ms=excluded.expires_ms, revoked_ms=excluded.revoked_ms");
+      s->Bind(1, k.id);
+      s->Bind(2, k.tenant_id);
+      s->Bind(3, k.principal_id);
+      s->Bind(4, k.hash);
+      s->Bind(5, k.created_ms);
+      s->Bind(6, k.expires_ms);
+      s->Bind(7, k.revoked_ms);
+      RETURN_IF_ERROR(step(s, "write api key"));
+    }
+    for (const auto& x : b.secrets) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO secrets(tenant_id, name, sealed, created_ms, updated_ms) "
+          "VALUES(?1,?2,?3,?4,?5) ON CONFLICT(tenant_id, name) DO UPDATE SET "
+          "sealed=excluded.sealed, updated_ms=excluded.updated_ms");
+      s->Bind(1, x.tenant_id);
+      s->Bind(2, x.name);
+      s->BindBlob(3, x.sealed);
+      s->Bind(4, x.created_ms);
+      s->Bind(5, x.updated_ms);
+      RETURN_IF_ERROR(step(s, "write secret"));
+    }
+    if (!b.adopt_untenanted.empty()) {
+      for (const char* sql : {"UPDATE agents SET tenant_id=?1 WHERE tenant_id=''",
+                              "UPDATE sessions SET tenant_id=?1 WHERE tenant_id=''"}) {
+        auto* s = write_stmts_->Get(sql);
+        s->Bind(1, b.adopt_untenanted);
+        RETURN_IF_ERROR(step(s, "adopt untenanted rows"));
+      }
     }
     for (const auto& t : b.turns) {
       auto* s = write_stmts_->Get(
@@ -825,7 +989,6 @@ class SqliteStore final : public Store {
     }
     audit_undo_.clear();
   }
-
 
   // A statement of the writer's without rows, prepared once (BEGIN, COMMIT, savepoints).
   Status WriterExec(const char* sql) {

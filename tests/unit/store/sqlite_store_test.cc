@@ -39,7 +39,7 @@ class SqliteStoreTest : public ::testing::Test {
     return {sid, seq, "test.event", "", 1000 + seq, "{\"n\":" + std::to_string(seq) + "}"};
   }
   static SessionRow Row(const std::string& sid, int64_t last_seq, bool active) {
-    return {sid, "agt_a", 1, active ? "running" : "idle", "{}", 1, 2, last_seq, active};
+    return {sid, "agt_a", 1, active ? "running" : "idle", "{}", 1, 2, last_seq, active, "ten_a"};
   }
 
   // `threads` threads each commit events 1..per_thread of their own session "ses_<t>", one
@@ -200,14 +200,14 @@ TEST_F(SqliteStoreTest, TurnsUpsertAndPaginate) {
 
 TEST_F(SqliteStoreTest, AgentsVersionAndListLatest) {
   WriteBatch b;
-  b.agents.push_back({"agt_1", 1, "one", "{\"v\":1}", 1});
-  b.agents.push_back({"agt_2", 1, "two", "{\"v\":1}", 2});
+  b.agents.push_back({"agt_1", 1, "one", "{\"v\":1}", 1, "ten_a"});
+  b.agents.push_back({"agt_2", 1, "two", "{\"v\":1}", 2, "ten_b"});
   ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
   WriteBatch v2;
-  v2.agents.push_back({"agt_1", 2, "one", "{\"v\":2}", 3});
+  v2.agents.push_back({"agt_1", 2, "one", "{\"v\":2}", 3, "ten_a"});
   ASSERT_TRUE(store_->CommitBlocking(std::move(v2)).ok());
   WriteBatch again;
-  again.agents.push_back({"agt_1", 2, "one", "{\"v\":2}", 3});
+  again.agents.push_back({"agt_1", 2, "one", "{\"v\":2}", 3, "ten_a"});
   EXPECT_EQ(store_->CommitBlocking(std::move(again)).code(), StatusCode::kAlreadyExists);
   auto latest = store_->GetAgent("agt_1", 0);
   ASSERT_TRUE(latest.ok() && latest->has_value());
@@ -215,11 +215,75 @@ TEST_F(SqliteStoreTest, AgentsVersionAndListLatest) {
   auto v1 = store_->GetAgent("agt_1", 1);
   ASSERT_TRUE(v1.ok() && v1->has_value());
   EXPECT_EQ((*v1)->spec, "{\"v\":1}");
-  auto list = store_->ListAgents({"", 10});
+  auto list = store_->ListAgents("", {"", 10});
   ASSERT_TRUE(list.ok());
   ASSERT_EQ(list->first.size(), 2u);
   EXPECT_EQ(list->first[0].id, "agt_1");
   EXPECT_EQ(list->first[0].version, 2);
+  EXPECT_EQ(list->first[0].tenant_id, "ten_a");
+  auto only_b = store_->ListAgents("ten_b", {"", 10});
+  ASSERT_TRUE(only_b.ok());
+  ASSERT_EQ(only_b->first.size(), 1u);
+  EXPECT_EQ(only_b->first[0].id, "agt_2");
+}
+
+TEST_F(SqliteStoreTest, TenantsPrincipalsKeysAndSecrets) {
+  WriteBatch b;
+  b.tenants.push_back({"ten_a", "acme", 1});
+  b.principals.push_back({"prn_1", "ten_a", "alice", "user", "{}", 2});
+  b.api_keys.push_back({"key_1", "ten_a", "prn_1", "h1", 3, 0, 0});
+  b.secrets.push_back({"ten_a", "TOKEN", std::string("\0sealed", 7), 4, 4});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  // Names are unique: a second tenant "acme" or a second "alice" in ten_a changes nothing.
+  WriteBatch dup;
+  dup.tenants.push_back({"ten_b", "acme", 5});
+  EXPECT_EQ(store_->CommitBlocking(std::move(dup)).code(), StatusCode::kAlreadyExists);
+  WriteBatch dup2;
+  dup2.principals.push_back({"prn_2", "ten_a", "alice", "user", "{}", 5});
+  EXPECT_EQ(store_->CommitBlocking(std::move(dup2)).code(), StatusCode::kAlreadyExists);
+  EXPECT_FALSE(store_->GetTenant("ten_b")->has_value());
+  EXPECT_FALSE(store_->GetPrincipal("prn_2")->has_value());
+  // A revocation rewrites the key row; a secret write replaces the sealed value.
+  WriteBatch revoke;
+  revoke.api_keys.push_back({"key_1", "ten_a", "prn_1", "h1", 3, 0, 9});
+  revoke.secrets.push_back({"ten_a", "TOKEN", "resealed", 4, 10});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(revoke)).ok());
+  auto key = store_->GetApiKey("key_1");
+  ASSERT_TRUE(key.ok() && key->has_value());
+  EXPECT_EQ((*key)->revoked_ms, 9);
+  EXPECT_EQ((*key)->hash, "h1");
+  auto secret = store_->GetSecret("ten_a", "TOKEN");
+  ASSERT_TRUE(secret.ok() && secret->has_value());
+  EXPECT_EQ((*secret)->sealed, "resealed");
+  EXPECT_EQ((*secret)->created_ms, 4);
+  EXPECT_FALSE(store_->GetSecret("ten_b", "TOKEN")->has_value());
+  auto names = store_->ListSecrets("ten_a");
+  ASSERT_TRUE(names.ok());
+  ASSERT_EQ(names->size(), 1u);
+  EXPECT_EQ((*names)[0].sealed, "");  // listing never reads values
+  auto principals = store_->ListPrincipals("ten_a", {"", 10});
+  ASSERT_TRUE(principals.ok());
+  ASSERT_EQ(principals->first.size(), 1u);
+  EXPECT_EQ(principals->first[0].name, "alice");
+  EXPECT_TRUE(store_->ListPrincipals("ten_b", {"", 10})->first.empty());
+  EXPECT_EQ(store_->ListApiKeys("prn_1")->size(), 1u);
+}
+
+TEST_F(SqliteStoreTest, RowsFromBeforeTenantsJoinTheAdoptingTenant) {
+  WriteBatch b;
+  b.agents.push_back({"agt_1", 1, "one", "{}", 1, ""});
+  b.sessions.push_back({"ses_1", "agt_1", 1, "idle", "{}", 1, 1, 0, false, ""});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  WriteBatch adopt;
+  adopt.adopt_untenanted = "ten_x";
+  ASSERT_TRUE(store_->CommitBlocking(std::move(adopt)).ok());
+  EXPECT_EQ((*store_->GetAgent("agt_1", 0))->tenant_id, "ten_x");
+  EXPECT_EQ((*store_->GetSession("ses_1"))->tenant_id, "ten_x");
+  store::SessionFilter f;
+  f.tenant_id = "ten_x";
+  EXPECT_EQ(store_->ListSessions(f, {"", 10})->first.size(), 1u);
+  f.tenant_id = "ten_y";
+  EXPECT_TRUE(store_->ListSessions(f, {"", 10})->first.empty());
 }
 
 TEST_F(SqliteStoreTest, DeleteSessionRemovesEverything) {
@@ -414,7 +478,8 @@ TEST_F(SqliteStoreTest, BlobsSurviveReopenAndSessionDeletion) {
   EXPECT_TRUE(store_->MissingBlobs({"h_1"})->empty());
 }
 
-// A database of schema version 1 (before blobs) upgrades in place and keeps its rows.
+// A database of schema version 1 (before blobs, audit and tenants) upgrades in place and
+// keeps its rows.
 TEST_F(SqliteStoreTest, AVersion1DatabaseUpgradesInPlace) {
   WriteBatch b;
   b.events.push_back(Ev("ses_1", 1));
@@ -423,8 +488,12 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseUpgradesInPlace) {
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open((dir_ / "db").string().c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db,
-                         "DROP TABLE blobs; UPDATE meta SET value='1' "
-                         "WHERE key='schema_version'",
+                         "DROP TABLE blobs; DROP TABLE audit_log; DROP TABLE audit_checkpoints; "
+                         "DROP TABLE tenants; DROP TABLE principals; DROP TABLE api_keys; "
+                         "DROP TABLE secrets; DROP INDEX sessions_tenant; "
+                         "ALTER TABLE sessions DROP COLUMN tenant_id; "
+                         "ALTER TABLE agents DROP COLUMN tenant_id; "
+                         "UPDATE meta SET value='1' WHERE key='schema_version'",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
   sqlite3_close(db);
@@ -442,7 +511,7 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseUpgradesInPlace) {
                                nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "3");
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "4");
   sqlite3_finalize(st);
   sqlite3_close(db);
 }
