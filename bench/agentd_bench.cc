@@ -247,7 +247,8 @@ Json StepLatency(Env& env, int turns) {
     HttpRequest req;
     req.url = env.Url("/v1/sessions/" + sid + "/turns");
     req.body = Json{{"input", "repeat 10 echo {}"}, {"stream", true}}.dump();
-    req.headers = {{"Content-Type", "application/json"}};
+    req.headers = {{"Content-Type", "application/json"},
+                   {"Authorization", "Bearer " + AdminKeyFor(req.url)}};
     req.timeout = std::chrono::minutes(2);
     Clock::time_point last{};
     std::string buf;
@@ -278,7 +279,8 @@ std::pair<double, double> TimeTurn(Env& env, const std::string& sid, const std::
   HttpRequest req;
   req.url = env.Url("/v1/sessions/" + sid + "/turns");
   req.body = Json{{"input", input}, {"stream", true}}.dump();
-  req.headers = {{"Content-Type", "application/json"}};
+  req.headers = {{"Content-Type", "application/json"},
+                 {"Authorization", "Bearer " + AdminKeyFor(req.url)}};
   req.timeout = std::chrono::minutes(5);
   auto start = Clock::now();
   double first_model_ms = -1;

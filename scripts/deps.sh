@@ -4,10 +4,11 @@
 set -eu
 PKGS="g++ cmake make pkg-config libboost-dev libboost-system-dev libcurl4-openssl-dev \
 nlohmann-json3-dev libsqlite3-dev libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev \
-libsodium-dev libzstd-dev libssl-dev libseccomp-dev bubblewrap runsc libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev curl procps \
+libsodium-dev libzstd-dev libssl-dev libseccomp-dev bubblewrap runsc libjemalloc-dev libgtest-dev libgmock-dev libbenchmark-dev curl procps sqlite3 \
 clang libclang-rt-14-dev llvm"
 # clang, libFuzzer (libclang-rt-14-dev, only a recommendation of clang's) and llvm-symbolizer
 # (llvm): the fuzz targets that ctest's fuzz_smoke builds and runs (tests/fuzz/run_fuzz.sh).
+# sqlite3: tests tamper with a copy of the database to show the audit log notices.
 missing=""
 for p in $PKGS; do
   if ! dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -6,6 +6,7 @@
 #include <regex>
 
 #include "common/json.h"
+#include "common/clock.h"
 #include "journal/events.h"
 
 namespace agentd::api {
@@ -157,12 +158,252 @@ http::Response ProblemResponse(const Status& status) {
   return Problem(code, StatusCodeSlug(status.code()), detail);
 }
 
-Api::Api(ApiOptions options, engine::Engine* engine, std::function<Json()> ready_info)
-    : options_(options), engine_(engine), ready_info_(std::move(ready_info)) {}
+Api::Api(ApiOptions options, engine::Engine* engine, identity::Directory* directory,
+         audit::AuditLog* audit_log, const identity::SigningKey* signing_key,
+         std::function<Json()> ready_info, std::function<void(const RequestRecord&)> audit)
+    : options_(options),
+      engine_(engine),
+      directory_(directory),
+      audit_log_(audit_log),
+      signing_key_(signing_key),
+      ready_info_(std::move(ready_info)),
+      audit_(std::move(audit)) {}
+
+namespace {
+
+// Passes everything through and remembers the status answered, for the audit record.
+class RecordingExchange final : public http::Exchange {
+ public:
+  explicit RecordingExchange(http::Exchange& inner) : inner_(inner) {}
+  void Respond(http::Response response) override {
+    status_ = response.status;
+    inner_.Respond(std::move(response));
+  }
+  bool StartStream(int status, std::string content_type,
+                   std::vector<std::pair<std::string, std::string>> headers) override {
+    status_ = status;
+    return inner_.StartStream(status, std::move(content_type), std::move(headers));
+  }
+  bool Write(std::string_view chunk) override { return inner_.Write(chunk); }
+  void EndStream() override { inner_.EndStream(); }
+  bool Stopping() const override { return inner_.Stopping(); }
+  int status() const { return status_; }
+
+ private:
+  http::Exchange& inner_;
+  int status_ = 0;
+};
+
+std::string ResourceName(const std::string& tenant, std::string_view type,
+                         std::string_view id) {
+  return fmt::format("agentd:{}:{}/{}", tenant, type, id);
+}
+
+}  // namespace
+
+struct Api::Gate {
+  std::string action;
+  std::string resource;
+  std::string tenant;  // the tenant the resource belongs to
+  std::string reason;
+  Json session_metadata = Json::object();
+};
 
 void Api::Handle(const http::Request& req, http::Exchange& ex) {
   const auto seg = Segments(req.path);
   const std::string& m = req.method;
+  if (seg.size() == 1 && (seg[0] == "healthz" || seg[0] == "readyz")) {
+    if (m != "GET") {
+      auto r = Problem(405, "method_not_allowed",
+                       fmt::format("{} is not allowed on {}; allowed: GET", m, req.path));
+      r.headers.emplace_back("Allow", "GET");
+      return ex.Respond(std::move(r));
+    }
+    if (seg[0] == "healthz") return ex.Respond(JsonResponse(200, Json{{"status", "ok"}}));
+    Json info = ready_info_();
+    bool ready = info.value("ready", false) && !engine_->Draining();
+    info["ready"] = ready;
+    return ex.Respond(JsonResponse(ready ? 200 : 503, info));
+  }
+  // The keys tools verify agentd's tokens with: public by nature.
+  if (seg.size() == 2 && seg[0] == ".well-known" && seg[1] == "jwks.json" &&
+      signing_key_ != nullptr) {
+    if (m != "GET") {
+      auto r = Problem(405, "method_not_allowed",
+                       fmt::format("{} is not allowed on {}; allowed: GET", m, req.path));
+      r.headers.emplace_back("Allow", "GET");
+      return ex.Respond(std::move(r));
+    }
+    http::Response r = JsonResponse(200, identity::JwksDocument({signing_key_}));
+    r.content_type = "application/jwk-set+json";
+    r.headers.emplace_back("Cache-Control", "public, max-age=300");
+    return ex.Respond(std::move(r));
+  }
+
+  RecordingExchange rec(ex);
+  RequestRecord record;
+  record.method = m;
+  record.path = req.path;
+  auto who = directory_->Authenticate(req.Header("authorization"));
+  if (!who.ok()) {
+    record.action = "auth:Authenticate";
+    record.decision = "deny";
+    record.reason = who.status().message();
+    auto r = Problem(401, "unauthenticated", who.status().message());
+    r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"agentd\"");
+    rec.Respond(std::move(r));
+  } else {
+    const identity::Principal& p = **who;
+    record.tenant_id = p.tenant_id;
+    record.principal_id = p.id;
+    Gate gate;
+    Status allowed = Authorize(req, seg, p, &gate);
+    record.action = gate.action;
+    record.resource = gate.resource;
+    record.reason = gate.reason;
+    if (!allowed.ok()) {
+      record.decision = "deny";
+      rec.Respond(ProblemResponse(allowed));
+    } else {
+      record.decision = gate.action.empty() ? "" : "allow";
+      Route(req, rec, seg, p);
+    }
+  }
+  record.status = rec.status();
+  if (audit_) audit_(record);
+}
+
+Status Api::Authorize(const http::Request& req, const std::vector<std::string>& seg,
+                      const identity::Principal& who, Gate* g) {
+  const std::string& m = req.method;
+  const std::string& own = who.tenant_id;
+  // What an object's absence looks like: another tenant's object must look the same.
+  std::string missing = fmt::format("no route for {}", req.path);
+  auto set = [&](std::string action, std::string tenant, std::string_view type,
+                 std::string_view id) {
+    g->action = std::move(action);
+    g->resource = ResourceName(tenant, type, id);
+    g->tenant = std::move(tenant);
+  };
+  auto read_or = [&](std::string_view write_method, const char* write, const char* read) {
+    return m == write_method ? std::string(write) : std::string(read);
+  };
+  if (seg.size() < 2 || seg[0] != "v1") return NotFound(missing);
+  const std::string& col = seg[1];
+  if (col == "agents") {
+    if (seg.size() == 2) {
+      set(read_or("POST", "agents:Create", "agents:Read"), own, "agent", "*");
+    } else {
+      std::string action = read_or("PUT", "agents:Update", "agents:Read");
+      if (seg.size() == 4 && seg[3] == "cancel-turns") action = "sessions:Cancel";
+      g->action = action;  // recorded even when the agent is not found
+      auto t = engine_->AgentTenant(seg[2]);
+      if (!t.ok()) return t.status();
+      missing = fmt::format("agent '{}' not found", seg[2]);
+      set(action, *t, "agent", seg[2]);
+    }
+  } else if (col == "sessions:import") {
+    set("sessions:Import", own, "session", "*");
+  } else if (col == "sessions") {
+    if (seg.size() == 2) {
+      set(read_or("POST", "sessions:Create", "sessions:Read"), own, "session", "*");
+    } else {
+      std::string action = "sessions:Read";
+      const std::string sub = seg.size() >= 4 ? seg[3] : "";
+      if (seg.size() == 3 && m == "DELETE") action = "sessions:Delete";
+      if (sub == "cancel") action = "sessions:Cancel";
+      if (sub == "export") action = "sessions:Export";
+      if (sub == "turns" && m == "POST") action = "sessions:Invoke";
+      g->action = action;  // recorded even when the session is not found
+      auto scope = engine_->SessionScope(seg[2]);
+      if (!scope.ok()) return scope.status();
+      missing = fmt::format("session '{}' not found", seg[2]);
+      g->session_metadata = scope->second;
+      set(action, scope->first, "session", seg[2]);
+    }
+  } else if (col == "tenants") {
+    if (seg.size() == 2) {
+      set("tenants:Create", "*", "tenant", "*");
+    } else {
+      if (!directory_->TenantExists(seg[2])) {
+        return NotFound(fmt::format("tenant {} not found", seg[2]));
+      }
+      missing = fmt::format("tenant {} not found", seg[2]);
+      set("tenants:Read", seg[2], "tenant", seg[2]);
+    }
+  } else if (col == "principals") {
+    if (seg.size() == 2 && m == "POST") {
+      auto b = Body(req);
+      if (!b.ok()) return b.status();
+      const std::string* t = FindString(*b, "tenant_id");
+      if (t == nullptr) return InvalidArgument("'tenant_id' is required and must be a string");
+      missing = fmt::format("tenant {} not found", *t);
+      if (!directory_->TenantExists(*t)) return NotFound(missing);
+      set("principals:Create", *t, "principal", "*");
+    } else if (seg.size() == 2) {
+      set("principals:Read", own, "principal", "*");
+    } else {
+      auto t = directory_->PrincipalTenant(seg[2]);
+      if (!t.ok()) return t.status();
+      missing = fmt::format("principal {} not found", seg[2]);
+      std::string action = "principals:Read";
+      if (seg.size() >= 4 && seg[3] == "api-keys" && m == "POST") {
+        action = "principals:CreateApiKey";
+      }
+      set(action, *t, "principal", seg[2]);
+    }
+  } else if (col == "api-keys" && seg.size() == 3) {
+    auto t = directory_->ApiKeyTenant(seg[2]);
+    if (!t.ok()) return t.status();
+    missing = fmt::format("API key {} not found", seg[2]);
+    set("principals:RevokeApiKey", *t, "api-key", seg[2]);
+  } else if (col == "audit" && (seg.size() == 2 || (seg.size() == 3 && seg[2] == "checkpoints"))) {
+    // A tenant's chain; the system chain ("") of unauthenticated requests is nobody's tenant.
+    const std::string* t = req.Query("tenant_id");
+    std::string tenant = t != nullptr ? *t : own;
+    missing = fmt::format("tenant {} not found", tenant);
+    set("audit:Read", tenant, "audit", "*");
+  } else if (col == "policies:simulate") {
+    // Who the question is about decides where it lands: asking about another tenant's
+    // principal needs the right to simulate there.
+    auto b = Body(req);
+    if (!b.ok()) return b.status();
+    const std::string* pid = FindString(*b, "principal_id");
+    std::string tenant = own, id = who.id;
+    if (pid != nullptr && *pid != who.id) {
+      auto t = directory_->PrincipalTenant(*pid);
+      if (!t.ok()) return t.status();
+      tenant = *t;
+      id = *pid;
+      missing = fmt::format("principal {} not found", *pid);
+    }
+    set("policies:Simulate", tenant, "principal", id);
+  } else {
+    return NotFound(missing);
+  }
+
+  identity::Request r;
+  r.action = g->action;
+  r.resource = g->resource;
+  r.principal = who.Context();
+  r.session_metadata = g->session_metadata;
+  r.time_millis = SystemClock::Default()->NowMillis();
+  identity::Decision d = identity::Decide(who.PolicyPointers(), r);
+  g->reason = d.sid.empty() ? std::string(identity::DecisionReasonName(d.reason)) : d.sid;
+  if (d.allowed()) return Status::OK();
+  // Whatever another tenant has does not exist for this caller.
+  if (g->tenant != own && g->tenant != "*") return NotFound(missing);
+  return PermissionDenied(fmt::format("{} is not allowed to {} on {} ({})", who.id, g->action,
+                                      g->resource,
+                                      d.reason == identity::DecisionReason::kExplicitDeny
+                                          ? "denied by statement '" + d.sid + "'"
+                                          : "no policy allows it"));
+}
+
+void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<std::string>& seg,
+                const identity::Principal& who) {
+  const std::string& m = req.method;
+  const engine::Caller caller{who.tenant_id, who.id};
   auto reply = [&](Result<Json> r, int ok_status = 200) {
     if (!r.ok()) {
       if (r.status().code() == StatusCode::kInternal) {
@@ -186,7 +427,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     ex.Respond({201, "application/json", DumpJson(*r),
                 {{"Location", fmt::format("/v1/{}/{}", collection, id)}}});
   };
-  if (IsImportRequest(m, req.path)) return HandleImport(req, ex);
+  if (IsImportRequest(m, req.path)) return HandleImport(req, ex, caller);
   if ((m == "POST" || m == "PUT") && !req.body.empty() && !JsonContentType(req)) {
     return ex.Respond(Problem(415, "unsupported_media_type",
                               fmt::format("Content-Type '{}' is not supported; send "
@@ -194,14 +435,6 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
                                           req.Header("content-type"))));
   }
 
-  if (seg.size() == 1 && (seg[0] == "healthz" || seg[0] == "readyz")) {
-    if (m != "GET") return method_not_allowed("GET");
-    if (seg[0] == "healthz") return reply(Json{{"status", "ok"}});
-    Json info = ready_info_();
-    bool ready = info.value("ready", false) && !engine_->Draining();
-    info["ready"] = ready;
-    return ex.Respond(JsonResponse(ready ? 200 : 503, info));
-  }
   if (seg.empty() || seg[0] != "v1") {
     return ex.Respond(Problem(404, "not_found", fmt::format("no route for {}", req.path)));
   }
@@ -212,12 +445,12 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       if (m == "POST") {
         auto b = body();
         if (!b.ok()) return reply(b.status());
-        return created(engine_->CreateAgent(*b), "agents");
+        return created(engine_->CreateAgent(*b, caller), "agents");
       }
       if (m == "GET") {
         auto p = PageQuery(req);
         if (!p.ok()) return reply(p.status());
-        return reply(engine_->ListAgents(*p));
+        return reply(engine_->ListAgents(who.tenant_id, *p));
       }
       return method_not_allowed("GET, POST");
     }
@@ -249,12 +482,13 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       if (m == "POST") {
         auto b = body();
         if (!b.ok()) return reply(b.status());
-        return created(engine_->CreateSession(*b), "sessions");
+        return created(engine_->CreateSession(*b, caller), "sessions");
       }
       if (m == "GET") {
         auto p = PageQuery(req);
         if (!p.ok()) return reply(p.status());
         store::SessionFilter f;
+        f.tenant_id = who.tenant_id;  // a list never crosses tenants
         if (auto* a = req.Query("agent_id")) f.agent_id = *a;
         if (auto* s = req.Query("status")) {
           f.status = *s;
@@ -305,7 +539,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     }
     if (seg.size() >= 4 && seg[3] == "turns") {
       if (seg.size() == 4) {
-        if (m == "POST") return HandleTurnsPost(req, ex, sid);
+        if (m == "POST") return HandleTurnsPost(req, ex, sid, who);
         if (m == "GET") {
           auto p = PageQuery(req);
           if (!p.ok()) return reply(p.status());
@@ -325,10 +559,166 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       }
     }
   }
+  // Identity: tenants, principals and their API keys, policy simulation.
+  if (seg.size() == 2 && seg[1] == "tenants") {
+    if (m != "POST") return method_not_allowed("POST");
+    auto b = body();
+    if (!b.ok()) return reply(b.status());
+    return created(directory_->CreateTenant(*b), "tenants");
+  }
+  if (seg.size() == 3 && seg[1] == "tenants") {
+    if (m != "GET") return method_not_allowed("GET");
+    return reply(directory_->GetTenant(seg[2]));
+  }
+  if (seg.size() == 2 && seg[1] == "principals") {
+    if (m == "POST") {
+      auto b = body();
+      if (!b.ok()) return reply(b.status());
+      return created(directory_->CreatePrincipal(*b), "principals");
+    }
+    if (m == "GET") {
+      auto p = PageQuery(req);
+      if (!p.ok()) return reply(p.status());
+      return reply(directory_->ListPrincipals(who.tenant_id, *p));
+    }
+    return method_not_allowed("GET, POST");
+  }
+  if (seg.size() == 3 && seg[1] == "principals") {
+    if (m != "GET") return method_not_allowed("GET");
+    return reply(directory_->GetPrincipal(seg[2]));
+  }
+  if (seg.size() == 4 && seg[1] == "principals" && seg[3] == "api-keys") {
+    if (m != "POST") return method_not_allowed("POST");
+    Json b = Json::object();
+    if (!req.body.empty()) {
+      auto parsed = body();
+      if (!parsed.ok()) return reply(parsed.status());
+      b = *parsed;
+    }
+    auto key = directory_->CreateApiKey(seg[2], b);
+    if (!key.ok()) return reply(key.status());
+    // Shown once: no cache may keep it.
+    return ex.Respond({201, "application/json", DumpJson(*key), {{"Cache-Control", "no-store"}}});
+  }
+  if (seg.size() == 3 && seg[1] == "api-keys") {
+    if (m != "DELETE") return method_not_allowed("DELETE");
+    return reply(directory_->RevokeApiKey(seg[2]));
+  }
+  if (seg.size() == 2 && seg[1] == "policies:simulate") {
+    if (m != "POST") return method_not_allowed("POST");
+    return HandleSimulate(req, ex, who);
+  }
+  if (seg[1] == "audit" && audit_log_ != nullptr) {
+    if (m != "GET") return method_not_allowed("GET");
+    return HandleAudit(req, ex, seg.size() == 3, who.tenant_id);
+  }
   ex.Respond(Problem(404, "not_found", fmt::format("no route for {}", req.path)));
 }
 
-void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const std::string& sid) {
+void Api::HandleAudit(const http::Request& req, http::Exchange& ex, bool checkpoints,
+                      const std::string& own_tenant) {
+  // The gate has checked the caller may read this tenant's chain.
+  const std::string* t = req.Query("tenant_id");
+  const std::string tenant = t != nullptr ? *t : own_tenant;
+  if (checkpoints) {
+    auto r = audit_log_->Checkpoints(tenant);
+    if (!r.ok()) return ex.Respond(ProblemResponse(r.status()));
+    return ex.Respond(JsonResponse(200, *r));
+  }
+  audit::AuditQuery q;
+  q.filter.tenant_id = tenant;
+  auto after = IntQuery(req, "after_seq", 0, 0, INT64_MAX);
+  if (!after.ok()) return ex.Respond(ProblemResponse(after.status()));
+  q.filter.after_seq = *after;
+  auto limit = IntQuery(req, "limit", 100, 1, 1000);
+  if (!limit.ok()) return ex.Respond(ProblemResponse(limit.status()));
+  q.limit = static_cast<int>(*limit);
+  if (const std::string* c = req.Query("cursor")) q.cursor = *c;
+  if (const std::string* v = req.Query("action")) q.filter.action = *v;
+  if (const std::string* v = req.Query("principal")) q.filter.principal = *v;
+  if (const std::string* v = req.Query("decision")) q.filter.decision = *v;
+  if (const std::string* v = req.Query("resource_prefix")) q.filter.resource_prefix = *v;
+  for (auto [name, out] : {std::pair{"since", &q.filter.since_ms}, {"until", &q.filter.until_ms}}) {
+    if (const std::string* v = req.Query(name)) {
+      auto ms = ParseRfc3339(*v);
+      if (!ms) {
+        return ex.Respond(ProblemResponse(
+            InvalidArgument(fmt::format("query parameter '{}' must be an RFC 3339 date-time", name))));
+      }
+      *out = *ms;
+    }
+  }
+  auto r = audit_log_->Query(q);
+  if (!r.ok()) return ex.Respond(ProblemResponse(r.status()));
+  ex.Respond(JsonResponse(200, *r));
+}
+
+void Api::HandleSimulate(const http::Request& req, http::Exchange& ex,
+                         const identity::Principal& who) {
+  auto fail = [&](const Status& st) { ex.Respond(ProblemResponse(st)); };
+  auto b = Body(req);
+  if (!b.ok()) return fail(b.status());
+  FieldReader r(*b, "");
+  std::string principal_id, action, resource, time;
+  const Json *context = nullptr;
+  Status st = r.CheckObject();
+  if (st.ok()) st = r.String("principal_id", &principal_id, false, 64);
+  if (st.ok()) st = r.String("action", &action, true, 128);
+  if (st.ok()) st = r.String("resource", &resource, true, 1024);
+  if (st.ok()) st = r.Value("context", &context, false);
+  if (st.ok()) st = r.NoUnknownKeys();
+  if (!st.ok()) return fail(st);
+  identity::Request q;
+  q.action = action;
+  q.resource = resource;
+  q.time_millis = SystemClock::Default()->NowMillis();
+  if (context != nullptr) {
+    FieldReader c(*context, "context");
+    const Json *metadata = nullptr, *args = nullptr;
+    std::string tool, agent;
+    st = c.CheckObject();
+    if (st.ok()) st = c.Value("session_metadata", &metadata, false);
+    if (st.ok()) st = c.String("tool_name", &tool, false, 256);
+    if (st.ok()) st = c.Value("tool_arguments", &args, false);
+    if (st.ok()) st = c.String("agent_id", &agent, false, 64);
+    if (st.ok()) st = c.String("time", &time, false, 64);
+    if (st.ok()) st = c.NoUnknownKeys();
+    if (!st.ok()) return fail(st);
+    if (metadata != nullptr && !metadata->is_object()) {
+      return fail(InvalidArgument("'context.session_metadata' must be an object"));
+    }
+    if (metadata != nullptr) q.session_metadata = *metadata;
+    if (args != nullptr) q.tool_arguments = *args;
+    if (!tool.empty()) q.tool_name = tool;
+    if (!agent.empty()) q.agent_id = agent;
+    if (!time.empty()) {
+      auto t = ParseRfc3339(time);
+      if (!t) return fail(InvalidArgument("'context.time' must be an RFC 3339 date-time"));
+      q.time_millis = *t;
+    }
+  }
+  auto loaded = directory_->LoadPrincipal(principal_id.empty() ? who.id : principal_id);
+  if (!loaded.ok()) return fail(loaded.status());
+  const std::shared_ptr<const identity::Principal>& subject = *loaded;
+  q.principal = subject->Context();
+  identity::Decision d = identity::Decide(subject->PolicyPointers(), q);
+  Json statement = nullptr;
+  if (d.policy_index >= 0) {
+    statement = {{"policy_index", d.policy_index},
+                 {"statement_index", d.statement_index},
+                 {"sid", d.sid.empty() ? Json(nullptr) : Json(d.sid)}};
+  }
+  ex.Respond(JsonResponse(200, Json{{"principal_id", subject->id},
+                                    {"action", action},
+                                    {"resource", resource},
+                                    {"allowed", d.allowed()},
+                                    {"decision", identity::EffectName(d.effect)},
+                                    {"reason", identity::DecisionReasonName(d.reason)},
+                                    {"statement", statement}}));
+}
+
+void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const std::string& sid,
+                          const identity::Principal& who) {
   auto b = Body(req);
   if (!b.ok()) return ex.Respond(ProblemResponse(b.status()));
   FieldReader r(*b, "");
@@ -342,7 +732,7 @@ void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const st
   if (!st.ok()) return ex.Respond(ProblemResponse(st));
   if (WantsEventStream(req)) stream = true;
 
-  auto submitted = engine_->SubmitTurn(sid, *input, req.Header("idempotency-key"));
+  auto submitted = engine_->SubmitTurn(sid, *input, req.Header("idempotency-key"), who.id);
   if (!submitted.ok()) return ex.Respond(ProblemResponse(submitted.status()));
   Json turn = submitted->turn;
   const std::string tid = turn.value("id", "");
@@ -396,7 +786,8 @@ void Api::HandleExport(http::Exchange& ex, const std::string& sid) {
   ex.EndStream();
 }
 
-void Api::HandleImport(const http::Request& req, http::Exchange& ex) {
+void Api::HandleImport(const http::Request& req, http::Exchange& ex,
+                       const engine::Caller& caller) {
   std::string type = MediaType(req);
   if (!type.empty() && type != "application/x-ndjson" && type != "application/jsonl" &&
       type != "application/json") {
@@ -405,7 +796,7 @@ void Api::HandleImport(const http::Request& req, http::Exchange& ex) {
                                           "file as application/x-ndjson",
                                           req.Header("content-type"))));
   }
-  auto r = engine_->ImportSession(req.body);
+  auto r = engine_->ImportSession(req.body, caller);
   if (!r.ok()) return ex.Respond(ProblemResponse(r.status()));
   std::string id = r->value("id", "");
   ex.Respond({201, "application/json", DumpJson(*r),

@@ -9,12 +9,28 @@
 #include "api/http/server.h"
 #include "common/status.h"
 #include "engine/engine.h"
+#include "audit/audit.h"
+#include "identity/directory.h"
+#include "identity/signing_key.h"
 
 namespace agentd::api {
 
 struct ApiOptions {
   std::chrono::milliseconds wait_timeout{300000};  // longest `wait: true` before a 202
   std::chrono::milliseconds heartbeat{15000};      // SSE comment interval on a quiet stream
+};
+
+// What the gate decided about one API request, for the audit log.
+struct RequestRecord {
+  std::string tenant_id;     // the principal's ("" when no one was authenticated)
+  std::string principal_id;  // "" when authentication failed
+  std::string action;        // "agents:Create", ...; "auth:Authenticate" for a failed sign-in
+  std::string resource;      // "agentd:<tenant>:session/<id>", ...
+  std::string decision;      // allow | deny
+  std::string reason;        // the deciding statement's sid, or why it was refused
+  int status = 0;            // the HTTP status answered
+  std::string method;
+  std::string path;
 };
 
 // Maps a canonical status code to its HTTP status: the one table for the whole API.
@@ -27,21 +43,43 @@ bool IsImportRequest(std::string_view method, std::string_view target);
 class Api {
  public:
   // `ready` tells /readyz whether start-up (recovery) is complete.
-  Api(ApiOptions options, engine::Engine* engine, std::function<Json()> ready_info);
+  // Every request but /healthz, /readyz and /.well-known/ is authenticated by `directory`
+  // and decided by policy; `audit` then learns what was asked, decided and answered.
+  // `audit_log` serves GET /v1/audit; `signing_key` is published at /.well-known/jwks.json.
+  Api(ApiOptions options, engine::Engine* engine, identity::Directory* directory,
+      audit::AuditLog* audit_log, const identity::SigningKey* signing_key,
+      std::function<Json()> ready_info,
+      std::function<void(const RequestRecord&)> audit = nullptr);
   void Handle(const http::Request& req, http::Exchange& ex);
 
  private:
-  void HandleTurnsPost(const http::Request& req, http::Exchange& ex, const std::string& sid);
+  struct Gate;
+  // Names the action and resource of the request and decides it for `who`: OK, or the
+  // error to answer (NotFound for what another tenant has, PermissionDenied otherwise).
+  Status Authorize(const http::Request& req, const std::vector<std::string>& seg,
+                   const identity::Principal& who, Gate* gate);
+  void Route(const http::Request& req, http::Exchange& ex, const std::vector<std::string>& seg,
+             const identity::Principal& who);
+  void HandleAudit(const http::Request& req, http::Exchange& ex, bool checkpoints,
+                   const std::string& own_tenant);
+  void HandleSimulate(const http::Request& req, http::Exchange& ex,
+                      const identity::Principal& who);
+  void HandleTurnsPost(const http::Request& req, http::Exchange& ex, const std::string& sid,
+                       const identity::Principal& who);
   void HandleEvents(const http::Request& req, http::Exchange& ex, const std::string& sid);
   void HandleExport(http::Exchange& ex, const std::string& sid);
-  void HandleImport(const http::Request& req, http::Exchange& ex);
+  void HandleImport(const http::Request& req, http::Exchange& ex, const engine::Caller& caller);
   // Streams the session's events from `after` until `until` returns true for an event.
   void StreamEvents(http::Exchange& ex, const std::string& sid, int64_t after,
                     const std::string& only_turn, bool stop_at_turn_end);
 
   ApiOptions options_;
   engine::Engine* engine_;
+  identity::Directory* directory_;
+  audit::AuditLog* audit_log_;
+  const identity::SigningKey* signing_key_;
   std::function<Json()> ready_info_;
+  std::function<void(const RequestRecord&)> audit_;
 };
 
 }  // namespace agentd::api

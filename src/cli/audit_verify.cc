@@ -205,7 +205,14 @@ class HttpSource final : public audit::AuditSource {
 }  // namespace
 
 ExitCode AuditVerifyOffline(const AuditVerifyArgs& args) {
-  auto keys = LoadKeys(args.public_key);
+  // Without --public-key, the key agentd keeps in the data directory. That checks a copy
+  // against itself; pin the key (from /.well-known/jwks.json, saved earlier) to rule out a
+  // copy whose key was replaced along with its log.
+  std::string key_arg = args.public_key;
+  const std::string own_key = (std::filesystem::path(args.data_dir) / "signing.key").string();
+  std::error_code key_ec;
+  if (key_arg.empty() && std::filesystem::is_regular_file(own_key, key_ec)) key_arg = own_key;
+  auto keys = LoadKeys(key_arg);
   if (!keys.ok()) return Fail(ExitCode::kUsage, keys.status().message());
   std::string path = (std::filesystem::path(args.data_dir) / kDatabaseFile).string();
   std::error_code ec;
@@ -234,6 +241,15 @@ ExitCode AuditVerifyOffline(const AuditVerifyArgs& args) {
 ExitCode AuditVerifyLive(ApiClient& client, const AuditVerifyArgs& args) {
   auto keys = LoadKeys(args.public_key);
   if (!keys.ok()) return Fail(ExitCode::kUsage, keys.status().message());
+  if (args.public_key.empty()) {
+    // The keys the server publishes: enough to check its checkpoints were signed by the
+    // key it signs tokens with; pin a saved copy with --public-key to check more.
+    auto r = client.CallBlocking("GET", "/.well-known/jwks.json", nullptr);
+    if (r.ok() && r->ok()) {
+      auto published = audit::ParsePublicKeys(r->body);
+      if (published.ok()) *keys = std::move(published).value();
+    }
+  }
   HttpSource source(client);
   auto fail = [&](const Status& st) {
     ExitCode code = source.failed_http_status() != 0

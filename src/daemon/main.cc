@@ -18,6 +18,9 @@
 #include "api/http/server.h"
 #include "daemon/config.h"
 #include "engine/engine.h"
+#include "audit/audit.h"
+#include "identity/directory.h"
+#include "identity/signing_key.h"
 #include "model/openai_chat/openai_chat.h"
 #include "sandbox/bwrap/bwrap_driver.h"
 #include "sandbox/deferred_driver.h"
@@ -33,9 +36,6 @@ int Fail(const std::string& msg) {
   return 2;
 }
 
-bool IsLoopback(const std::string& host) {
-  return host.rfind("127.", 0) == 0 || host == "::1";
-}
 
 }  // namespace
 
@@ -89,11 +89,6 @@ int main(int argc, char** argv) {
   std::string host;
   uint16_t port = 0;
   if (Status st = daemon::ParseListen(cfg.listen, &host, &port); !st.ok()) return Fail(st.message());
-  if (!IsLoopback(host)) {
-    spdlog::warn("listening on non-loopback address {}: the API has no authentication yet; "
-                 "anyone who can reach it controls this agentd",
-                 host);
-  }
 
   std::error_code ec;
   std::filesystem::create_directories(cfg.data_dir, ec);
@@ -118,8 +113,37 @@ int main(int argc, char** argv) {
   store::sqlite::SqliteOptions so;
   so.path = cfg.data_dir + "/agentd.db";
   so.synchronous_full = cfg.sync_full;
+  so.audit_chain = audit::ChainFunction();
   auto store = store::sqlite::OpenSqliteStore(so);
   if (!store.ok()) return Fail(store.status().message());
+
+  // Who may call: every request but the health checks needs an API key. The first start
+  // creates the admin's, in <data-dir>/admin.key.
+  auto directory = identity::Directory::Open(store->get(), SystemClock::Default(),
+                                             {cfg.data_dir});
+  if (!directory.ok()) return Fail(directory.status().message());
+  if (Status st = (*directory)->Bootstrap(); !st.ok()) return Fail(st.message());
+  // agentd's Ed25519 key: signs the tokens tools get and the audit log's checkpoints.
+  auto signing_key = identity::SigningKey::LoadOrCreate(cfg.data_dir + "/signing.key");
+  if (!signing_key.ok()) return Fail(signing_key.status().message());
+  audit::AuditLog audit_log(**store, audit::Signer{signing_key->kid(), [&](std::string_view m) -> Result<std::string> {
+                              return signing_key->Sign(m);
+                            }});
+  // One audit entry per API request, in its tenant's chain.
+  auto audit_request = [&](const api::RequestRecord& r) {
+    audit::AuditEntry e;
+    e.tenant_id = r.tenant_id;
+    e.time_ms = SystemClock::Default()->NowMillis();
+    e.principal = r.principal_id;
+    e.action = r.action;
+    e.resource = r.resource;
+    e.decision = r.decision;
+    e.result = std::to_string(r.status);
+    e.data = DumpJson(Json{{"method", r.method}, {"path", r.path}, {"reason", r.reason}});
+    if (Status st = audit_log.AppendBlocking(std::move(e)); !st.ok()) {
+      spdlog::error("audit append failed: {}", st.ToString());
+    }
+  };
 
   // Model providers, registered by name: the only place that knows the implementations.
   model::openai_chat::OpenAIChatProvider openai_chat;
@@ -168,17 +192,20 @@ int main(int argc, char** argv) {
   eo.drain_timeout = std::chrono::milliseconds(cfg.drain_timeout_ms);
   eo.budget_defaults = cfg.budget_defaults;
   eo.prices = cfg.prices;
+  eo.directory = directory->get();
+  eo.signing_key = &*signing_key;
+  eo.audit = &audit_log;
   engine::Engine engine(eo, store->get(), providers, SystemClock::Default(), drivers);
 
   std::atomic<bool> ready{false};
   std::atomic<size_t> resumed{0};
-  api::Api api({}, &engine, [&] {
+  api::Api api({}, &engine, directory->get(), &audit_log, &*signing_key, [&] {
     return Json{{"ready", ready.load()},
                 {"store", "sqlite"},
                 {"resumed_sessions", resumed.load()},
                 {"resident_sessions", engine.ResidentSessions()},
                 {"sandbox_drivers", sandbox_report()}};
-  });
+  }, audit_request);
   http::ServerOptions ho;
   ho.host = host;
   ho.port = port;
@@ -205,6 +232,7 @@ int main(int argc, char** argv) {
   server.StopAccepting();
   engine.DrainBlocking();
   server.Stop();
+  audit_log.Close();
   (*store)->Close();
   spdlog::info("drained; bye");
   return 0;

@@ -369,6 +369,7 @@ Json AgentSpec::ToJson() const {
           {"created_at", FormatRfc3339(created_ms)}};
   // Absent rather than empty, so agents stored before budgets existed read back the same.
   if (!budget.empty()) j["budget"] = budget.ToJson();
+  if (!policy_documents.empty()) j["policies"] = policy_documents;
   return j;
 }
 
@@ -412,9 +413,23 @@ Result<AgentSpec> ParseAgentSpec(const Json& body, const std::set<std::string>& 
   if (budget) {
     ASSIGN_OR_RETURN(a.budget, ParseBudget(*budget, "budget"));
   }
+  const Json* policies = nullptr;
+  RETURN_IF_ERROR(r.Value("policies", &policies, false));
+  if (policies != nullptr) {
+    if (!policies->is_array()) return InvalidArgument("'policies' must be an array of documents");
+    if (policies->size() > 20) return InvalidArgument("'policies' has more than 20 documents");
+    for (size_t i = 0; i < policies->size(); ++i) {
+      auto p = identity::ParsePolicy(DumpJson((*policies)[i]));
+      if (!p.ok()) {
+        return InvalidArgument(fmt::format("'policies[{}]': {}", i, p.status().message()));
+      }
+      a.policies.push_back(std::move(p).value());
+      a.policy_documents.push_back((*policies)[i]);
+    }
+  }
   // Fields the server sets are accepted on input (so a fetched agent can be PUT back) but
   // ignored.
-  for (const char* k : {"object", "id", "version", "created_at"}) {
+  for (const char* k : {"object", "id", "version", "created_at", "tenant_id"}) {
     const Json* ignored = nullptr;
     RETURN_IF_ERROR(r.Value(k, &ignored, false));
   }

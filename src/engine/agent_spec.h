@@ -12,6 +12,7 @@
 #include "common/json.h"
 #include "common/retry.h"
 #include "common/status.h"
+#include "identity/policy.h"
 #include "sandbox/egress/egress_policy.h"
 #include "sandbox/sandbox.h"
 
@@ -95,6 +96,11 @@ struct AgentSpec {
   RetryPolicy retry;
   std::string turn_policy = "enqueue";  // enqueue | reject
   Budget budget;
+  // What the agent may do (identity/policy.h), as documents and compiled. Empty: it may call
+  // the tools it declares and nothing else. Either way a call also needs the permission of
+  // the principal whose turn it is.
+  Json policy_documents = Json::array();
+  std::vector<identity::Policy> policies;
   int64_t created_ms = 0;
 
   const ToolDef* FindTool(const std::string& name) const;

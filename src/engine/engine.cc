@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <sodium.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -144,6 +146,9 @@ struct Engine::Actor {
     sandbox.reset();
   }
   const std::string id;
+  std::string tenant_id;  // set by Load
+  // The agent's permissions when it declares none: calling its own tools.
+  std::optional<identity::Policy> implicit_policy;  // set by Load
   std::mutex mu;
   std::condition_variable cv;  // wakes backoff sleeps on cancel or drain
   bool loaded = false;
@@ -259,7 +264,7 @@ size_t Engine::ResidentSessions() const {
 // ---------------------------------------------------------------------------------------
 // Agents
 
-Result<Json> Engine::CreateAgent(const Json& body) {
+Result<Json> Engine::CreateAgent(const Json& body, const Caller& caller) {
   ASSIGN_OR_RETURN(AgentSpec a, ParseAgentSpec(body, ProviderNames()));
   RETURN_IF_ERROR(CheckSandbox(a));
   RETURN_IF_ERROR(CheckCostBudget(a.budget, a.model, "budget.max_cost_usd"));
@@ -268,8 +273,9 @@ Result<Json> Engine::CreateAgent(const Json& body) {
   a.created_ms = clock_->NowMillis();
   Json j = a.ToJson();
   store::WriteBatch b;
-  b.agents.push_back({a.id, a.version, a.name, DumpJson(j), a.created_ms});
+  b.agents.push_back({a.id, a.version, a.name, DumpJson(j), a.created_ms, caller.tenant_id});
   RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  j["tenant_id"] = caller.tenant_id;
   return j;
 }
 
@@ -284,26 +290,51 @@ Result<Json> Engine::UpdateAgent(const std::string& id, const Json& body) {
   a.created_ms = clock_->NowMillis();
   Json j = a.ToJson();
   store::WriteBatch b;
-  b.agents.push_back({a.id, a.version, a.name, DumpJson(j), a.created_ms});
+  b.agents.push_back({a.id, a.version, a.name, DumpJson(j), a.created_ms, current->tenant_id});
   Status st = store_->CommitBlocking(std::move(b));
   if (st.code() == StatusCode::kAlreadyExists) {
     return Aborted(fmt::format("agent '{}' was updated concurrently; retry", id));
   }
   RETURN_IF_ERROR(st);
+  j["tenant_id"] = current->tenant_id;
   return j;
 }
+
+namespace {
+
+// The agent as served: its stored definition and the tenant it belongs to.
+Result<Json> AgentObject(const store::AgentRow& row) {
+  ASSIGN_OR_RETURN(Json j, ParseJson(row.spec, "stored agent"));
+  j["tenant_id"] = row.tenant_id;
+  return j;
+}
+
+}  // namespace
 
 Result<Json> Engine::GetAgent(const std::string& id, int64_t version) {
   ASSIGN_OR_RETURN(auto row, store_->GetAgent(id, version));
   if (!row) return NotFound(fmt::format("agent '{}' not found", id));
-  return ParseJson(row->spec, "stored agent");
+  return AgentObject(*row);
 }
 
-Result<Json> Engine::ListAgents(const store::Page& page) {
-  ASSIGN_OR_RETURN(auto rows, store_->ListAgents(page));
+Result<std::string> Engine::AgentTenant(const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetAgent(id, 0));
+  if (!row) return NotFound(fmt::format("agent '{}' not found", id));
+  return row->tenant_id;
+}
+
+Result<std::pair<std::string, Json>> Engine::SessionScope(const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetSession(id));
+  if (!row) return NotFound(fmt::format("session '{}' not found", id));
+  auto meta = ParseJson(row->metadata, "stored session metadata");
+  return std::make_pair(row->tenant_id, meta.ok() ? *meta : Json::object());
+}
+
+Result<Json> Engine::ListAgents(const std::string& tenant_id, const store::Page& page) {
+  ASSIGN_OR_RETURN(auto rows, store_->ListAgents(tenant_id, page));
   Json data = Json::array();
   for (const auto& r : rows.first) {
-    ASSIGN_OR_RETURN(Json j, ParseJson(r.spec, "stored agent"));
+    ASSIGN_OR_RETURN(Json j, AgentObject(r));
     data.push_back(std::move(j));
   }
   return Json{{"object", "list"},
@@ -321,18 +352,28 @@ Json Engine::SessionObject(const store::SessionRow& r) const {
     meta = Json::parse(r.metadata);
   } catch (const std::exception&) {
   }
-  return {{"object", "session"},
-          {"id", r.id},
-          {"agent_id", r.agent_id},
-          {"agent_version", r.agent_version},
-          {"status", r.status},
-          {"metadata", meta},
-          {"last_seq", r.last_seq},
-          {"created_at", FormatRfc3339(r.created_ms)},
-          {"updated_at", FormatRfc3339(r.updated_ms)}};
+  Json j = {{"object", "session"},
+            {"id", r.id},
+            {"agent_id", r.agent_id},
+            {"agent_version", r.agent_version},
+            {"tenant_id", r.tenant_id},
+            {"status", r.status},
+            {"metadata", meta},
+            {"last_seq", r.last_seq},
+            {"created_at", FormatRfc3339(r.created_ms)},
+            {"updated_at", FormatRfc3339(r.updated_ms)}};
+  // The session's budget lives in its session.created event only.
+  Json budget;
+  if (auto first = store_->ReadEvents(r.id, 0, 1); first.ok() && !first->empty()) {
+    if (auto d = ParseJson(first->front().data, "session.created"); d.ok()) {
+      budget = d->value("budget", Json());
+    }
+  }
+  j["budget"] = std::move(budget);
+  return j;
 }
 
-Result<Json> Engine::CreateSession(const Json& body) {
+Result<Json> Engine::CreateSession(const Json& body, const Caller& caller) {
   FieldReader r(body, "");
   RETURN_IF_ERROR(r.CheckObject());
   std::string agent_id;
@@ -349,15 +390,26 @@ Result<Json> Engine::CreateSession(const Json& body) {
     ASSIGN_OR_RETURN(budget, ParseBudget(*budget_json, "budget"));
   }
   ASSIGN_OR_RETURN(auto agent, store_->GetAgent(agent_id, 0));
-  if (!agent) return NotFound(fmt::format("agent '{}' not found", agent_id));
+  // Another tenant's agent does not exist for this caller.
+  if (!agent || agent->tenant_id != caller.tenant_id) {
+    return NotFound(fmt::format("agent '{}' not found", agent_id));
+  }
+  Json created = {{"agent_id", agent_id}, {"agent_version", agent->version}, {"metadata", meta}};
+  if (!caller.principal_id.empty()) created["created_by"] = caller.principal_id;
+  if (budget) {
+    // A session only tightens its agent's limits: the journal keeps the limits that apply,
+    // each the smaller of the two (a looser one is clamped to the agent's).
+    ASSIGN_OR_RETURN(Json aj, ParseJson(agent->spec, "stored agent"));
+    ASSIGN_OR_RETURN(AgentSpec spec, AgentFromJson(aj));
+    RETURN_IF_ERROR(CheckCostBudget(*budget, spec.model, "budget.max_cost_usd"));
+    created["budget"] = spec.budget.Tightened(*budget).ToJson();
+  }
 
   std::string sid = NewId("ses_");
   int64_t now = clock_->NowMillis();
-  store::EventRecord e{sid, 1, std::string(ev::kSessionCreated), "", now,
-                       DumpJson({{"agent_id", agent_id},
-                                 {"agent_version", agent->version},
-                                 {"metadata", meta}})};
-  store::SessionRow row{sid, agent_id, agent->version, "idle", DumpJson(meta), now, now, 1, false};
+  store::EventRecord e{sid, 1, std::string(ev::kSessionCreated), "", now, DumpJson(created)};
+  store::SessionRow row{sid,  agent_id, agent->version, "idle", DumpJson(meta),
+                        now,  now,      1,              false,  caller.tenant_id};
   store::WriteBatch b;
   b.events.push_back(e);
   b.sessions.push_back(row);
@@ -596,6 +648,7 @@ Status Engine::Load(Actor& a) {
   if (!row) return NotFound(fmt::format("session '{}' not found", a.id));
   a.stored_status = row->status;
   a.stored_active = row->active;
+  a.tenant_id = row->tenant_id;
   ASSIGN_OR_RETURN(auto snap, store_->GetSnapshot(a.id));
   if (snap) {
     ASSIGN_OR_RETURN(Json sj, ParseJson(snap->state, "snapshot"));
@@ -614,7 +667,100 @@ Status Engine::Load(Actor& a) {
   }
   ASSIGN_OR_RETURN(Json aj, ParseJson(agent_row->spec, "stored agent"));
   ASSIGN_OR_RETURN(a.agent, AgentFromJson(aj));
+  if (a.agent.policies.empty()) {
+    Json own = {{"version", identity::kPolicyVersion},
+                {"statements", Json::array({{{"sid", "declared-tools"},
+                                             {"effect", "allow"},
+                                             {"actions", Json::array({"tools:Call"})},
+                                             {"resources", Json::array({fmt::format(
+                                                 "agentd:{}:tool/{}/*", a.tenant_id,
+                                                 a.agent.id)})}}})}};
+    ASSIGN_OR_RETURN(a.implicit_policy, identity::ParsePolicy(DumpJson(own)));
+  }
   return Status::OK();
+}
+
+std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t,
+                                                    const std::string& call_id,
+                                                    const std::string& name, const Json& args) {
+  if (options_.directory == nullptr) return std::nullopt;
+  identity::Request r;
+  r.action = "tools:Call";
+  r.resource = fmt::format("agentd:{}:tool/{}/{}", a.tenant_id, a.agent.id, name);
+  r.session_metadata = a.state.metadata;
+  r.agent_id = a.agent.id;
+  r.tool_name = name;
+  r.tool_arguments = args;
+  r.time_millis = clock_->NowMillis();
+  std::vector<const identity::Policy*> agent_policies;
+  for (const auto& p : a.agent.policies) agent_policies.push_back(&p);
+  if (a.implicit_policy) agent_policies.push_back(&*a.implicit_policy);
+
+  std::optional<std::string> refusal;
+  std::string denied_by = "none", sid;
+  bool allowed = false;
+  if (t.principal_id.empty()) {
+    // A turn from before identities were journaled: the agent's permissions alone.
+    identity::Decision d = identity::Decide(agent_policies, r);
+    allowed = d.allowed();
+    sid = d.sid;
+    if (!allowed) denied_by = "agent";
+  } else if (auto p = options_.directory->LoadPrincipal(t.principal_id); !p.ok()) {
+    denied_by = "principal";
+    refusal = "the principal this turn acts for no longer exists";
+  } else {
+    r.principal = (*p)->Context();
+    identity::IntersectionDecision d =
+        identity::DecideIntersection(agent_policies, (*p)->PolicyPointers(), r);
+    allowed = d.allowed();
+    denied_by = identity::DeniedByName(d.denied_by);
+    sid = !d.agent.allowed() ? d.agent.sid : d.principal.sid;
+  }
+  if (!allowed && !refusal) {
+    refusal = fmt::format("permission denied: tools:Call on {} is not allowed ({} policy{})",
+                          r.resource, denied_by == "both" ? "agent and principal" : denied_by,
+                          sid.empty() ? "" : ", statement '" + sid + "'");
+  }
+  if (options_.audit != nullptr) {
+    unsigned char digest[32];
+    const std::string canonical = DumpJson(args);
+    crypto_hash_sha256(digest, reinterpret_cast<const unsigned char*>(canonical.data()),
+                       canonical.size());
+    char hex[65];
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    audit::AuditEntry e;
+    e.tenant_id = a.tenant_id;
+    e.time_ms = r.time_millis;
+    e.principal = t.principal_id;
+    e.action = "tools:Call";
+    e.resource = r.resource;
+    e.decision = allowed ? "allow" : "deny";
+    e.result = allowed ? "started" : "refused";
+    e.data = DumpJson(Json{{"agent_id", a.agent.id},
+                           {"session_id", a.id},
+                           {"turn_id", t.id},
+                           {"call_id", call_id},
+                           {"args_sha256", hex},
+                           {"denied_by", denied_by}});
+    if (Status st = options_.audit->Stage(a.staged, std::move(e)); !st.ok()) {
+      spdlog::error("audit of tool call {} failed: {}", call_id, st.ToString());
+    }
+  }
+  return refusal;
+}
+
+std::string Engine::ToolTokenLocked(const Actor& a, const TurnState& t,
+                                    const std::string& audience) const {
+  if (options_.signing_key == nullptr) return "";
+  identity::ToolTokenClaims c;
+  c.issuer = options_.token_issuer;
+  c.tenant = a.tenant_id;
+  c.subject = t.principal_id;
+  c.actor = a.agent.id;
+  c.session_id = a.id;
+  c.audience = audience;
+  c.issued_at = clock_->NowMillis() / 1000;
+  return "Bearer " + identity::MintToolToken(*options_.signing_key, c);
 }
 
 Status Engine::Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data) {
@@ -683,8 +829,9 @@ Status Engine::FlushLocked(Actor& a) {
   bool active = s.Active();
   bool session_changed = status != a.stored_status || active != a.stored_active;
   if (session_changed) {
+    // The row exists since the session's creation: the upsert leaves its tenant alone.
     b.sessions.push_back({s.id, s.agent_id, s.agent_version, status, DumpJson(s.metadata),
-                          s.created_ms, s.updated_ms, s.last_seq, active});
+                          s.created_ms, s.updated_ms, s.last_seq, active, ""});
   }
   if (a.events_since_snapshot >= options_.snapshot_every) {
     b.snapshots.push_back({s.id, s.last_seq, journal::StateToText(a.state)});
@@ -792,7 +939,8 @@ void Engine::WaitForEventsBlocking(const std::string& session_id, int64_t after_
 // Turns
 
 Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Json& input,
-                                        const std::string& idempotency_key) {
+                                        const std::string& idempotency_key,
+                                        const std::string& principal_id) {
   ASSIGN_OR_RETURN(Json items, ParseTurnInput(input, options_.max_input_items));
   if (idempotency_key.size() > 255) {
     return InvalidArgument("Idempotency-Key header is longer than 255 characters");
@@ -824,6 +972,8 @@ Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Jso
       std::string tid = NewId("trn_");
       Json data = {{"input", items}};
       if (!idempotency_key.empty()) data["idempotency_key"] = idempotency_key;
+      // Whose turn it is: its tool calls act with this principal's permissions too.
+      if (!principal_id.empty()) data["principal_id"] = principal_id;
       Status st = Stage(*a, ev::kTurnQueued, tid, std::move(data));
       if (st.ok()) st = FlushLocked(*a);
       if (st.ok()) {
@@ -1322,6 +1472,11 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     return;
   }
 
+  if (auto refusal = RefuseToolLocked(*a, *t, call_id, name, args)) {
+    give_error("permission_denied", *refusal);
+    return;
+  }
+
   std::string key = call->idempotency_key;
   if (key.empty()) key = fmt::format("{}.{}", a->id, s.last_seq + 1);
   if (!recovering || call->status != "started") {
@@ -1349,7 +1504,12 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     out = RunMcp(a, server, mcp_tool, args, manifest, turn_id, call_id);
     lock.lock();
   } else {
-    tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent};
+    tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent, {}};
+    // Who the call is for, in a token minted for this call and this tool alone; the caller's
+    // own credential never leaves agentd.
+    if (std::string token = ToolTokenLocked(*a, *t, tool->url); !token.empty()) {
+      spec.headers.emplace_back("Authorization", std::move(token));
+    }
     lock.unlock();
     out = tools::CallHttpToolBlocking(spec, arguments, key,
                                       [this, raw] { return ShouldAbort(*raw); });

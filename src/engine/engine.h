@@ -29,7 +29,10 @@
 #include "common/json.h"
 #include "common/status.h"
 #include "common/thread_pool.h"
+#include "audit/audit.h"
 #include "engine/agent_spec.h"
+#include "identity/directory.h"
+#include "identity/signing_key.h"
 #include "journal/state.h"
 #include "model/model.h"
 #include "sandbox/egress/egress_proxy.h"
@@ -41,6 +44,13 @@
 namespace agentd::engine {
 
 struct EngineOptions {
+  // Identity (all optional; without them tool calls are decided by nothing but the agent's
+  // tool list, carry no token and are not audited): whose turn it is, agentd's key for the
+  // per-call tokens tools get, and the audit log tool calls are recorded in.
+  identity::Directory* directory = nullptr;
+  const identity::SigningKey* signing_key = nullptr;
+  audit::AuditLog* audit = nullptr;
+  std::string token_issuer = "agentd";  // iss of the tokens
   int snapshot_every = 100;       // events between snapshots of a session
   size_t max_workers = 512;       // turn-worker threads (concurrently driven sessions)
   size_t max_input_items = 1000;  // items in one turn input
@@ -74,6 +84,12 @@ using SandboxDrivers = std::map<std::string, sandbox::SandboxDriver*>;
 
 using ModelProviders = std::map<std::string, model::ModelProvider*>;
 
+// Who asks the engine for something: the tenant it lands in and the principal acting.
+struct Caller {
+  std::string tenant_id;
+  std::string principal_id;
+};
+
 struct SubmitResult {
   Json turn;
   bool created = false;  // false: an earlier turn with the same Idempotency-Key
@@ -95,12 +111,18 @@ class Engine {
   void DrainBlocking();
   bool Draining() const { return draining_.load(); }
 
-  Result<Json> CreateAgent(const Json& body);
+  Result<Json> CreateAgent(const Json& body, const Caller& caller);
   Result<Json> UpdateAgent(const std::string& id, const Json& body);
   Result<Json> GetAgent(const std::string& id, int64_t version);
-  Result<Json> ListAgents(const store::Page& page);
+  // The tenant's agents (every tenant's when `tenant_id` is empty).
+  Result<Json> ListAgents(const std::string& tenant_id, const store::Page& page);
+  // The tenant an agent or session belongs to; NotFound when there is no such object.
+  Result<std::string> AgentTenant(const std::string& id);
+  // A session's tenant and metadata.
+  Result<std::pair<std::string, Json>> SessionScope(const std::string& id);
 
-  Result<Json> CreateSession(const Json& body);
+  // The agent must be in the caller's tenant (NotFound otherwise).
+  Result<Json> CreateSession(const Json& body, const Caller& caller);
   Result<Json> GetSession(const std::string& id);
   Result<Json> ListSessions(const store::SessionFilter& filter, const store::Page& page);
   Status DeleteSession(const std::string& id);
@@ -113,8 +135,10 @@ class Engine {
   Result<Json> CancelTurns(const CancelFilter& filter);
 
   // `input` is a string or an array of message items.
+  // `principal_id`, when set, is journaled as the turn's invoking principal.
   Result<SubmitResult> SubmitTurn(const std::string& session_id, const Json& input,
-                                  const std::string& idempotency_key);
+                                  const std::string& idempotency_key,
+                                  const std::string& principal_id = "");
   Result<Json> SubmitToolOutputs(const std::string& session_id, const std::string& turn_id,
                                  const Json& body);
   Result<Json> GetTurn(const std::string& session_id, const std::string& turn_id);
@@ -146,7 +170,8 @@ class Engine {
   // snapshots, and the agent version it runs when this agentd does not have it, all in one
   // commit. Anything wrong in the file is an error naming the line and nothing is written.
   // A session that had unfinished work resumes it as after a restart. Blocking.
-  Result<Json> ImportSession(std::string_view file);
+  // The session (and its agent, when added) join the caller's tenant.
+  Result<Json> ImportSession(std::string_view file, const Caller& caller);
 
   std::set<std::string> ProviderNames() const;
   size_t ResidentSessions() const;
@@ -179,6 +204,15 @@ class Engine {
   // Waits up to `d` unless cancel or drain interrupts; returns false when interrupted.
   bool SleepLocked(Actor& a, std::unique_lock<std::mutex>& lock, std::chrono::milliseconds d);
   bool ShouldAbort(const Actor& a) const;
+  // Decides a tool call: the agent and the principal whose turn it is must both allow
+  // tools:Call on the tool. Stages the audit entry of the decision. Returns the reason the
+  // model is told when refused. a.mu held.
+  std::optional<std::string> RefuseToolLocked(Actor& a, const journal::TurnState& t,
+                                              const std::string& call_id,
+                                              const std::string& name, const Json& args);
+  // The Authorization header value for one call to `audience` ("" without a key). a.mu held.
+  std::string ToolTokenLocked(const Actor& a, const journal::TurnState& t,
+                              const std::string& audience) const;
   // The limits that apply to the session's turns: its agent's budget (or the daemon's
   // defaults) tightened by the session's own. a.mu held.
   Budget EffectiveBudget(const Actor& a) const;

@@ -137,7 +137,7 @@ Status Engine::ExportSession(const std::string& session_id, const std::function<
                 {"blobs", static_cast<int64_t>(blobs.hashes().size())}});
 }
 
-Result<Json> Engine::ImportSession(std::string_view file) {
+Result<Json> Engine::ImportSession(std::string_view file, const Caller& caller) {
   // Split into lines and parse each; the last line may or may not end with '\n'.
   std::vector<Line> lines;
   for (size_t pos = 0, n = 1; pos < file.size(); ++n) {
@@ -346,6 +346,9 @@ Result<Json> Engine::ImportSession(std::string_view file) {
   // The agent version: added when this agentd lacks it, else it must be the same definition.
   ASSIGN_OR_RETURN(auto existing_agent, store_->GetAgent(agent->id, agent->version));
   Json agent_object = agent->ToJson();
+  if (existing_agent && existing_agent->tenant_id != caller.tenant_id) {
+    return AlreadyExists(fmt::format("agent '{}' exists here", agent->id));
+  }
   if (existing_agent) {
     ASSIGN_OR_RETURN(Json have, ParseJson(existing_agent->spec, "stored agent"));
     Json want = agent_object;
@@ -358,7 +361,8 @@ Result<Json> Engine::ImportSession(std::string_view file) {
     }
   } else {
     batch.agents.push_back(
-        {agent->id, agent->version, agent->name, DumpJson(agent_object), agent->created_ms});
+        {agent->id, agent->version, agent->name, DumpJson(agent_object), agent->created_ms,
+         caller.tenant_id});
   }
   ASSIGN_OR_RETURN(auto existing_session, store_->GetSession(*sid));
   if (existing_session) return AlreadyExists(fmt::format("session '{}' already exists", *sid));
@@ -369,7 +373,8 @@ Result<Json> Engine::ImportSession(std::string_view file) {
   const bool active = state.Active();
   store::SessionRow row{*sid,           state.agent_id,         state.agent_version,
                         state.Status(), DumpJson(state.metadata), state.created_ms,
-                        state.updated_ms, state.last_seq,       active};
+                        state.updated_ms, state.last_seq,       active,
+                        caller.tenant_id};
   batch.sessions.push_back(row);
   batch.snapshots.push_back({*sid, state.last_seq, journal::StateToText(state)});
   const size_t event_count = batch.events.size(), blob_count = batch.blobs.size();

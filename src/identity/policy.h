@@ -38,18 +38,21 @@ namespace agentd::identity {
 inline constexpr std::string_view kPolicyVersion = "2026-11-01";
 
 // Every action a request can name. An action pattern must match at least one of these.
-inline constexpr std::array<std::string_view, 17> kKnownActions = {
-    "agents:Create",     "agents:Read",   "agents:Update",     "sessions:Create",
-    "sessions:Invoke",   "sessions:Read", "sessions:Delete",   "sessions:Export",
-    "sessions:Import",   "tools:Call",    "tools:Approve",     "memory:Write",
-    "audit:Read",        "secrets:Write", "principals:Create", "tenants:Create",
+inline constexpr std::array<std::string_view, 22> kKnownActions = {
+    "agents:Create",     "agents:Read",         "agents:Update",
+    "sessions:Create",   "sessions:Invoke",     "sessions:Read",
+    "sessions:Delete",   "sessions:Cancel",     "sessions:Export",
+    "sessions:Import",   "tools:Call",          "tools:Approve",
+    "memory:Write",      "audit:Read",          "secrets:Write",
+    "principals:Create", "principals:Read",     "principals:CreateApiKey",
+    "principals:RevokeApiKey", "tenants:Create", "tenants:Read",
     "policies:Simulate",
 };
 
 // The resource types of `agentd:<tenant>:<type>/<id>` names. A resource pattern whose type
 // part is written out must name one of these.
-inline constexpr std::array<std::string_view, 7> kResourceTypes = {
-    "agent", "session", "tool", "secret", "principal", "policy", "audit",
+inline constexpr std::array<std::string_view, 9> kResourceTypes = {
+    "agent", "session", "tool", "secret", "principal", "policy", "audit", "tenant", "api-key",
 };
 
 // Limits on one document; over any of them is a parse error naming it.

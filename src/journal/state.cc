@@ -111,6 +111,7 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
     nt.ordinal = ++s.turn_count;
     nt.input = d.value("input", Json::array());
     nt.idempotency_key = Str(d, "idempotency_key");
+    nt.principal_id = Str(d, "principal_id");
     nt.created_ms = e.time_ms;
     if (!nt.idempotency_key.empty()) s.idempotency[nt.idempotency_key] = nt.id;
     s.queue.push_back(nt.id);
@@ -343,6 +344,7 @@ Json TurnToJson(const TurnState& t) {
           {"status", t.status},
           {"input", t.input},
           {"idempotency_key", t.idempotency_key},
+          {"principal_id", t.principal_id},
           {"created_ms", t.created_ms},
           {"output_text", t.output_text},
           {"output", t.output},
@@ -424,6 +426,7 @@ Result<SessionState> StateFromJson(Json j) {
       t.status = tj.at("status").get<std::string>();
       t.input = std::move(tj.at("input"));
       t.idempotency_key = tj.at("idempotency_key").get<std::string>();
+      t.principal_id = tj.value("principal_id", "");
       t.created_ms = tj.at("created_ms").get<int64_t>();
       t.output_text = tj.at("output_text").get<std::string>();
       t.output = std::move(tj.at("output"));

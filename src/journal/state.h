@@ -41,6 +41,7 @@ struct TurnState {
   std::string status = "queued";  // queued|running|requires_action|completed|failed|cancelled
   Json input = Json::array();
   std::string idempotency_key;
+  std::string principal_id;  // who submitted it ("" before identities were journaled)
   int64_t created_ms = 0;
   int64_t completed_ms = 0;
   std::string output_text;

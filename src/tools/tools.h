@@ -9,6 +9,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/json.h"
 #include "common/status.h"
@@ -21,6 +23,8 @@ struct HttpToolSpec {
   std::string url;
   int64_t timeout_ms = 30000;
   bool idempotent = false;
+  // Sent with every request of the call (Authorization with agentd's token for the call).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 struct ToolOutcome {

@@ -385,6 +385,7 @@ TEST_F(AgentdTest, StreamedTurnSendsJournalEventsAsSse) {
   req.url = Url("/v1/sessions/" + sid + "/turns");
   req.body = Json{{"input", "call echo {}"}, {"stream", true}}.dump();
   req.headers = {{"Content-Type", "application/json"}};
+  req.headers.emplace_back("Authorization", "Bearer " + agentd_.admin_key);
   auto r = HttpDoBlocking(req);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->status, 200);
@@ -412,6 +413,7 @@ TEST_F(AgentdTest, EventsFollowResumesFromLastEventId) {
   req.method = "GET";
   req.url = Url("/v1/sessions/" + sid + "/events");
   req.headers = {{"Accept", "text/event-stream"}, {"Last-Event-ID", "4"}};
+  req.headers.emplace_back("Authorization", "Bearer " + agentd_.admin_key);
   std::string got;
   req.on_body = [&](std::string_view c) {
     got.append(c);
@@ -430,6 +432,7 @@ TEST_F(AgentdTest, EventsFollowResumesFromLastEventId) {
     f.method = "GET";
     f.url = Url("/v1/sessions/" + sid + "/events?after=6");
     f.headers = {{"Accept", "text/event-stream"}};
+    f.headers.emplace_back("Authorization", "Bearer " + agentd_.admin_key);
     f.on_body = [&](std::string_view c) {
       live.append(c);
       return live.find("turn.completed") == std::string::npos;
@@ -495,6 +498,7 @@ TEST_F(AgentdTest, BadInputGetsProblemJsonAndChangesNothing) {
     req.url = Url(path);
     req.body = body;
     req.headers = {{"Content-Type", ct}};
+    req.headers.emplace_back("Authorization", "Bearer " + agentd_.admin_key);
     auto r = HttpDoBlocking(req);
     Reply out;
     out.status = r->status;

@@ -109,7 +109,7 @@ TEST_F(BudgetTest, CostLimitUsesThePriceTableAndUnpricedModelsAreRefused) {
   RestartWithConfig(
       "prices:\n"
       "  fake-1: {input_per_million_usd: 1000000, output_per_million_usd: 1000000}\n"
-      "  openai-chat/fake-2: {input_per_million_usd: 0, output_per_million_usd: 2000000}\n");
+      "  openai-chat/fake-2: {input_per_million_usd: 0, output_per_million_usd: 500000}\n");
   std::string sid = CreateSession(CreateAgent({{"budget", {{"max_cost_usd", 1.0}}}}));
   Json t = Turn(sid, "repeat 3 echo {}");
   ExpectStopped(t, "budget_exceeded", "max_cost_usd");
@@ -128,7 +128,7 @@ TEST_F(BudgetTest, CostLimitUsesThePriceTableAndUnpricedModelsAreRefused) {
   priced["name"] = "fake-2";
   std::string sid2 = CreateSession(CreateAgent({{"model", priced}}));
   Json t2 = Turn(sid2, "say hi");
-  EXPECT_DOUBLE_EQ(t2["cost_usd"].get<double>(), 2.0 * t2["usage"]["output_tokens"].get<double>());
+  EXPECT_DOUBLE_EQ(t2["cost_usd"].get<double>(), 0.5 * t2["usage"]["output_tokens"].get<double>());
 
   // A cost limit on a model without a price could never be reached: refused, naming it.
   Json unpriced = ModelSpec();
@@ -170,10 +170,11 @@ TEST_F(BudgetTest, SessionBudgetTightensAndIsClampedToTheAgents) {
   ExpectStopped(Turn(tight, "repeat 4 effect {}"), "budget_exceeded", "max_tool_calls");
   EXPECT_EQ(Effects(), 5);
   bool listed = false;
-  for (auto& s : Call("GET", Url("/v1/sessions?agent_id=" + agent)).body["data"]) {
+  Reply list = Call("GET", Url("/v1/sessions?agent_id=" + agent));
+  for (auto& s : list.body["data"]) {
     if (s["id"] == tight) listed = s["budget"]["max_tool_calls"] == 1;
   }
-  EXPECT_TRUE(listed);
+  EXPECT_TRUE(listed) << list.raw;
 }
 
 TEST_F(BudgetTest, MalformedBudgetsAreRefusedByNameAndCreateNothing) {

@@ -124,7 +124,14 @@ TEST_F(TransferTest, ASessionMovesToAnotherAgentdWithItsJournalTurnsAndFiles) {
   Reply agent_b = Call("GET", other_.url + "/v1/agents/" + agent);
   ASSERT_EQ(agent_b.status, 200) << agent_b.raw;
   Json agent_a = Call("GET", Url("/v1/agents/" + agent)).body;
-  EXPECT_EQ(agent_b.body, agent_a);
+  // The same definition, in the importing caller's tenant.
+  Json agent_b_def = agent_b.body, agent_a_def = agent_a;
+  agent_b_def.erase("tenant_id");
+  agent_a_def.erase("tenant_id");
+  EXPECT_EQ(agent_b_def, agent_a_def);
+  EXPECT_NE(agent_b.body["tenant_id"], agent_a["tenant_id"]);
+  EXPECT_EQ(Call("GET", other_.url + "/v1/sessions/" + sid).body["tenant_id"],
+            agent_b.body["tenant_id"]);
 
   // The files come from the imported snapshot (this agentd never ran the session).
   EXPECT_FALSE(fs::exists(dir_ + "/data2/workspaces/" + sid));
@@ -284,7 +291,9 @@ TEST_F(TransferTest, AgentctlExportsToAPrivateFileAndImportsIt) {
   StartOther();
   auto agentctl = [&](std::vector<std::string> args) {
     args.insert(args.begin(), BinPath("agentctl"));
-    auto p = Process::Start(args, {}, dir_ + "/agentctl.log");
+    // Both agentds started from empty data dirs; each has its own admin key.
+    std::string key = AdminKeyFor(args.size() > 2 ? args[2] : "");
+    auto p = Process::Start(args, {{"AGENTD_API_KEY", key}}, dir_ + "/agentctl.log");
     EXPECT_TRUE(p.ok());
     int code = (*p)->Wait();
     return std::make_pair(code, (*p)->Output());

@@ -5,7 +5,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <strings.h>
+
 #include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
 #include <filesystem>
 #include <random>
 
@@ -141,6 +146,20 @@ std::string TempDir(const std::string& tag) {
   return dir.string();
 }
 
+namespace {
+
+// Base URL of each agentd started here -> its admin key.
+std::map<std::string, std::string>& AdminKeys() {
+  static auto* keys = new std::map<std::string, std::string>();
+  return *keys;
+}
+std::mutex& AdminKeysMu() {
+  static auto* mu = new std::mutex();
+  return *mu;
+}
+
+}  // namespace
+
 Reply Call(const std::string& method, const std::string& url, const Json& body,
            const std::vector<std::pair<std::string, std::string>>& headers) {
   if (body.is_null()) return CallRaw(method, url, "", headers);
@@ -156,7 +175,20 @@ Reply CallRaw(const std::string& method, const std::string& url, std::string bod
   req.url = url;
   req.timeout = std::chrono::seconds(60);
   req.body = std::move(body);
-  req.headers = headers;
+  bool has_auth = false;
+  for (const auto& [k, v] : headers) {
+    if (strcasecmp(k.c_str(), "authorization") == 0) {
+      has_auth = true;
+      if (!v.empty()) req.headers.emplace_back(k, v);
+    } else {
+      req.headers.emplace_back(k, v);
+    }
+  }
+  if (!has_auth) {
+    if (std::string key = AdminKeyFor(url); !key.empty()) {
+      req.headers.emplace_back("Authorization", "Bearer " + key);
+    }
+  }
   auto r = HttpDoBlocking(req);
   Reply out;
   if (!r.ok()) {
@@ -194,7 +226,30 @@ Result<Agentd> StartAgentd(const std::string& data_dir, const std::string& log_p
   ASSIGN_OR_RETURN(std::string port,
                    proc->WaitForLine("listening on http://127\\.0\\.0\\.1:([0-9]+)",
                                      std::chrono::seconds(30)));
-  return Agentd{std::move(proc), "http://127.0.0.1:" + port};
+  std::string url = "http://127.0.0.1:" + port;
+  std::string key = ReadAdminKey(data_dir);
+  {
+    std::lock_guard lock(AdminKeysMu());
+    AdminKeys()[url] = key;
+  }
+  return Agentd{std::move(proc), url, key};
+}
+
+std::string ReadAdminKey(const std::string& data_dir) {
+  std::ifstream in(data_dir + "/admin.key");
+  std::string key;
+  std::getline(in, key);
+  return key;
+}
+
+std::string AdminKeyFor(const std::string& url) {
+  std::lock_guard lock(AdminKeysMu());
+  for (const auto& [base, key] : AdminKeys()) {
+    if (url.rfind(base, 0) == 0 && (url.size() == base.size() || url[base.size()] == '/')) {
+      return key;
+    }
+  }
+  return "";
 }
 
 }  // namespace agentd::testing

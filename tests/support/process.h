@@ -63,6 +63,8 @@ struct Reply {
 };
 
 // One HTTP call with a JSON body (null: no body). Fails the test on transport errors.
+// A call to an agentd started by StartAgentd carries its admin key unless `headers` has an
+// Authorization header of its own; an empty one sends none.
 Reply Call(const std::string& method, const std::string& url, const Json& body = Json(),
            const std::vector<std::pair<std::string, std::string>>& headers = {});
 // The same with a body sent as it is (its Content-Type among `headers`).
@@ -81,9 +83,14 @@ Result<FakeProcess> StartFake(const std::string& binary, const std::string& dir,
 struct Agentd {
   std::unique_ptr<Process> proc;
   std::string url;
+  std::string admin_key;  // from <data dir>/admin.key
 };
 Result<Agentd> StartAgentd(const std::string& data_dir, const std::string& log_path,
                            std::vector<std::string> extra_args = {},
                            std::map<std::string, std::string> env = {});
+// The admin key Call() sends to the agentd at `url` ("" when none is known).
+std::string AdminKeyFor(const std::string& url);
+// The key written to <data_dir>/admin.key ("" when there is none).
+std::string ReadAdminKey(const std::string& data_dir);
 
 }  // namespace agentd::testing

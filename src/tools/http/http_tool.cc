@@ -56,6 +56,7 @@ ToolOutcome CallHttpToolBlocking(const HttpToolSpec& spec, std::string_view argu
       {"Idempotency-Key", std::string(idempotency_key)},
       {"User-Agent", "agentd/0.1"},
   };
+  for (const auto& h : spec.headers) req.headers.push_back(h);
   req.body = std::string(arguments_json);
   req.timeout = std::chrono::milliseconds(timeout_ms);
   req.connect_timeout = std::chrono::milliseconds(std::min(timeout_ms, kMaxConnectTimeoutMs));

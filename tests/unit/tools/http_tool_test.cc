@@ -27,7 +27,7 @@ class HttpToolTest : public ::testing::Test {
   }
 
   HttpToolSpec Spec(const std::string& path, int64_t timeout_ms = 5000) const {
-    return {"t", server_->Url(path), timeout_ms, true};
+    return {"t", server_->Url(path), timeout_ms, true, {}};
   }
 
   ToolOutcome Call(const std::string& path, std::string_view args = "{}",
@@ -176,7 +176,7 @@ TEST_F(HttpToolTest, HangFaultTimesOut) {
 TEST_F(HttpToolTest, RefusedConnectionIsRetryable) {
   uint16_t port = server_->port();
   server_->Stop();
-  HttpToolSpec spec{"t", "http://127.0.0.1:" + std::to_string(port) + "/echo", 2000, true};
+  HttpToolSpec spec{"t", "http://127.0.0.1:" + std::to_string(port) + "/echo", 2000, true, {}};
   ToolOutcome o = CallHttpToolBlocking(spec, "{}", "k", nullptr);
   EXPECT_EQ(o.kind, Kind::kRetryable);
   EXPECT_EQ(o.output.rfind("tool 't' unreachable: ", 0), 0u) << o.output;
@@ -221,7 +221,7 @@ TEST_F(HttpToolTest, AbortCancelsARunningCall) {
 }
 
 TEST_F(HttpToolTest, BadUrlIsAToolError) {
-  HttpToolSpec spec{"t", "ftp://example.invalid/x", 1000, true};
+  HttpToolSpec spec{"t", "ftp://example.invalid/x", 1000, true, {}};
   ToolOutcome o = CallHttpToolBlocking(spec, "{}", "k", nullptr);
   EXPECT_EQ(o.kind, Kind::kToolError);
   EXPECT_NE(o.output.find("tool 't' has an unusable url"), std::string::npos) << o.output;
@@ -279,7 +279,7 @@ TEST(FakeToolsStateFileTest, EffectsSurviveARestart) {
   {
     auto s = fakes::StartFakeTools(options);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
-    HttpToolSpec spec{"t", (*s)->Url("/effect"), 5000, true};
+    HttpToolSpec spec{"t", (*s)->Url("/effect"), 5000, true, {}};
     ASSERT_EQ(CallHttpToolBlocking(spec, R"({"a":1})", "k1", nullptr).kind, Kind::kOk);
     ASSERT_EQ(CallHttpToolBlocking(spec, R"({"a":2})", "k2", nullptr).kind, Kind::kOk);
     spec.url = (*s)->Url("/unsafe");
@@ -297,7 +297,7 @@ TEST(FakeToolsStateFileTest, EffectsSurviveARestart) {
   EXPECT_EQ(stats["effects_applied"], 2);
   EXPECT_EQ(stats["unsafe_applied"], 1);
   EXPECT_EQ(stats["per_key"]["k1"]["applied"], 1);
-  HttpToolSpec spec{"t", (*s)->Url("/effect"), 5000, true};
+  HttpToolSpec spec{"t", (*s)->Url("/effect"), 5000, true, {}};
   ToolOutcome replay = CallHttpToolBlocking(spec, R"({"a":1})", "k1", nullptr);
   ASSERT_EQ(replay.kind, Kind::kOk);
   Json body = Json::parse(replay.output);
@@ -313,7 +313,7 @@ TEST(FakeToolsStateFileTest, EffectsSurviveARestart) {
 TEST(FakeToolsPerfTest, RequestsAreCheap) {
   auto s = fakes::StartFakeTools({});
   ASSERT_TRUE(s.ok());
-  HttpToolSpec spec{"t", (*s)->Url("/effect"), 5000, true};
+  HttpToolSpec spec{"t", (*s)->Url("/effect"), 5000, true, {}};
   constexpr int kCalls = 2000;
   auto start = Clock::now();
   for (int i = 0; i < kCalls; ++i) {

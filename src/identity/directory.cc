@@ -1,0 +1,486 @@
+#include "identity/directory.h"
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <cstring>
+#include <regex>
+
+#include "common/base64.h"
+#include "common/ids.h"
+
+namespace agentd::identity {
+
+namespace {
+
+constexpr std::string_view kKeyPrefix = "agk_";
+constexpr size_t kSecretBytes = 32;
+constexpr size_t kPepperBytes = 32;
+constexpr size_t kMaxGroups = 100;
+constexpr size_t kMaxPolicies = 20;
+constexpr size_t kMaxAttributesBytes = 16 * 1024;
+constexpr size_t kMaxCredentialBytes = 8 * 1024;
+
+// Writes `bytes` to `path` readable by its owner only. Never replaces an existing file.
+Status WritePrivateFile(const std::string& path, std::string_view bytes) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return Unavailable(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
+  }
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      ::unlink(path.c_str());
+      return Unavailable(fmt::format("cannot write {}: {}", path, std::strerror(err)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!synced) return Unavailable(fmt::format("cannot sync {}", path));
+  return Status::OK();
+}
+
+// The pepper that keys API-key hashes: created once, then read at every start.
+Result<std::string> LoadOrCreatePepper(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    std::string pepper(kPepperBytes, '\0');
+    randombytes_buf(pepper.data(), pepper.size());
+    RETURN_IF_ERROR(WritePrivateFile(path, Base64Encode(pepper, Base64Variant::kUrlNoPadding)));
+    return pepper;
+  }
+  if (fd < 0) return Unavailable(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  struct stat st {};
+  char buf[128];
+  ssize_t n = ::fstat(fd, &st) == 0 ? ::read(fd, buf, sizeof buf) : -1;
+  ::close(fd);
+  if (n < 0) return Unavailable(fmt::format("cannot read {}", path));
+  if ((st.st_mode & 077) != 0) {
+    return FailedPrecondition(fmt::format(
+        "{} is readable by others (mode {:o}); make it 0600", path, st.st_mode & 0777));
+  }
+  std::string text(buf, static_cast<size_t>(n));
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  auto pepper = Base64Decode(text, Base64Variant::kUrlNoPadding);
+  if (!pepper.ok() || pepper->size() != kPepperBytes) {
+    return FailedPrecondition(fmt::format("{} is damaged: not a 32-byte key", path));
+  }
+  return std::move(pepper).value();
+}
+
+Result<std::vector<std::string>> StringList(const Json* v, const std::string& field,
+                                            size_t max_items, size_t max_len) {
+  std::vector<std::string> out;
+  if (v == nullptr) return out;
+  if (!v->is_array()) return InvalidArgument(fmt::format("'{}' must be an array of strings", field));
+  if (v->size() > max_items) {
+    return InvalidArgument(fmt::format("'{}' has more than {} entries", field, max_items));
+  }
+  for (size_t i = 0; i < v->size(); ++i) {
+    const Json& s = (*v)[i];
+    if (!s.is_string() || s.get_ref<const std::string&>().empty() ||
+        s.get_ref<const std::string&>().size() > max_len) {
+      return InvalidArgument(
+          fmt::format("'{}[{}]' must be a non-empty string of at most {} bytes", field, i,
+                      max_len));
+    }
+    out.push_back(s.get<std::string>());
+  }
+  return out;
+}
+
+Status CheckName(const std::string& name, const std::string& field) {
+  static const std::regex re("^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$");
+  if (!std::regex_match(name, re)) {
+    return InvalidArgument(fmt::format(
+        "'{}' must be 1 to 128 characters of letters, digits, '.', '_', '@' or '-', starting "
+        "with a letter or digit",
+        field));
+  }
+  return Status::OK();
+}
+
+std::string Expiry(int64_t ms) { return ms == 0 ? "" : FormatRfc3339(ms); }
+
+}  // namespace
+
+PrincipalContext Principal::Context() const {
+  PrincipalContext c;
+  c.id = id;
+  c.tenant = tenant_id;
+  c.kind = kind;
+  c.groups = groups;
+  c.attributes = attributes;
+  return c;
+}
+
+std::vector<const Policy*> Principal::PolicyPointers() const {
+  std::vector<const Policy*> out;
+  out.reserve(policies.size());
+  for (const auto& p : policies) out.push_back(&p);
+  return out;
+}
+
+Directory::Directory(store::Store* store, Clock* clock, DirectoryOptions options,
+                     std::string pepper)
+    : store_(store), clock_(clock), options_(std::move(options)), pepper_(std::move(pepper)) {}
+
+Result<std::unique_ptr<Directory>> Directory::Open(store::Store* store, Clock* clock,
+                                                   DirectoryOptions options) {
+  if (sodium_init() < 0) return Internal("libsodium failed to initialise");
+  ASSIGN_OR_RETURN(std::string pepper, LoadOrCreatePepper(options.data_dir + "/api-key.pepper"));
+  return std::unique_ptr<Directory>(
+      new Directory(store, clock, std::move(options), std::move(pepper)));
+}
+
+std::string Directory::HashSecret(std::string_view secret) const {
+  unsigned char out[32];
+  crypto_generichash(out, sizeof out, reinterpret_cast<const unsigned char*>(secret.data()),
+                     secret.size(), reinterpret_cast<const unsigned char*>(pepper_.data()),
+                     pepper_.size());
+  char hex[65];
+  sodium_bin2hex(hex, sizeof hex, out, sizeof out);
+  return hex;
+}
+
+Status Directory::Bootstrap() {
+  // The default tenant is the first tenant named "default".
+  store::Page page;
+  page.limit = 100;
+  do {
+    ASSIGN_OR_RETURN(auto tenants, store_->ListTenants(page));
+    for (const auto& t : tenants.first) {
+      if (t.name == "default") {
+        default_tenant_ = t.id;
+        return Status::OK();
+      }
+    }
+    page.cursor = tenants.second;
+  } while (!page.cursor.empty());
+
+  const int64_t now = clock_->NowMillis();
+  store::TenantRow tenant{NewId("ten_"), "default", now};
+  Json body = {{"groups", Json::array()},
+               {"attributes", Json::object()},
+               {"policies", Json::array({*ParseJson(kAdminPolicy, "admin policy")})}};
+  store::PrincipalRow admin{NewId("prn_"), tenant.id, "admin", "service", DumpJson(body), now};
+  // The key file is written before the commit that makes the key valid: a crash between
+  // the two leaves a file with a key that opens nothing, and the next start (which finds no
+  // tenant) replaces it.
+  const std::string path = options_.data_dir + "/admin.key";
+  ::unlink(path.c_str());
+  std::string key;
+  auto issued = IssueKey(admin, 0, {admin}, {tenant}, &key);
+  if (!issued.ok()) return issued.status();
+  default_tenant_ = tenant.id;
+  spdlog::info("created tenant 'default' ({}) and its admin; the admin API key is in {}",
+               tenant.id, path);
+  return Status::OK();
+}
+
+Result<Json> Directory::IssueKey(const store::PrincipalRow& p, int64_t expires_ms,
+                                 std::vector<store::PrincipalRow> with_principals,
+                                 std::vector<store::TenantRow> with_tenants,
+                                 std::string* key_out) {
+  std::string secret(kSecretBytes, '\0');
+  randombytes_buf(secret.data(), secret.size());
+  std::string secret_text = Base64Encode(secret, Base64Variant::kUrlNoPadding);
+  sodium_memzero(secret.data(), secret.size());
+  store::ApiKeyRow row{NewId("key_"), p.tenant_id, p.id, HashSecret(secret_text),
+                       clock_->NowMillis(), expires_ms, 0};
+  std::string key = fmt::format("{}{}.{}", kKeyPrefix, row.id, secret_text);
+  store::WriteBatch b;
+  b.tenants = std::move(with_tenants);
+  b.principals = std::move(with_principals);
+  b.api_keys.push_back(row);
+  if (!b.tenants.empty()) b.adopt_untenanted = b.tenants[0].id;
+  if (key_out != nullptr) {
+    // The bootstrap key goes to its file before the commit that makes it valid.
+    RETURN_IF_ERROR(WritePrivateFile(options_.data_dir + "/admin.key", key + "\n"));
+  }
+  RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  Json out = {{"id", row.id},
+              {"object", "api_key"},
+              {"principal_id", row.principal_id},
+              {"tenant_id", row.tenant_id},
+              {"created_at", FormatRfc3339(row.created_ms)},
+              {"expires_at", expires_ms == 0 ? Json(nullptr) : Json(Expiry(expires_ms))},
+              {"key", key}};
+  if (key_out != nullptr) *key_out = std::move(key);
+  return out;
+}
+
+Result<std::shared_ptr<const Principal>> Directory::Authenticate(std::string_view authorization) {
+  if (authorization.empty()) {
+    return Unauthenticated("missing credentials: send 'Authorization: Bearer <API key>'");
+  }
+  if (authorization.size() > kMaxCredentialBytes) {
+    return Unauthenticated("the Authorization header is too long");
+  }
+  constexpr std::string_view kBearer = "bearer ";
+  if (authorization.size() <= kBearer.size() ||
+      !std::equal(kBearer.begin(), kBearer.end(), authorization.begin(),
+                  [](char a, char b) { return a == std::tolower(static_cast<unsigned char>(b)); })) {
+    return Unauthenticated("the Authorization header must be 'Bearer <credential>'");
+  }
+  std::string_view cred = authorization.substr(kBearer.size());
+  while (!cred.empty() && cred.front() == ' ') cred.remove_prefix(1);
+  if (cred.substr(0, kKeyPrefix.size()) != kKeyPrefix) {
+    return Unauthenticated("the bearer credential is not an agentd API key");
+  }
+  cred.remove_prefix(kKeyPrefix.size());
+  size_t dot = cred.find('.');
+  if (dot == std::string_view::npos) return Unauthenticated("malformed API key");
+  std::string key_id(cred.substr(0, dot));
+  std::string_view secret = cred.substr(dot + 1);
+  if (!IsValidId(key_id, "key_") || secret.size() != 43) {
+    return Unauthenticated("malformed API key");
+  }
+
+  store::ApiKeyRow row;
+  {
+    std::lock_guard lock(mu_);
+    auto it = keys_.find(key_id);
+    if (it != keys_.end()) row = it->second;
+  }
+  if (row.id.empty()) {
+    ASSIGN_OR_RETURN(auto stored, store_->GetApiKey(key_id));
+    if (!stored) return Unauthenticated("unknown API key");
+    row = *stored;
+    std::lock_guard lock(mu_);
+    if (keys_.size() > 100000) keys_.clear();
+    keys_.emplace(key_id, row);
+  }
+  std::string hash = HashSecret(secret);
+  if (hash.size() != row.hash.size() ||
+      sodium_memcmp(hash.data(), row.hash.data(), hash.size()) != 0) {
+    return Unauthenticated("unknown API key");
+  }
+  if (row.revoked_ms != 0) return Unauthenticated("the API key has been revoked");
+  if (row.expires_ms != 0 && clock_->NowMillis() >= row.expires_ms) {
+    return Unauthenticated("the API key has expired");
+  }
+  ASSIGN_OR_RETURN(auto principal, LoadPrincipal(row.principal_id));
+  return principal;
+}
+
+Result<std::shared_ptr<const Principal>> Directory::LoadPrincipal(const std::string& id) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = principals_.find(id);
+    if (it != principals_.end()) return it->second;
+  }
+  ASSIGN_OR_RETURN(auto row, store_->GetPrincipal(id));
+  if (!row) return NotFound(fmt::format("principal {} not found", id));
+  ASSIGN_OR_RETURN(auto built, Build(*row));
+  std::lock_guard lock(mu_);
+  if (principals_.size() > 100000) principals_.clear();
+  principals_.emplace(id, built);
+  return built;
+}
+
+Result<std::shared_ptr<const Principal>> Directory::Build(const store::PrincipalRow& row) {
+  auto p = std::make_shared<Principal>();
+  p->id = row.id;
+  p->tenant_id = row.tenant_id;
+  p->name = row.name;
+  p->kind = row.kind;
+  ASSIGN_OR_RETURN(Json body, ParseJson(row.body, "stored principal"));
+  if (auto g = body.find("groups"); g != body.end() && g->is_array()) {
+    for (const auto& x : *g) {
+      if (x.is_string()) p->groups.push_back(x.get<std::string>());
+    }
+  }
+  if (auto a = body.find("attributes"); a != body.end() && a->is_object()) p->attributes = *a;
+  if (auto ps = body.find("policies"); ps != body.end() && ps->is_array()) {
+    for (const auto& doc : *ps) {
+      auto policy = ParsePolicy(DumpJson(doc));
+      if (!policy.ok()) {
+        return Internal(fmt::format("stored policy of principal {} does not parse: {}", row.id,
+                                    policy.status().message()));
+      }
+      p->policies.push_back(std::move(policy).value());
+    }
+  }
+  return std::shared_ptr<const Principal>(std::move(p));
+}
+
+Json Directory::PrincipalObject(const store::PrincipalRow& row) const {
+  auto parsed = ParseJson(row.body, "stored principal");
+  Json body = parsed.ok() ? *parsed : Json::object();
+  Json out = {{"id", row.id},
+              {"object", "principal"},
+              {"tenant_id", row.tenant_id},
+              {"name", row.name},
+              {"kind", row.kind},
+              {"created_at", FormatRfc3339(row.created_ms)}};
+  for (const char* k : {"groups", "attributes", "policies"}) {
+    out[k] = body.contains(k) ? body[k] : (std::string_view(k) == "attributes"
+                                               ? Json::object()
+                                               : Json::array());
+  }
+  return out;
+}
+
+Result<Json> Directory::CreateTenant(const Json& body) {
+  FieldReader r(body, "");
+  std::string name;
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("name", &name, true, 128));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  RETURN_IF_ERROR(CheckName(name, "name"));
+  store::TenantRow t{NewId("ten_"), name, clock_->NowMillis()};
+  store::WriteBatch b;
+  b.tenants.push_back(t);
+  Status st = store_->CommitBlocking(std::move(b));
+  if (st.code() == StatusCode::kAlreadyExists) {
+    return AlreadyExists(fmt::format("a tenant named '{}' exists", name));
+  }
+  RETURN_IF_ERROR(st);
+  return Json{{"id", t.id}, {"object", "tenant"}, {"name", t.name},
+              {"created_at", FormatRfc3339(t.created_ms)}};
+}
+
+Result<Json> Directory::GetTenant(const std::string& id) {
+  ASSIGN_OR_RETURN(auto t, store_->GetTenant(id));
+  if (!t) return NotFound(fmt::format("tenant {} not found", id));
+  return Json{{"id", t->id}, {"object", "tenant"}, {"name", t->name},
+              {"created_at", FormatRfc3339(t->created_ms)}};
+}
+
+bool Directory::TenantExists(const std::string& id) {
+  auto t = store_->GetTenant(id);
+  return t.ok() && t->has_value();
+}
+
+Result<Json> Directory::CreatePrincipal(const Json& body) {
+  FieldReader r(body, "");
+  std::string tenant_id, name, kind;
+  const Json *groups = nullptr, *attributes = nullptr, *policies = nullptr;
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("tenant_id", &tenant_id, true, 64));
+  RETURN_IF_ERROR(r.String("name", &name, true, 128));
+  RETURN_IF_ERROR(r.String("kind", &kind, true, 16));
+  RETURN_IF_ERROR(r.Value("groups", &groups, false));
+  RETURN_IF_ERROR(r.Value("attributes", &attributes, false));
+  RETURN_IF_ERROR(r.Value("policies", &policies, false));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  RETURN_IF_ERROR(CheckName(name, "name"));
+  if (kind != "user" && kind != "service") {
+    return InvalidArgument("'kind' must be 'user' or 'service'");
+  }
+  ASSIGN_OR_RETURN(auto group_names, StringList(groups, "groups", kMaxGroups, 128));
+  if (attributes != nullptr && !attributes->is_object()) {
+    return InvalidArgument("'attributes' must be an object");
+  }
+  if (attributes != nullptr && DumpJson(*attributes).size() > kMaxAttributesBytes) {
+    return InvalidArgument(
+        fmt::format("'attributes' is larger than {} bytes", kMaxAttributesBytes));
+  }
+  Json docs = Json::array();
+  if (policies != nullptr) {
+    if (!policies->is_array()) return InvalidArgument("'policies' must be an array of documents");
+    if (policies->size() > kMaxPolicies) {
+      return InvalidArgument(fmt::format("'policies' has more than {} documents", kMaxPolicies));
+    }
+    for (size_t i = 0; i < policies->size(); ++i) {
+      auto p = ParsePolicy(DumpJson((*policies)[i]));
+      if (!p.ok()) {
+        return InvalidArgument(fmt::format("'policies[{}]': {}", i, p.status().message()));
+      }
+      docs.push_back((*policies)[i]);
+    }
+  }
+  if (!TenantExists(tenant_id)) return NotFound(fmt::format("tenant {} not found", tenant_id));
+  Json stored = {{"groups", group_names},
+                 {"attributes", attributes ? *attributes : Json::object()},
+                 {"policies", docs}};
+  store::PrincipalRow row{NewId("prn_"), tenant_id, name, kind, DumpJson(stored),
+                          clock_->NowMillis()};
+  store::WriteBatch b;
+  b.principals.push_back(row);
+  Status st = store_->CommitBlocking(std::move(b));
+  if (st.code() == StatusCode::kAlreadyExists) {
+    return AlreadyExists(fmt::format("tenant {} has a principal named '{}'", tenant_id, name));
+  }
+  RETURN_IF_ERROR(st);
+  return PrincipalObject(row);
+}
+
+Result<Json> Directory::GetPrincipal(const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetPrincipal(id));
+  if (!row) return NotFound(fmt::format("principal {} not found", id));
+  return PrincipalObject(*row);
+}
+
+Result<Json> Directory::ListPrincipals(const std::string& tenant_id, const store::Page& page) {
+  ASSIGN_OR_RETURN(auto rows, store_->ListPrincipals(tenant_id, page));
+  Json data = Json::array();
+  for (const auto& row : rows.first) data.push_back(PrincipalObject(row));
+  Json out = {{"data", data}, {"has_more", !rows.second.empty()}};
+  if (!rows.second.empty()) out["next_cursor"] = rows.second;
+  return out;
+}
+
+Result<Json> Directory::CreateApiKey(const std::string& principal_id, const Json& body) {
+  const Json fields = body.is_null() ? Json::object() : body;
+  FieldReader r(fields, "");
+  std::string expires_at;
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("expires_at", &expires_at, false, 64));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  int64_t expires_ms = 0;
+  if (!expires_at.empty()) {
+    auto t = ParseRfc3339(expires_at);
+    if (!t) return InvalidArgument("'expires_at' must be an RFC 3339 date-time");
+    if (*t <= clock_->NowMillis()) return InvalidArgument("'expires_at' is in the past");
+    expires_ms = *t;
+  }
+  ASSIGN_OR_RETURN(auto p, store_->GetPrincipal(principal_id));
+  if (!p) return NotFound(fmt::format("principal {} not found", principal_id));
+  return IssueKey(*p, expires_ms, {}, {}, nullptr);
+}
+
+Result<Json> Directory::RevokeApiKey(const std::string& key_id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetApiKey(key_id));
+  if (!row) return NotFound(fmt::format("API key {} not found", key_id));
+  if (row->revoked_ms == 0) {
+    row->revoked_ms = clock_->NowMillis();
+    store::WriteBatch b;
+    b.api_keys.push_back(*row);
+    RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  }
+  {
+    std::lock_guard lock(mu_);
+    keys_.erase(key_id);
+  }
+  return Json{{"id", row->id},
+              {"object", "api_key"},
+              {"principal_id", row->principal_id},
+              {"tenant_id", row->tenant_id},
+              {"revoked_at", FormatRfc3339(row->revoked_ms)}};
+}
+
+Result<std::string> Directory::PrincipalTenant(const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetPrincipal(id));
+  if (!row) return NotFound(fmt::format("principal {} not found", id));
+  return row->tenant_id;
+}
+
+Result<std::string> Directory::ApiKeyTenant(const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, store_->GetApiKey(id));
+  if (!row) return NotFound(fmt::format("API key {} not found", id));
+  return row->tenant_id;
+}
+
+}  // namespace agentd::identity

@@ -1,0 +1,110 @@
+// The directory: tenants, principals and their API keys, and authentication of a request's
+// credential (ARCHITECTURE.md, "Identity, policy, audit"; docs/security.md).
+//
+// An API key is shown once, at creation: `agk_<key id>.<secret>`. Only a keyed BLAKE2b-256
+// hash of the secret is stored (the key is a random "pepper" kept in the data directory,
+// not in the database), so a copy of the database alone cannot be used to sign in, nor to
+// test guesses offline. Keys can expire and be revoked; a revocation takes effect on the
+// next request.
+//
+// On first start the directory creates the tenant `default`, the service principal `admin`
+// in it with a policy that allows everything, and an API key for it, written to
+// `<data dir>/admin.key` (mode 0600). That key is how an operator first gets in.
+//
+// Thread-safe. Methods that read or write the store block.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/json.h"
+#include "common/status.h"
+#include "identity/policy.h"
+#include "store/store.h"
+
+namespace agentd::identity {
+
+// Who is calling, as authenticated. Immutable once built; shared between requests.
+struct Principal {
+  std::string id;
+  std::string tenant_id;
+  std::string name;
+  std::string kind;  // user | service
+  std::vector<std::string> groups;
+  Json attributes = Json::object();
+  std::vector<Policy> policies;
+  std::string credential_id;  // the API key's id, or "jwt" for a token
+
+  PrincipalContext Context() const;
+  std::vector<const Policy*> PolicyPointers() const;
+};
+
+// The bootstrap admin's policy: every action on every resource.
+inline constexpr std::string_view kAdminPolicy =
+    R"({"version":"2026-11-01","statements":[{"sid":"admin","effect":"allow","actions":["*"],)"
+    R"("resources":["*"]}]})";
+
+struct DirectoryOptions {
+  std::string data_dir;  // admin.key and api-key.pepper
+};
+
+class Directory {
+ public:
+  static Result<std::unique_ptr<Directory>> Open(store::Store* store, Clock* clock,
+                                                 DirectoryOptions options);
+
+  // First start: the default tenant, the admin principal and its key (see above); rows from
+  // before tenants existed join the default tenant. Later starts change nothing.
+  Status Bootstrap();
+  const std::string& default_tenant() const { return default_tenant_; }
+
+  // Resolves an Authorization header value ("Bearer agk_..."). Unauthenticated, with a
+  // reason that never repeats the credential, when it is missing, malformed, unknown,
+  // expired or revoked.
+  Result<std::shared_ptr<const Principal>> Authenticate(std::string_view authorization);
+  // A principal by id (for work done on its behalf later, such as a turn's tool calls).
+  Result<std::shared_ptr<const Principal>> LoadPrincipal(const std::string& id);
+
+  // POST /v1/tenants {name}
+  Result<Json> CreateTenant(const Json& body);
+  Result<Json> GetTenant(const std::string& id);
+  bool TenantExists(const std::string& id);
+  // POST /v1/principals {tenant_id, name, kind, groups?, attributes?, policies?}
+  Result<Json> CreatePrincipal(const Json& body);
+  Result<Json> GetPrincipal(const std::string& id);
+  Result<Json> ListPrincipals(const std::string& tenant_id, const store::Page& page);
+  // POST /v1/principals/{id}/api-keys {expires_at?}: the key itself is in the answer only.
+  Result<Json> CreateApiKey(const std::string& principal_id, const Json& body);
+  // DELETE /v1/api-keys/{id}
+  Result<Json> RevokeApiKey(const std::string& key_id);
+  // The tenant of an existing principal / key (NotFound otherwise), for the gate.
+  Result<std::string> PrincipalTenant(const std::string& id);
+  Result<std::string> ApiKeyTenant(const std::string& id);
+
+ private:
+  Directory(store::Store* store, Clock* clock, DirectoryOptions options, std::string pepper);
+
+  std::string HashSecret(std::string_view secret) const;
+  Result<Json> IssueKey(const store::PrincipalRow& p, int64_t expires_ms,
+                        std::vector<store::PrincipalRow> with_principals,
+                        std::vector<store::TenantRow> with_tenants, std::string* key_out);
+  static Result<std::shared_ptr<const Principal>> Build(const store::PrincipalRow& row);
+  Json PrincipalObject(const store::PrincipalRow& row) const;
+
+  store::Store* store_;
+  Clock* clock_;
+  DirectoryOptions options_;
+  const std::string pepper_;  // 32 bytes
+  std::string default_tenant_;
+
+  std::mutex mu_;
+  std::unordered_map<std::string, store::ApiKeyRow> keys_;  // by id; guarded by mu_
+  std::unordered_map<std::string, std::shared_ptr<const Principal>> principals_;  // by id
+};
+
+}  // namespace agentd::identity
