@@ -38,12 +38,13 @@ namespace agentd::identity {
 inline constexpr std::string_view kPolicyVersion = "2026-11-01";
 
 // Every action a request can name. An action pattern must match at least one of these.
-inline constexpr std::array<std::string_view, 22> kKnownActions = {
+inline constexpr std::array<std::string_view, 24> kKnownActions = {
     "agents:Create",     "agents:Read",         "agents:Update",
     "sessions:Create",   "sessions:Invoke",     "sessions:Read",
     "sessions:Delete",   "sessions:Cancel",     "sessions:Export",
     "sessions:Import",   "tools:Call",          "tools:Approve",
     "memory:Write",      "audit:Read",          "secrets:Write",
+    "secrets:Read",      "secrets:Use",
     "principals:Create", "principals:Read",     "principals:CreateApiKey",
     "principals:RevokeApiKey", "tenants:Create", "tenants:Read",
     "policies:Simulate",
