@@ -378,6 +378,10 @@ Status Api::Authorize(const http::Request& req, const std::vector<std::string>& 
       missing = fmt::format("principal {} not found", *pid);
     }
     set("policies:Simulate", tenant, "principal", id);
+  } else if (col == "secrets" && options_.vault != nullptr && seg.size() <= 3) {
+    // A caller reaches only its own tenant's secrets: there is no way to name another's.
+    set(seg.size() == 2 ? "secrets:Read" : read_or("PUT", "secrets:Write", "secrets:Read"), own,
+        "secret", seg.size() == 2 ? "*" : seg[2]);
   } else {
     return NotFound(missing);
   }
@@ -558,6 +562,31 @@ void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<
         return reply(engine_->SubmitToolOutputs(sid, seg[4], *b));
       }
     }
+  }
+  // Secrets: written, listed by name, never read back.
+  if (seg[1] == "secrets" && options_.vault != nullptr) {
+    if (seg.size() == 2) {
+      if (m != "GET") return method_not_allowed("GET");
+      auto list = options_.vault->List(who.tenant_id);
+      if (!list.ok()) return reply(list.status());
+      Json data = Json::array();
+      for (const auto& info : *list) data.push_back(info.ToJson());
+      return reply(Json{{"data", std::move(data)}, {"has_more", false}});
+    }
+    if (m != "PUT") return method_not_allowed("PUT");
+    auto b = body();
+    if (!b.ok()) return reply(b.status());
+    FieldReader r(*b, "");
+    std::string value;
+    Status st = r.CheckObject();
+    if (st.ok()) st = r.String("value", &value, true, identity::kMaxSecretBytes);
+    if (st.ok()) st = r.NoUnknownKeys();
+    if (!st.ok()) return reply(st);
+    auto put = options_.vault->Put(who.tenant_id, seg[2], value);
+    std::fill(value.begin(), value.end(), '\0');
+    if (!put.ok()) return reply(put.status());
+    return ex.Respond(
+        {200, "application/json", DumpJson(put->ToJson()), {{"Cache-Control", "no-store"}}});
   }
   // Identity: tenants, principals and their API keys, policy simulation.
   if (seg.size() == 2 && seg[1] == "tenants") {

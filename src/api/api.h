@@ -12,12 +12,16 @@
 #include "audit/audit.h"
 #include "identity/directory.h"
 #include "identity/signing_key.h"
+#include "identity/vault.h"
 
 namespace agentd::api {
 
 struct ApiOptions {
   std::chrono::milliseconds wait_timeout{300000};  // longest `wait: true` before a 202
   std::chrono::milliseconds heartbeat{15000};      // SSE comment interval on a quiet stream
+  // The tenants' secrets behind PUT /v1/secrets/{name} and GET /v1/secrets; without it
+  // those routes do not exist.
+  identity::Vault* vault = nullptr;
 };
 
 // What the gate decided about one API request, for the audit log.

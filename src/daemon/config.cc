@@ -106,6 +106,21 @@ Status ReadSandbox(const YAML::Node& n, Config* cfg) {
   return Status::OK();
 }
 
+Status ReadSecrets(const YAML::Node& n, Config* cfg) {
+  if (!n.IsMap()) return InvalidArgument("config key 'secrets' must be a mapping");
+  for (const auto& kv : n) {
+    std::string key = kv.first.as<std::string>();
+    if (key != "master_key_file") {
+      return InvalidArgument(fmt::format("unknown config key 'secrets.{}'", key));
+    }
+    RETURN_IF_ERROR(ReadString(kv.second, "secrets.master_key_file", &cfg->secrets_master_key_file));
+    if (cfg->secrets_master_key_file.empty()) {
+      return InvalidArgument("config key 'secrets.master_key_file' must not be empty");
+    }
+  }
+  return Status::OK();
+}
+
 Status ReadBudget(const YAML::Node& n, Config* cfg) {
   if (!n.IsMap()) return InvalidArgument("config key 'budget' must be a mapping");
   for (const auto& kv : n) {
@@ -231,6 +246,8 @@ Status LoadConfigFile(const std::string& path, Config* cfg) {
       RETURN_IF_ERROR(ReadInt(v, key, 0, 3600000, &cfg->drain_timeout_ms));
     } else if (key == "sandbox") {
       RETURN_IF_ERROR(ReadSandbox(v, cfg));
+    } else if (key == "secrets") {
+      RETURN_IF_ERROR(ReadSecrets(v, cfg));
     } else if (key == "budget") {
       RETURN_IF_ERROR(ReadBudget(v, cfg));
     } else if (key == "prices") {

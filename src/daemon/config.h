@@ -38,6 +38,9 @@ struct Config {
   bool sandbox_probe_gvisor_at_start = false;
   // Host folders every sandbox sees read-only at the same path (MCP servers from npm).
   std::vector<std::string> sandbox_read_only_paths;
+  // `secrets: {master_key_file}`: the key the secrets vault seals with, kept outside the
+  // database; "" is <data_dir>/secrets.key, created (0600) on first start.
+  std::string secrets_master_key_file;
   // `budget: {defaults: {...}}`: turn limits for agents that leave them out (the fields of
   // an agent's `budget`).
   engine::Budget budget_defaults;

@@ -195,11 +195,20 @@ int main(int argc, char** argv) {
   eo.directory = directory->get();
   eo.signing_key = &*signing_key;
   eo.audit = &audit_log;
+  // The tenants' secrets, sealed under a master key kept outside the database.
+  auto vault = identity::Vault::Load(
+      store->get(), SystemClock::Default(),
+      {cfg.secrets_master_key_file.empty() ? cfg.data_dir + "/secrets.key"
+                                           : cfg.secrets_master_key_file});
+  if (!vault.ok()) return Fail(vault.status().message());
+  eo.vault = vault->get();
   engine::Engine engine(eo, store->get(), providers, SystemClock::Default(), drivers);
 
   std::atomic<bool> ready{false};
   std::atomic<size_t> resumed{0};
-  api::Api api({}, &engine, directory->get(), &audit_log, &*signing_key, [&] {
+  api::ApiOptions api_options;
+  api_options.vault = vault->get();
+  api::Api api(api_options, &engine, directory->get(), &audit_log, &*signing_key, [&] {
     return Json{{"ready", ready.load()},
                 {"store", "sqlite"},
                 {"resumed_sessions", resumed.load()},

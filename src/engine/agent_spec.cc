@@ -6,6 +6,7 @@
 #include <regex>
 
 #include "common/clock.h"
+#include "identity/vault.h"
 #include "tools/builtin/builtin_tools.h"
 #include "tools/json_schema.h"
 
@@ -20,6 +21,60 @@ bool ValidToolName(const std::string& n) {
 bool ValidEnvName(const std::string& n) {
   static const std::regex re("^[A-Za-z_][A-Za-z0-9_]{0,127}$");
   return std::regex_match(n, re);
+}
+
+// Headers the HTTP client sets itself, which a secret may not replace.
+bool ReservedHeader(std::string name) {
+  for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name == "host" || name == "content-type" || name == "content-length" ||
+         name == "transfer-encoding" || name == "connection" || name == "idempotency-key" ||
+         name == "accept" || name == "user-agent";
+}
+
+// `secret_headers` or `secret_env`: an object of header or variable names to "secret:NAME".
+Status ParseSecretRefs(FieldReader& r, const std::string& path, const char* key, bool env,
+                       std::map<std::string, std::string>* out) {
+  const Json* m = nullptr;
+  RETURN_IF_ERROR(r.Value(key, &m, false));
+  if (m == nullptr) return Status::OK();
+  if (!m->is_object() || m->size() > 32) {
+    return InvalidArgument(fmt::format(
+        "'{}.{}' must be an object of at most 32 entries of the form \"secret:NAME\"", path, key));
+  }
+  static const std::regex env_re("^[A-Z_][A-Z0-9_]{0,127}$");
+  static const std::regex header_re("^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$");
+  for (const auto& [k, v] : m->items()) {
+    if (env && !std::regex_match(k, env_re)) {
+      return InvalidArgument(fmt::format(
+          "'{}.{}': \"{}\" is not an environment variable name (A-Z, 0-9 and '_', not "
+          "starting with a digit)",
+          path, key, k));
+    }
+    if (!env && !std::regex_match(k, header_re)) {
+      return InvalidArgument(fmt::format("'{}.{}': \"{}\" is not a header name", path, key, k));
+    }
+    if (!env && ReservedHeader(k)) {
+      return InvalidArgument(
+          fmt::format("'{}.{}.{}': agentd sets this header itself", path, key, k));
+    }
+    const std::string* ref = v.is_string() ? &v.get_ref<const std::string&>() : nullptr;
+    if (ref == nullptr || ref->rfind("secret:", 0) != 0 ||
+        !identity::ValidSecretName(std::string_view(*ref).substr(7))) {
+      return InvalidArgument(fmt::format(
+          "'{}.{}.{}' must be \"secret:NAME\" with NAME 1 to 128 letters, digits, '_', '.' "
+          "or '-'",
+          path, key, k));
+    }
+    (*out)[k] = ref->substr(7);
+  }
+  return Status::OK();
+}
+
+// The agent object's form: name -> "secret:NAME".
+Json SecretRefsJson(const std::map<std::string, std::string>& refs) {
+  Json out = Json::object();
+  for (const auto& [k, name] : refs) out[k] = "secret:" + name;
+  return out;
 }
 
 bool ValidHttpUrl(const std::string& u) {
@@ -73,6 +128,9 @@ Status ParseBuiltinTool(FieldReader& r, const std::string& path, ToolDef* t) {
         "'{}.parameters': the parameters of built-in tool '{}' are fixed; leave them out", path,
         t->name));
   }
+  if (t->name == "exec") {
+    RETURN_IF_ERROR(ParseSecretRefs(r, path, "secret_env", true, &t->secret_env));
+  }
   return r.NoUnknownKeys();
 }
 
@@ -107,6 +165,17 @@ Status ParseMcpServer(FieldReader& r, const std::string& path, ToolDef* t) {
   const Json* command = nullptr;
   RETURN_IF_ERROR(r.Value("command", &command, false));
   RETURN_IF_ERROR(r.String("url", &t->url, false, 2048));
+  for (const char* key : {"secret_headers", "secret_env"}) {
+    const Json* refs = nullptr;
+    RETURN_IF_ERROR(r.Value(key, &refs, false));
+    if (refs != nullptr) {
+      // A server's connection outlives one call, so it cannot be given a secret per call.
+      return InvalidArgument(fmt::format(
+          "'{}.{}': mcp servers cannot take secrets; only http tools (secret_headers) and the "
+          "exec built-in (secret_env) can",
+          path, key));
+    }
+  }
   if ((command != nullptr) == !t->url.empty()) {
     return InvalidArgument(fmt::format(
         "'{}' needs either 'command' (a stdio server) or 'url' (Streamable HTTP), not both", path));
@@ -183,6 +252,7 @@ Status ParseTool(const Json& j, size_t index, ToolDef* t) {
     }
     RETURN_IF_ERROR(r.Int("timeout_ms", &t->timeout_ms, false, 1, 3600000));
     RETURN_IF_ERROR(r.Bool("idempotent", &t->idempotent, false));
+    RETURN_IF_ERROR(ParseSecretRefs(r, path, "secret_headers", false, &t->secret_headers));
   }
   return r.NoUnknownKeys();
 }
@@ -323,7 +393,9 @@ Json AgentSpec::ToJson() const {
       tj["url"] = t.url;
       tj["timeout_ms"] = t.timeout_ms;
       tj["idempotent"] = t.idempotent;
+      if (!t.secret_headers.empty()) tj["secret_headers"] = SecretRefsJson(t.secret_headers);
     }
+    if (!t.secret_env.empty()) tj["secret_env"] = SecretRefsJson(t.secret_env);
     if (t.type == "mcp") {
       tj = {{"type", t.type}, {"name", t.name}, {"timeout_ms", t.timeout_ms},
             {"idempotent", t.idempotent}};

@@ -40,6 +40,11 @@ struct ToolDef {
   std::vector<std::string> command;
   std::map<std::string, std::string> env;
   std::map<std::string, std::string> headers;
+  // Secrets of the session's tenant given to the tool at call time, never stored in the
+  // agent: request header -> secret name (http tools), environment variable -> secret name
+  // (the exec built-in). Written "secret:NAME" in the agent object.
+  std::map<std::string, std::string> secret_headers;
+  std::map<std::string, std::string> secret_env;
 };
 
 // Where the agent's built-in tools run. Limits left at 0 take the daemon's defaults.

@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <sodium.h>
+#include <strings.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -749,6 +750,113 @@ std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t
   return refusal;
 }
 
+Engine::ToolSecret::~ToolSecret() { sodium_memzero(value.data(), value.size()); }
+
+std::optional<Engine::SecretRefusal> Engine::OpenToolSecretsLocked(
+    Actor& a, const TurnState& t, const std::string& call_id, const ToolDef& tool,
+    std::vector<ToolSecret>* out) {
+  struct Ref {
+    const std::string* target;
+    const std::string* name;
+    bool env;
+  };
+  std::vector<Ref> refs;
+  for (const auto& [h, n] : tool.secret_headers) refs.push_back({&h, &n, false});
+  for (const auto& [v, n] : tool.secret_env) refs.push_back({&v, &n, true});
+  if (refs.empty()) return std::nullopt;
+  if (options_.vault == nullptr) {
+    return SecretRefusal{"secret_unavailable", "this agentd has no secrets vault"};
+  }
+  std::shared_ptr<const identity::Principal> principal;
+  if (options_.directory != nullptr && !t.principal_id.empty()) {
+    auto p = options_.directory->LoadPrincipal(t.principal_id);
+    if (!p.ok()) {
+      return SecretRefusal{"permission_denied",
+                           "the principal this turn acts for no longer exists"};
+    }
+    principal = *p;
+  }
+  for (const Ref& ref : refs) {
+    identity::Request r;
+    r.action = "secrets:Use";
+    r.resource = fmt::format("agentd:{}:secret/{}", a.tenant_id, *ref.name);
+    r.session_metadata = a.state.metadata;
+    r.agent_id = a.agent.id;
+    r.tool_name = tool.name;
+    r.time_millis = clock_->NowMillis();
+    // Decided for the principal whose turn it is; a turn that has none (journaled before
+    // identities) uses no secret. Without a directory nothing decides, as for tools:Call.
+    bool allowed = options_.directory == nullptr;
+    std::string sid;
+    if (principal) {
+      r.principal = principal->Context();
+      identity::Decision d = identity::Decide(principal->PolicyPointers(), r);
+      allowed = d.allowed();
+      sid = d.sid;
+    }
+    std::optional<SecretRefusal> refusal;
+    std::string value;
+    if (!allowed) {
+      refusal = SecretRefusal{
+          "permission_denied",
+          fmt::format("permission denied: secrets:Use on {} is not allowed (principal policy{})",
+                      r.resource, sid.empty() ? "" : ", statement '" + sid + "'")};
+    } else if (auto opened = options_.vault->Open(a.tenant_id, *ref.name); opened.ok()) {
+      value = std::move(opened).value();
+    } else if (opened.status().code() == StatusCode::kNotFound) {
+      refusal = SecretRefusal{
+          "secret_missing",
+          fmt::format("tool '{}' needs secret '{}', which the tenant does not have", tool.name,
+                      *ref.name)};
+    } else {
+      spdlog::warn("session {}: {}", a.id, opened.status().ToString());
+      refusal = SecretRefusal{"secret_unavailable",
+                              fmt::format("secret '{}' cannot be opened", *ref.name)};
+    }
+    if (options_.audit != nullptr) {
+      audit::AuditEntry e;
+      e.tenant_id = a.tenant_id;
+      e.time_ms = r.time_millis;
+      e.principal = t.principal_id;
+      e.action = "secrets:Use";
+      e.resource = r.resource;
+      e.decision = allowed ? "allow" : "deny";
+      e.result = !refusal ? "opened" : allowed ? refusal->code : "refused";
+      e.data = DumpJson(Json{{"agent_id", a.agent.id},
+                             {"session_id", a.id},
+                             {"turn_id", t.id},
+                             {"call_id", call_id},
+                             {"tool", tool.name}});
+      if (Status st = options_.audit->Stage(a.staged, std::move(e)); !st.ok()) {
+        spdlog::error("audit of secret use by call {} failed: {}", call_id, st.ToString());
+      }
+    }
+    if (refusal) {
+      sodium_memzero(value.data(), value.size());
+      return refusal;
+    }
+    out->push_back({*ref.name, *ref.target, ref.env, std::move(value)});
+  }
+  return std::nullopt;
+}
+
+void Engine::RedactSecrets(std::string* text, const std::vector<ToolSecret>& secrets) {
+  for (const auto& s : secrets) {
+    const std::string mark = "[secret:" + s.name + "]";
+    std::string escaped = DumpJson(Json(s.value));
+    escaped = escaped.substr(1, escaped.size() - 2);
+    const std::string* needles[] = {&s.value, &escaped};
+    for (const std::string* needle : needles) {
+      if (needle->empty()) continue;
+      for (size_t at = text->find(*needle); at != std::string::npos;
+           at = text->find(*needle, at + mark.size())) {
+        text->replace(at, needle->size(), mark);
+      }
+    }
+    sodium_memzero(escaped.data(), escaped.size());
+  }
+}
+
 std::string Engine::ToolTokenLocked(const Actor& a, const TurnState& t,
                                     const std::string& audience) const {
   if (options_.signing_key == nullptr) return "";
@@ -1477,6 +1585,13 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     return;
   }
 
+  // The secrets the tool's definition names, for this call alone.
+  std::vector<ToolSecret> secrets;
+  if (auto refused = OpenToolSecretsLocked(*a, *t, call_id, *tool, &secrets)) {
+    give_error(refused->code, refused->message);
+    return;
+  }
+
   std::string key = call->idempotency_key;
   if (key.empty()) key = fmt::format("{}.{}", a->id, s.last_seq + 1);
   if (!recovering || call->status != "started") {
@@ -1495,7 +1610,12 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   if (tool->type == "builtin") {
     std::string manifest = s.workspace_manifest;
     lock.unlock();
-    out = RunBuiltin(a, name, args, manifest);
+    std::map<std::string, std::string> env;
+    for (const auto& secret : secrets) {
+      if (secret.env) env[secret.target] = secret.value;
+    }
+    out = RunBuiltin(a, name, args, manifest, env);
+    for (auto& [k, v] : env) sodium_memzero(v.data(), v.size());
     lock.lock();
   } else if (tool->type == "mcp") {
     std::string manifest = s.workspace_manifest;
@@ -1510,11 +1630,21 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     if (std::string token = ToolTokenLocked(*a, *t, tool->url); !token.empty()) {
       spec.headers.emplace_back("Authorization", std::move(token));
     }
+    for (const auto& secret : secrets) {
+      if (secret.env) continue;
+      // A secret named for a header agentd sets (Authorization) takes its place.
+      std::erase_if(spec.headers, [&](const auto& h) {
+        return strcasecmp(h.first.c_str(), secret.target.c_str()) == 0;
+      });
+      spec.headers.emplace_back(secret.target, secret.value);
+    }
     lock.unlock();
     out = tools::CallHttpToolBlocking(spec, arguments, key,
                                       [this, raw] { return ShouldAbort(*raw); });
+    for (auto& h : spec.headers) sodium_memzero(h.second.data(), h.second.size());
     lock.lock();
   }
+  RedactSecrets(&out.output, secrets);
 
   if (a->deleted || abandon_.load()) return;  // unjournaled: recovery decides
   if (!a->cancel_turn.empty()) return;        // turn.cancelled closes the call
@@ -1707,7 +1837,8 @@ tools::ToolOutcome NotSent(const std::string& why) {
 }  // namespace
 
 tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std::string& name,
-                                      const Json& args, const std::string& manifest) {
+                                      const Json& args, const std::string& manifest,
+                                      const std::map<std::string, std::string>& env) {
   if (Status st = EnsureSandbox(a, manifest); !st.ok()) return NotSent(st.message());
   {
     std::lock_guard lock(a->mu);
@@ -1715,7 +1846,7 @@ tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std
   }
   Actor* raw = a.get();
   return tools::CallBuiltinTool(name, args, *a->sandbox->box,
-                                [this, raw] { return ShouldAbort(*raw); });
+                                [this, raw] { return ShouldAbort(*raw); }, env);
 }
 
 Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string& manifest) {

@@ -33,6 +33,7 @@
 #include "engine/agent_spec.h"
 #include "identity/directory.h"
 #include "identity/signing_key.h"
+#include "identity/vault.h"
 #include "journal/state.h"
 #include "model/model.h"
 #include "sandbox/egress/egress_proxy.h"
@@ -50,6 +51,9 @@ struct EngineOptions {
   identity::Directory* directory = nullptr;
   const identity::SigningKey* signing_key = nullptr;
   audit::AuditLog* audit = nullptr;
+  // The tenants' secrets, given to the tool calls whose definitions name them; without it
+  // such calls fail.
+  identity::Vault* vault = nullptr;
   std::string token_issuer = "agentd";  // iss of the tokens
   int snapshot_every = 100;       // events between snapshots of a session
   size_t max_workers = 512;       // turn-worker threads (concurrently driven sessions)
@@ -210,6 +214,30 @@ class Engine {
   std::optional<std::string> RefuseToolLocked(Actor& a, const journal::TurnState& t,
                                               const std::string& call_id,
                                               const std::string& name, const Json& args);
+  // One secret opened for one tool call: where it goes (a header or an environment
+  // variable) and its value, zeroed by the destructor.
+  struct ToolSecret {
+    std::string name;
+    std::string target;
+    bool env = false;
+    std::string value;
+    ~ToolSecret();
+  };
+  struct SecretRefusal {
+    std::string code;     // permission_denied | secret_missing | secret_unavailable
+    std::string message;  // names the secret, never its value
+  };
+  // Opens the secrets `tool` names for one call the policy allowed. The principal whose
+  // turn it is must be allowed secrets:Use on each (agentd:<tenant>:secret/<name>); each
+  // decision is audited. Returns why the call cannot run, or fills `out`. a.mu held.
+  std::optional<SecretRefusal> OpenToolSecretsLocked(Actor& a, const journal::TurnState& t,
+                                                     const std::string& call_id,
+                                                     const ToolDef& tool,
+                                                     std::vector<ToolSecret>* out);
+  // Replaces every occurrence of each secret's value in `text` (as it is, and as escaped
+  // inside a JSON string) by "[secret:NAME]", so that what a tool echoes back of a secret
+  // reaches neither the journal nor the model.
+  static void RedactSecrets(std::string* text, const std::vector<ToolSecret>& secrets);
   // The Authorization header value for one call to `audience` ("" without a key). a.mu held.
   std::string ToolTokenLocked(const Actor& a, const journal::TurnState& t,
                               const std::string& audience) const;
@@ -229,8 +257,10 @@ class Engine {
   Status CheckSandbox(const AgentSpec& a) const;
   // Runs a built-in tool in the session's sandbox, creating it (and restoring its workspace
   // from the latest snapshot) first if need be. Called by the session's worker, unlocked.
+  // `env` is added to an exec command's environment.
   tools::ToolOutcome RunBuiltin(const std::shared_ptr<Actor>& a, const std::string& name,
-                                const Json& args, const std::string& manifest);
+                                const Json& args, const std::string& manifest,
+                                const std::map<std::string, std::string>& env = {});
   // Makes the session's sandbox if it has none (restoring snapshot `manifest` into it).
   // Called by the session's worker, unlocked.
   Status EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string& manifest);

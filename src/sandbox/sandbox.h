@@ -50,6 +50,7 @@ struct Capabilities {
 struct ExecRequest {
   std::string command;  // run by /bin/sh -c, with the workspace as working directory
   std::string stdin_data;
+  std::map<std::string, std::string> env;  // added to the command's environment
   std::chrono::milliseconds timeout{0};  // 0: the sandbox's limit
   size_t max_output_bytes = 64 * 1024;   // per stream; the rest is dropped
   // Polled while the command runs; returning true kills it (ExecResult.cancelled).

@@ -557,5 +557,157 @@ TEST_F(IdentityTest, ToolsGetATokenForOneCallNeverTheCallersKey) {
   EXPECT_NE(second, auth);
 }
 
+// Every file under `root` whose bytes contain `needle`.
+std::vector<std::string> FilesContaining(const std::string& root, const std::string& needle) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(root, ec);
+       it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (ec || !it->is_regular_file(ec)) continue;
+    std::ifstream in(it->path(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (bytes.find(needle) != std::string::npos) found.push_back(it->path().string());
+  }
+  return found;
+}
+
+TEST_F(IdentityTest, SecretsAreWriteOnlyAndReachOnlyTheToolsThatNameThemRedacted) {
+  const std::string value = "vault-value-3f9c2e71d4b8a6";
+  Reply put = Call("PUT", Url("/v1/secrets/api_key"), {{"value", value}});
+  ASSERT_EQ(put.status, 200) << put.raw;
+  EXPECT_EQ(put.body["name"], "api_key");
+  EXPECT_EQ(put.body["object"], "secret");
+  EXPECT_TRUE(put.body.contains("created_at") && put.body.contains("updated_at"));
+  EXPECT_EQ(put.raw.find(value), std::string::npos);
+  EXPECT_EQ(Call("PUT", Url("/v1/secrets/bad%20name"), {{"value", "x"}}).status, 400);
+  Reply extra = Call("PUT", Url("/v1/secrets/other"), {{"value", "x"}, {"note", "y"}});
+  EXPECT_EQ(extra.status, 400) << extra.raw;
+  EXPECT_EQ(Call("PUT", Url("/v1/secrets/other"), {{"value", ""}}).status, 400);
+  EXPECT_EQ(Call("GET", Url("/v1/secrets/api_key")).status, 405);
+  Reply list = Call("GET", Url("/v1/secrets"));
+  ASSERT_EQ(list.status, 200) << list.raw;
+  ASSERT_EQ(list.body["data"].size(), 1u);
+  EXPECT_EQ(list.body["data"][0]["name"], "api_key");
+  EXPECT_EQ(list.raw.find(value), std::string::npos);
+
+  // Tool definitions name secrets, strictly.
+  Json tool = HttpTool("headers", "/headers", true);
+  for (Json bad : {Json{{"X-Api-Key", "api_key"}}, Json{{"X-Api-Key", "secret:"}},
+                   Json{{"Bad Header", "secret:api_key"}}, Json{{"Host", "secret:api_key"}},
+                   Json::array()}) {
+    Json body = AgentBody();
+    tool["secret_headers"] = bad;
+    body["tools"] = Json::array({tool});
+    Reply r = Call("POST", Url("/v1/agents"), body);
+    EXPECT_EQ(r.status, 400) << bad.dump() << r.raw;
+    EXPECT_NE(r.raw.find("tools[0].secret_headers"), std::string::npos) << r.raw;
+  }
+  Json exec = {{"type", "builtin"}, {"name", "exec"}, {"secret_env", {{"token", "secret:api_key"}}}};
+  Json bad_env = AgentBody();
+  bad_env["tools"] = Json::array({exec});
+  Reply r = Call("POST", Url("/v1/agents"), bad_env);
+  EXPECT_EQ(r.status, 400) << r.raw;
+  EXPECT_NE(r.raw.find("tools[0].secret_env"), std::string::npos) << r.raw;
+
+  tool["secret_headers"] = {{"X-Api-Key", "secret:api_key"}};
+  Json body = AgentBody();
+  body["tools"] = Json::array({tool});
+  Reply agent = Call("POST", Url("/v1/agents"), body);
+  ASSERT_EQ(agent.status, 201) << agent.raw;
+  EXPECT_EQ(agent.body["tools"][0]["secret_headers"]["X-Api-Key"], "secret:api_key");
+  const std::string aid = agent.body["id"];
+  const std::string sid = CreateSession(aid);
+
+  // The tool gets the header; what it echoes back is redacted before the journal and the
+  // model see it (the marker stands where the value was, so the value did arrive).
+  Json turn = Turn(sid, "call headers {}");
+  ASSERT_EQ(turn["status"], "completed") << turn.dump();
+  Json events = Events(sid);
+  Json done = EventsOf(events, "tool_call.completed");
+  ASSERT_EQ(done.size(), 1u);
+  const std::string output = done[0]["data"]["output"];
+  Json echoed = Json::parse(output);
+  EXPECT_EQ(echoed.value("x-api-key", ""), "[secret:api_key]") << output;
+  EXPECT_FALSE(done[0]["data"].value("is_error", true));
+  // The model asking for it by name gets the name, not the value.
+  Json asked = Turn(sid, "say secret:api_key");
+  EXPECT_EQ(asked["status"], "completed");
+  const std::string everything = Events(sid).dump();
+  EXPECT_EQ(everything.find(value), std::string::npos);
+  EXPECT_EQ(turn.dump().find(value), std::string::npos);
+  EXPECT_EQ(asked.dump().find(value), std::string::npos);
+  Reply exported = Call("GET", Url("/v1/sessions/" + sid + "/export"));
+  ASSERT_EQ(exported.status, 200);
+  EXPECT_EQ(exported.raw.find(value), std::string::npos);
+
+  // A principal of the tenant without secrets:Use: the call is refused, the tool not called.
+  std::string tenant = agent.body["tenant_id"];
+  std::string carol = NewPrincipal(
+      tenant, "carol", Json::array({OwnTenant({"agents:Read", "sessions:*", "tools:Call"})}));
+  std::string ck = NewKey(carol);
+  Reply cs = Call("POST", Url("/v1/sessions"), {{"agent_id", aid}}, As(ck));
+  ASSERT_EQ(cs.status, 201) << cs.raw;
+  const std::string csid = cs.body["id"];
+  const int64_t requests_before = Stats(tools_).value("total_requests", int64_t{-1});
+  Reply ct = Call("POST", Url("/v1/sessions/" + csid + "/turns"),
+                  {{"input", "call headers {}"}, {"wait", true}}, As(ck));
+  ASSERT_EQ(ct.status, 200) << ct.raw;
+  Json refused = EventsOf(Events(csid), "tool_call.failed");
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0]["data"]["error"]["code"], "permission_denied");
+  EXPECT_NE(refused[0]["data"]["error"]["message"].get<std::string>().find("secrets:Use"),
+            std::string::npos);
+  EXPECT_EQ(Stats(tools_).value("total_requests", int64_t{-1}), requests_before);
+  EXPECT_EQ(Call("GET", Url("/v1/secrets"), Json(), As(ck)).status, 403);
+
+  // Another tenant neither lists it nor uses it: its own agent naming the same secret finds
+  // none in its tenant.
+  std::string beta = NewTenant("beta");
+  std::string bob = NewPrincipal(
+      beta, "bob", Json::array({OwnTenant({"agents:*", "sessions:*", "tools:Call", "secrets:*"})}));
+  std::string bk = NewKey(bob);
+  Reply bl = Call("GET", Url("/v1/secrets"), Json(), As(bk));
+  ASSERT_EQ(bl.status, 200) << bl.raw;
+  EXPECT_TRUE(bl.body["data"].empty());
+  Reply ba = Call("POST", Url("/v1/agents"), body, As(bk));
+  ASSERT_EQ(ba.status, 201) << ba.raw;
+  Reply bs = Call("POST", Url("/v1/sessions"), {{"agent_id", ba.body["id"]}}, As(bk));
+  ASSERT_EQ(bs.status, 201) << bs.raw;
+  const std::string bsid = bs.body["id"];
+  Reply bt = Call("POST", Url("/v1/sessions/" + bsid + "/turns"),
+                  {{"input", "call headers {}"}, {"wait", true}}, As(bk));
+  ASSERT_EQ(bt.status, 200) << bt.raw;
+  Json missing = EventsOf(Events(bsid), "tool_call.failed");
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_EQ(missing[0]["data"]["error"]["code"], "secret_missing");
+  EXPECT_NE(missing[0]["data"]["error"]["message"].get<std::string>().find("api_key"),
+            std::string::npos);
+
+  // The audit log records the write and each use, never the value.
+  Reply audit = Call("GET", Url("/v1/audit?limit=1000"));
+  ASSERT_EQ(audit.status, 200) << audit.raw;
+  EXPECT_EQ(audit.raw.find(value), std::string::npos);
+  std::map<std::string, int> results;
+  for (const auto& e : audit.body["data"]) {
+    if (e.value("action", "") == "secrets:Write" || e.value("action", "") == "secrets:Use") {
+      results[e.value("action", "") + " " + e.value("result", "")]++;
+    }
+  }
+  EXPECT_EQ(results["secrets:Write 200"], 1) << audit.raw;
+  EXPECT_EQ(results["secrets:Use opened"], 1) << audit.raw;
+  EXPECT_EQ(results["secrets:Use refused"], 1) << audit.raw;
+
+  // Nothing agentd wrote holds the value: not the log, not the database or its WAL, not
+  // the audit chain, before or after a restart.
+  EXPECT_TRUE(FilesContaining(dir_ + "/data", value).empty());
+  RestartDaemon(SIGTERM);
+  EXPECT_EQ(Turn(sid, "call headers {}")["status"], "completed");
+  EXPECT_TRUE(FilesContaining(dir_ + "/data", value).empty());
+  std::ifstream log(dir_ + "/agentd.log");
+  std::string log_text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  EXPECT_FALSE(log_text.empty());
+  EXPECT_EQ(log_text.find(value), std::string::npos);
+}
+
 }  // namespace
 }  // namespace agentd::testing

@@ -162,6 +162,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     int64_t ooms_before = OomKills();
     SpawnRequest spawn;
     spawn.argv = {"/bin/sh", "-c", req.command};
+    spawn.env = req.env;
     int64_t id;
     int fds[3];
     RETURN_IF_ERROR(SpawnRaw(spawn, &id, fds));

@@ -191,6 +191,7 @@ class GvisorSandbox : public Sandbox, public std::enable_shared_from_this<Gvisor
     int64_t ooms_before = OomKills();
     SpawnRequest spawn;
     spawn.argv = {"/bin/sh", "-c", req.command};
+    spawn.env = req.env;
     int64_t id;
     RETURN_IF_ERROR(SpawnRaw(spawn, /*exec=*/true, req.max_output_bytes, &id));
     ExecResult result;

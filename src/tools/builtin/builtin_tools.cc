@@ -54,9 +54,11 @@ std::string Str(const Json& args, const char* key) {
   return s ? *s : std::string();
 }
 
-ToolOutcome Exec(const Json& args, sandbox::Sandbox& box, const std::function<bool()>& abort) {
+ToolOutcome Exec(const Json& args, sandbox::Sandbox& box, const std::function<bool()>& abort,
+                 const std::map<std::string, std::string>& env) {
   sandbox::ExecRequest req;
   req.command = Str(args, "command");
+  req.env = env;
   req.stdin_data = Str(args, "stdin");
   if (auto t = args.find("timeout_ms"); t != args.end() && t->is_number_integer()) {
     req.timeout = std::chrono::milliseconds(t->get<int64_t>());
@@ -102,8 +104,9 @@ std::vector<std::string_view> BuiltinToolNames() {
 }
 
 ToolOutcome CallBuiltinTool(std::string_view name, const Json& args, sandbox::Sandbox& box,
-                            const std::function<bool()>& should_abort) {
-  if (name == "exec") return Exec(args, box, should_abort);
+                            const std::function<bool()>& should_abort,
+                            const std::map<std::string, std::string>& env) {
+  if (name == "exec") return Exec(args, box, should_abort, env);
   auto files = WorkspaceFiles::Open(box.workspace());
   if (!files.ok()) {
     ToolOutcome o = Result(ToolOutcome::Kind::kRetryable, files.status().message());

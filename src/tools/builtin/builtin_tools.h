@@ -7,6 +7,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,8 +34,10 @@ std::vector<std::string_view> BuiltinToolNames();
 //   exec       {stdout, stderr, exit_code, truncated, timed_out?, note?}
 //   read_file  {content}      write_file {bytes_written}
 //   list_files {entries: [{path, type, size}], truncated}   edit_file {replacements: 1}
-// A sandbox that cannot start is kRetryable with not_sent set.
+// A sandbox that cannot start is kRetryable with not_sent set. `env` is added to the
+// environment of an `exec` command (the other tools run no process).
 ToolOutcome CallBuiltinTool(std::string_view name, const Json& args, sandbox::Sandbox& box,
-                            const std::function<bool()>& should_abort);
+                            const std::function<bool()>& should_abort,
+                            const std::map<std::string, std::string>& env = {});
 
 }  // namespace agentd::tools
