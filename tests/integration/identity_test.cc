@@ -709,5 +709,26 @@ TEST_F(IdentityTest, SecretsAreWriteOnlyAndReachOnlyTheToolsThatNameThemRedacted
   EXPECT_EQ(log_text.find(value), std::string::npos);
 }
 
+TEST_F(IdentityTest, ExecGetsSecretsAsEnvironmentVariablesAndItsOutputIsRedacted) {
+  const std::string value = "exec-secret-9d41b7c2e0";
+  ASSERT_EQ(Call("PUT", Url("/v1/secrets/token"), {{"value", value}}).status, 200);
+  Json body = AgentBody();
+  body["tools"] = Json::array(
+      {{{"type", "builtin"}, {"name", "exec"}, {"secret_env", {{"API_TOKEN", "secret:token"}}}}});
+  Reply agent = Call("POST", Url("/v1/agents"), body);
+  ASSERT_EQ(agent.status, 201) << agent.raw;
+  EXPECT_EQ(agent.body["tools"][0]["secret_env"]["API_TOKEN"], "secret:token");
+  const std::string sid = CreateSession(agent.body["id"]);
+  Json turn = Turn(sid, R"(call exec {"command": "printf '%s' \"$API_TOKEN\" | wc -c; echo \"$API_TOKEN\""})");
+  ASSERT_EQ(turn["status"], "completed") << turn.dump();
+  Json done = EventsOf(Events(sid), "tool_call.completed");
+  ASSERT_EQ(done.size(), 1u);
+  Json out = Json::parse(done[0]["data"]["output"].get<std::string>());
+  const std::string stdout_text = out.value("stdout", "");
+  EXPECT_EQ(stdout_text, std::to_string(value.size()) + "\n[secret:token]\n") << stdout_text;
+  EXPECT_EQ(Events(sid).dump().find(value), std::string::npos);
+  EXPECT_EQ(turn.dump().find(value), std::string::npos);
+}
+
 }  // namespace
 }  // namespace agentd::testing
