@@ -7,6 +7,8 @@
 #include <regex>
 #include <set>
 
+#include "common/ids.h"
+
 namespace agentd::daemon {
 namespace {
 
@@ -191,6 +193,80 @@ Status ReadPrices(const YAML::Node& n, Config* cfg) {
   return Status::OK();
 }
 
+Status ReadJwt(const YAML::Node& n, identity::JwtSignIn* jwt) {
+  if (!n.IsMap()) return InvalidArgument("config key 'auth.jwt' must be a mapping");
+  std::string jwks_file, jwks_url;
+  bool tenant_claim_set = false;
+  for (const auto& kv : n) {
+    std::string key = kv.first.as<std::string>();
+    std::string full = "auth.jwt." + key;
+    const YAML::Node& v = kv.second;
+    std::string* target = nullptr;
+    if (key == "issuer") {
+      target = &jwt->issuer;
+    } else if (key == "audience") {
+      target = &jwt->audience;
+    } else if (key == "jwks_file") {
+      target = &jwks_file;
+    } else if (key == "jwks_url") {
+      target = &jwks_url;
+    } else if (key == "tenant_claim") {
+      target = &jwt->tenant_claim;
+      tenant_claim_set = true;
+    } else if (key == "tenant") {
+      target = &jwt->tenant;
+    } else if (key == "principal_claim") {
+      target = &jwt->principal_claim;
+    } else if (key == "groups_claim") {
+      target = &jwt->groups_claim;
+    } else if (key == "leeway_seconds") {
+      RETURN_IF_ERROR(ReadInt(v, full, 0, 3600, &jwt->leeway_seconds));
+      continue;
+    } else {
+      return InvalidArgument(fmt::format("unknown config key '{}'", full));
+    }
+    RETURN_IF_ERROR(ReadString(v, full, target));
+    if (target->empty()) {
+      return InvalidArgument(fmt::format("config key '{}' must not be empty", full));
+    }
+  }
+  for (const auto& [key, value] :
+       {std::pair{"issuer", &jwt->issuer}, std::pair{"audience", &jwt->audience}}) {
+    if (value->empty()) {
+      return InvalidArgument(fmt::format("config key 'auth.jwt.{}' is required", key));
+    }
+  }
+  if (jwks_file.empty() == jwks_url.empty()) {
+    return InvalidArgument(
+        "config key 'auth.jwt' needs exactly one of 'jwks_file' and 'jwks_url'");
+  }
+  if (!jwks_url.empty() && !jwks_url.starts_with("http://") && !jwks_url.starts_with("https://")) {
+    return InvalidArgument("config key 'auth.jwt.jwks_url' must be an http:// or https:// URL");
+  }
+  jwt->jwks = jwks_file.empty() ? jwks_url : jwks_file;
+  if (!jwt->tenant.empty() && tenant_claim_set) {
+    return InvalidArgument(
+        "config keys 'auth.jwt.tenant' and 'auth.jwt.tenant_claim' exclude each other: the "
+        "tenant is fixed or read from a claim");
+  }
+  if (!jwt->tenant.empty() && !IsValidId(jwt->tenant, "ten_")) {
+    return InvalidArgument("config key 'auth.jwt.tenant' must be a tenant id (ten_...)");
+  }
+  return Status::OK();
+}
+
+Status ReadAuth(const YAML::Node& n, Config* cfg) {
+  if (!n.IsMap()) return InvalidArgument("config key 'auth' must be a mapping");
+  for (const auto& kv : n) {
+    std::string key = kv.first.as<std::string>();
+    if (key != "jwt") return InvalidArgument(fmt::format("unknown config key 'auth.{}'", key));
+    identity::JwtSignIn jwt;
+    RETURN_IF_ERROR(ReadJwt(kv.second, &jwt));
+    cfg->auth_jwt = std::move(jwt);
+  }
+  return Status::OK();
+}
+
 }  // namespace
 
 Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
@@ -252,6 +328,8 @@ Status LoadConfigFile(const std::string& path, Config* cfg) {
       RETURN_IF_ERROR(ReadBudget(v, cfg));
     } else if (key == "prices") {
       RETURN_IF_ERROR(ReadPrices(v, cfg));
+    } else if (key == "auth") {
+      RETURN_IF_ERROR(ReadAuth(v, cfg));
     } else {
       return InvalidArgument(fmt::format("unknown config key '{}' in '{}'", key, path));
     }

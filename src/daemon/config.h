@@ -5,11 +5,13 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
 #include "engine/agent_spec.h"
+#include "identity/directory.h"
 #include "sandbox/sandbox.h"
 
 namespace agentd::daemon {
@@ -47,6 +49,10 @@ struct Config {
   // `prices: {"<model>" or "<provider>/<model>": {input_per_million_usd,
   // output_per_million_usd}}`: what model calls cost, for budget.max_cost_usd.
   std::map<std::string, engine::ModelPrice> prices;
+  // `auth: {jwt: {issuer, audience, jwks_file | jwks_url, tenant_claim | tenant,
+  // principal_claim, groups_claim, leeway_seconds}}`: sign-in with an identity provider's
+  // JWTs besides API keys; unset, API keys only.
+  std::optional<identity::JwtSignIn> auth_jwt;
 };
 
 // Reads a YAML file into `cfg` (keys override defaults).

@@ -117,12 +117,21 @@ int main(int argc, char** argv) {
   auto store = store::sqlite::OpenSqliteStore(so);
   if (!store.ok()) return Fail(store.status().message());
 
-  // Who may call: every request but the health checks needs an API key. The first start
-  // creates the admin's, in <data-dir>/admin.key.
-  auto directory = identity::Directory::Open(store->get(), SystemClock::Default(),
-                                             {cfg.data_dir});
+  // Who may call: every request but the health checks needs an API key, or a JWT from the
+  // identity provider when `auth.jwt` is configured. The first start creates the admin's
+  // key, in <data-dir>/admin.key.
+  identity::DirectoryOptions dopts;
+  dopts.data_dir = cfg.data_dir;
+  dopts.jwt = cfg.auth_jwt;
+  auto directory = identity::Directory::Open(store->get(), SystemClock::Default(), dopts);
   if (!directory.ok()) return Fail(directory.status().message());
   if (Status st = (*directory)->Bootstrap(); !st.ok()) return Fail(st.message());
+  if (cfg.auth_jwt) {
+    spdlog::info("authentication: API keys; JWTs from issuer '{}' for audience '{}' (keys from {})",
+                 cfg.auth_jwt->issuer, cfg.auth_jwt->audience, cfg.auth_jwt->jwks);
+  } else {
+    spdlog::info("authentication: API keys only (no auth.jwt in the config)");
+  }
   // agentd's Ed25519 key: signs the tokens tools get and the audit log's checkpoints.
   auto signing_key = identity::SigningKey::LoadOrCreate(cfg.data_dir + "/signing.key");
   if (!signing_key.ok()) return Fail(signing_key.status().message());

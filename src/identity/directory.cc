@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <regex>
@@ -133,14 +134,39 @@ std::vector<const Policy*> Principal::PolicyPointers() const {
 
 Directory::Directory(store::Store* store, Clock* clock, DirectoryOptions options,
                      std::string pepper)
-    : store_(store), clock_(clock), options_(std::move(options)), pepper_(std::move(pepper)) {}
+    : store_(store), clock_(clock), options_(std::move(options)), pepper_(std::move(pepper)) {
+  if (options_.jwt) {
+    JwksSourceOptions jo;
+    jo.location = options_.jwt->jwks;
+    jwks_ = std::make_unique<JwksSource>(std::move(jo), clock_);
+  }
+}
 
 Result<std::unique_ptr<Directory>> Directory::Open(store::Store* store, Clock* clock,
                                                    DirectoryOptions options) {
   if (sodium_init() < 0) return Internal("libsodium failed to initialise");
+  if (options.jwt && (options.jwt->issuer.empty() || options.jwt->audience.empty() ||
+                      options.jwt->jwks.empty())) {
+    return InvalidArgument("JWT sign-in needs an issuer, an audience and a key set");
+  }
   ASSIGN_OR_RETURN(std::string pepper, LoadOrCreatePepper(options.data_dir + "/api-key.pepper"));
-  return std::unique_ptr<Directory>(
-      new Directory(store, clock, std::move(options), std::move(pepper)));
+  std::unique_ptr<Directory> d(new Directory(store, clock, std::move(options), std::move(pepper)));
+  // A key set in a file is there now or never: a missing or broken one stops the start. A
+  // URL may be unreachable for a while; it is fetched when the first token comes.
+  if (d->jwks_ != nullptr && !d->options_.jwt->jwks.starts_with("http://") &&
+      !d->options_.jwt->jwks.starts_with("https://")) {
+    auto loaded = d->jwks_->GetBlocking();
+    if (!loaded.ok()) {
+      return FailedPrecondition(fmt::format("the JWKS file of JWT sign-in cannot be used: {}",
+                                            loaded.status().message()));
+    }
+    if ((*loaded)->size() == 0) {
+      return FailedPrecondition(fmt::format(
+          "the JWKS file {} holds no key agentd can verify with (RS256, ES256 or EdDSA)",
+          d->options_.jwt->jwks));
+    }
+  }
+  return d;
 }
 
 std::string Directory::HashSecret(std::string_view secret) const {
@@ -222,7 +248,9 @@ Result<Json> Directory::IssueKey(const store::PrincipalRow& p, int64_t expires_m
 
 Result<std::shared_ptr<const Principal>> Directory::Authenticate(std::string_view authorization) {
   if (authorization.empty()) {
-    return Unauthenticated("missing credentials: send 'Authorization: Bearer <API key>'");
+    return Unauthenticated(jwks_ ? "missing credentials: send 'Authorization: Bearer <API key or "
+                                   "token>'"
+                                 : "missing credentials: send 'Authorization: Bearer <API key>'");
   }
   if (authorization.size() > kMaxCredentialBytes) {
     return Unauthenticated("the Authorization header is too long");
@@ -236,6 +264,7 @@ Result<std::shared_ptr<const Principal>> Directory::Authenticate(std::string_vie
   std::string_view cred = authorization.substr(kBearer.size());
   while (!cred.empty() && cred.front() == ' ') cred.remove_prefix(1);
   if (cred.substr(0, kKeyPrefix.size()) != kKeyPrefix) {
+    if (jwks_ != nullptr) return AuthenticateJwt(cred);
     return Unauthenticated("the bearer credential is not an agentd API key");
   }
   cred.remove_prefix(kKeyPrefix.size());
@@ -272,6 +301,84 @@ Result<std::shared_ptr<const Principal>> Directory::Authenticate(std::string_vie
   }
   ASSIGN_OR_RETURN(auto principal, LoadPrincipal(row.principal_id));
   return principal;
+}
+
+Result<std::shared_ptr<const Principal>> Directory::AuthenticateJwt(std::string_view token) {
+  const JwtSignIn& cfg = *options_.jwt;
+  VerifyOptions vo;
+  vo.issuer = cfg.issuer;
+  vo.audience = cfg.audience;
+  vo.leeway_seconds = cfg.leeway_seconds;
+  vo.now = clock_->NowMillis() / 1000;
+  Result<Json> verified = jwks_->VerifyBlocking(token, vo);
+  if (!verified.ok()) {
+    if (verified.status().code() == StatusCode::kUnauthenticated) return verified.status();
+    // The location of the key set and why it failed are for the operator, not the caller.
+    spdlog::warn("JWT sign-in: the key set cannot be loaded: {}", verified.status().message());
+    return Unavailable("the identity provider's key set cannot be loaded; try again later");
+  }
+  const Json& claims = *verified;
+
+  // The signature holds, so the claims are the provider's; their values may be quoted back,
+  // but only when short and printable.
+  std::string tenant_id = cfg.tenant;
+  if (tenant_id.empty()) {
+    auto t = claims.find(cfg.tenant_claim);
+    if (t == claims.end()) {
+      return Unauthenticated(fmt::format("the token has no '{}' claim", cfg.tenant_claim));
+    }
+    if (!t->is_string()) {
+      return Unauthenticated(
+          fmt::format("the token's '{}' claim is not a string", cfg.tenant_claim));
+    }
+    tenant_id = t->get<std::string>();
+  }
+  auto n = claims.find(cfg.principal_claim);
+  if (n == claims.end()) {
+    return Unauthenticated(fmt::format("the token has no '{}' claim", cfg.principal_claim));
+  }
+  if (!n->is_string() || !CheckName(n->get<std::string>(), cfg.principal_claim).ok()) {
+    return Unauthenticated(
+        fmt::format("the token's '{}' claim is not a principal name", cfg.principal_claim));
+  }
+  const std::string name = n->get<std::string>();
+  std::vector<std::string> token_groups;
+  if (auto g = claims.find(cfg.groups_claim); g != claims.end()) {
+    auto list = StringList(&*g, cfg.groups_claim, kMaxGroups, 128);
+    if (!list.ok()) {
+      return Unauthenticated(fmt::format("the token's groups: {}", list.status().message()));
+    }
+    token_groups = std::move(list).value();
+  }
+
+  // Stored principals are never renamed nor removed, so a name once found stays found.
+  const std::string cache_key = tenant_id + "/" + name;
+  std::string principal_id;
+  {
+    std::lock_guard lock(mu_);
+    auto it = principal_ids_.find(cache_key);
+    if (it != principal_ids_.end()) principal_id = it->second;
+  }
+  if (principal_id.empty()) {
+    if (!IsValidId(tenant_id, "ten_") || !TenantExists(tenant_id)) {
+      return Unauthenticated("unknown tenant: no tenant has the id the token names");
+    }
+    ASSIGN_OR_RETURN(auto row, store_->GetPrincipalByName(tenant_id, name));
+    if (!row) return Unauthenticated(fmt::format("no principal '{}' in the tenant", name));
+    principal_id = row->id;
+    std::lock_guard lock(mu_);
+    if (principal_ids_.size() > 100000) principal_ids_.clear();
+    principal_ids_.emplace(cache_key, principal_id);
+  }
+  ASSIGN_OR_RETURN(auto stored, LoadPrincipal(principal_id));
+  auto p = std::make_shared<Principal>(*stored);
+  for (auto& g : token_groups) {
+    if (std::find(p->groups.begin(), p->groups.end(), g) == p->groups.end()) {
+      p->groups.push_back(std::move(g));
+    }
+  }
+  p->credential_id = "jwt";
+  return std::shared_ptr<const Principal>(std::move(p));
 }
 
 Result<std::shared_ptr<const Principal>> Directory::LoadPrincipal(const std::string& id) {

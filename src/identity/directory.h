@@ -11,11 +11,17 @@
 // in it with a policy that allows everything, and an API key for it, written to
 // `<data dir>/admin.key` (mode 0600). That key is how an operator first gets in.
 //
+// With JwtSignIn configured, a bearer credential that is not an API key is taken for a JWT
+// from an identity provider: verified against the provider's JWKS (jwt.h), then mapped by its
+// claims to a tenant and to a principal stored in it under the same name, which brings its
+// policies; the token's groups join the stored principal's. A token cannot create a principal.
+//
 // Thread-safe. Methods that read or write the store block.
 #pragma once
 
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -24,6 +30,7 @@
 #include "common/clock.h"
 #include "common/json.h"
 #include "common/status.h"
+#include "identity/jwt.h"
 #include "identity/policy.h"
 #include "store/store.h"
 
@@ -49,8 +56,22 @@ inline constexpr std::string_view kAdminPolicy =
     R"({"version":"2026-11-01","statements":[{"sid":"admin","effect":"allow","actions":["*"],)"
     R"("resources":["*"]}]})";
 
+// Sign-in with JWTs from an identity provider (docs/security.md, "Identity, the gate and the
+// audit log"). Claim names are top-level members of the token's claims set.
+struct JwtSignIn {
+  std::string issuer;                   // the `iss` a token must carry; required
+  std::string audience;                 // must be `aud` or one of its entries; required
+  std::string jwks;                     // the provider's key set: a file path or http(s) URL
+  std::string tenant_claim = "tenant";  // the claim holding the tenant's id
+  std::string tenant;                   // a fixed tenant id instead of tenant_claim
+  std::string principal_claim = "sub";  // the claim holding the stored principal's name
+  std::string groups_claim = "groups";  // an array of strings; absent means none
+  int64_t leeway_seconds = 60;          // tolerated clock skew for exp, nbf and iat
+};
+
 struct DirectoryOptions {
-  std::string data_dir;  // admin.key and api-key.pepper
+  std::string data_dir;          // admin.key and api-key.pepper
+  std::optional<JwtSignIn> jwt;  // unset: API keys only
 };
 
 class Directory {
@@ -63,9 +84,11 @@ class Directory {
   Status Bootstrap();
   const std::string& default_tenant() const { return default_tenant_; }
 
-  // Resolves an Authorization header value ("Bearer agk_..."). Unauthenticated, with a
-  // reason that never repeats the credential, when it is missing, malformed, unknown,
-  // expired or revoked.
+  // Resolves an Authorization header value ("Bearer agk_...", or "Bearer <JWT>" with JWT
+  // sign-in configured). Unauthenticated, with a reason that never repeats the credential,
+  // when it is missing, malformed, unknown, expired or revoked, when a token fails any check
+  // of VerifyJwt, or when its claims name no existing tenant or no principal stored in it.
+  // Unavailable when the provider's key set cannot be loaded.
   Result<std::shared_ptr<const Principal>> Authenticate(std::string_view authorization);
   // A principal by id (for work done on its behalf later, such as a turn's tool calls).
   Result<std::shared_ptr<const Principal>> LoadPrincipal(const std::string& id);
@@ -94,6 +117,7 @@ class Directory {
                         std::vector<store::PrincipalRow> with_principals,
                         std::vector<store::TenantRow> with_tenants, std::string* key_out);
   static Result<std::shared_ptr<const Principal>> Build(const store::PrincipalRow& row);
+  Result<std::shared_ptr<const Principal>> AuthenticateJwt(std::string_view token);
   Json PrincipalObject(const store::PrincipalRow& row) const;
 
   store::Store* store_;
@@ -101,10 +125,13 @@ class Directory {
   DirectoryOptions options_;
   const std::string pepper_;  // 32 bytes
   std::string default_tenant_;
+  std::unique_ptr<JwksSource> jwks_;  // set when options_.jwt is
 
   std::mutex mu_;
   std::unordered_map<std::string, store::ApiKeyRow> keys_;  // by id; guarded by mu_
   std::unordered_map<std::string, std::shared_ptr<const Principal>> principals_;  // by id
+  // Principal ids by "<tenant id>/<name>", for tokens; guarded by mu_.
+  std::unordered_map<std::string, std::string> principal_ids_;
 };
 
 }  // namespace agentd::identity

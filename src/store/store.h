@@ -245,6 +245,9 @@ class Store {
   virtual Result<std::optional<TenantRow>> GetTenant(const std::string& id) = 0;
   virtual Result<std::pair<std::vector<TenantRow>, std::string>> ListTenants(const Page& page) = 0;
   virtual Result<std::optional<PrincipalRow>> GetPrincipal(const std::string& id) = 0;
+  // The principal of `tenant_id` named `name` (names are unique within a tenant).
+  virtual Result<std::optional<PrincipalRow>> GetPrincipalByName(const std::string& tenant_id,
+                                                                 const std::string& name) = 0;
   virtual Result<std::pair<std::vector<PrincipalRow>, std::string>> ListPrincipals(
       const std::string& tenant_id, const Page& page) = 0;
   virtual Result<std::optional<ApiKeyRow>> GetApiKey(const std::string& id) = 0;

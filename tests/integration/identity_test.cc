@@ -1,12 +1,21 @@
 // Authentication, tenants and the policy gate, through the HTTP API of a real agentd.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <ctime>
+#include <fstream>
 #include <thread>
 
+#include "common/base64.h"
 #include "common/clock.h"
 #include "identity/jwt.h"
+#include "identity/signing_key.h"
 #include "tests/integration/fixture.h"
 
 namespace agentd::testing {
@@ -555,6 +564,443 @@ TEST_F(IdentityTest, ToolsGetATokenForOneCallNeverTheCallersKey) {
   std::string second =
       Json::parse(both[1]["data"]["output"].get<std::string>()).value("authorization", "");
   EXPECT_NE(second, auth);
+}
+
+// ---- Sign-in with JWTs from an identity provider ----------------------------------------------
+// Keys are generated with OpenSSL and tokens signed here, independently of agentd's verifier.
+
+struct PkeyFree {
+  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
+};
+using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
+
+constexpr const char* kIdp = "https://idp.example.com";
+constexpr const char* kAud = "agentd-api";
+
+Pkey GenRsa() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048})); }
+Pkey GenP256() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")); }
+Pkey GenEd25519() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")); }
+
+std::string B64(std::string_view bytes) {
+  return Base64Encode(bytes, Base64Variant::kUrlNoPadding);
+}
+
+std::string BnParam(EVP_PKEY* k, const char* name, int pad = 0) {
+  BIGNUM* bn = nullptr;
+  EXPECT_EQ(EVP_PKEY_get_bn_param(k, name, &bn), 1) << name;
+  std::string out(pad > 0 ? pad : BN_num_bytes(bn), '\0');
+  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size()));
+  BN_free(bn);
+  return out;
+}
+
+// The public JWK of a key.
+Json JwkOf(EVP_PKEY* k, const std::string& kid) {
+  Json j = {{"kid", kid}, {"use", "sig"}};
+  switch (EVP_PKEY_get_base_id(k)) {
+    case EVP_PKEY_RSA:
+      j["kty"] = "RSA";
+      j["n"] = B64(BnParam(k, OSSL_PKEY_PARAM_RSA_N));
+      j["e"] = B64(BnParam(k, OSSL_PKEY_PARAM_RSA_E));
+      break;
+    case EVP_PKEY_EC:
+      j["kty"] = "EC";
+      j["crv"] = "P-256";
+      j["x"] = B64(BnParam(k, OSSL_PKEY_PARAM_EC_PUB_X, 32));
+      j["y"] = B64(BnParam(k, OSSL_PKEY_PARAM_EC_PUB_Y, 32));
+      break;
+    default: {
+      std::string raw(32, '\0');
+      size_t len = raw.size();
+      EXPECT_EQ(EVP_PKEY_get_raw_public_key(k, reinterpret_cast<unsigned char*>(raw.data()), &len),
+                1);
+      j["kty"] = "OKP";
+      j["crv"] = "Ed25519";
+      j["x"] = B64(raw);
+    }
+  }
+  return j;
+}
+
+// The JWS signature of `input`: RS256, ES256 (as r || s) or EdDSA, by the key's type.
+std::string SignRaw(EVP_PKEY* k, std::string_view input) {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  const bool ed = EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519;
+  EXPECT_EQ(EVP_DigestSignInit(ctx, nullptr, ed ? nullptr : EVP_sha256(), nullptr, k), 1);
+  size_t len = 0;
+  const auto* in = reinterpret_cast<const unsigned char*>(input.data());
+  EXPECT_EQ(EVP_DigestSign(ctx, nullptr, &len, in, input.size()), 1);
+  std::string sig(len, '\0');
+  EXPECT_EQ(
+      EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len, in, input.size()), 1);
+  sig.resize(len);
+  EVP_MD_CTX_free(ctx);
+  if (EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
+    const auto* p = reinterpret_cast<const unsigned char*>(sig.data());
+    ECDSA_SIG* es = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size()));
+    std::string raw(64, '\0');
+    BN_bn2binpad(ECDSA_SIG_get0_r(es), reinterpret_cast<unsigned char*>(raw.data()), 32);
+    BN_bn2binpad(ECDSA_SIG_get0_s(es), reinterpret_cast<unsigned char*>(raw.data()) + 32, 32);
+    ECDSA_SIG_free(es);
+    return raw;
+  }
+  return sig;
+}
+
+Json JwsHeader(const std::string& alg, const std::string& kid) {
+  return {{"alg", alg}, {"typ", "JWT"}, {"kid", kid}};
+}
+
+std::string SignToken(EVP_PKEY* k, const Json& header, const Json& claims) {
+  std::string input = B64(header.dump()) + "." + B64(claims.dump());
+  return input + "." + B64(SignRaw(k, input));
+}
+
+std::string Hs256Token(std::string_view secret, const Json& header, const Json& claims) {
+  std::string input = B64(header.dump()) + "." + B64(claims.dump());
+  unsigned char mac[32];
+  size_t len = 0;
+  EXPECT_NE(EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, secret.data(), secret.size(),
+                      reinterpret_cast<const unsigned char*>(input.data()), input.size(), mac,
+                      sizeof mac, &len),
+            nullptr);
+  return input + "." + B64(std::string_view(reinterpret_cast<char*>(mac), len));
+}
+
+std::string PublicPem(EVP_PKEY* k) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  EXPECT_EQ(PEM_write_bio_PUBKEY(bio, k), 1);
+  char* data = nullptr;
+  long n = BIO_get_mem_data(bio, &data);
+  std::string out(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  return out;
+}
+
+int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
+
+Headers Bearer(const std::string& token) { return {{"Authorization", "Bearer " + token}}; }
+
+// Claims of a token from kIdp for kAud, valid now, with `extra` set over them (a null value
+// removes the claim).
+Json IdpClaims(const std::string& sub, Json extra = Json::object()) {
+  Json c = {{"iss", kIdp},          {"aud", kAud},          {"sub", sub},
+            {"iat", Now() - 5},     {"nbf", Now() - 5},     {"exp", Now() + 300}};
+  for (auto& [k, v] : extra.items()) {
+    if (v.is_null()) {
+      c.erase(k);
+    } else {
+      c[k] = v;
+    }
+  }
+  return c;
+}
+
+class JwtSignInTest : public IdentityTest {
+ protected:
+  std::string JwksPath() const { return dir_ + "/jwks.json"; }
+  void WriteJwks(const Json& keys) {
+    std::ofstream(JwksPath()) << Json{{"keys", keys}}.dump();
+  }
+  // Restarts agentd with a config whose `auth.jwt` has these lines (without indentation).
+  void RestartWithJwt(const std::vector<std::string>& lines) {
+    std::string cfg = dir_ + "/jwt.yaml";
+    {
+      std::ofstream out(cfg);
+      out << "auth:\n  jwt:\n";
+      for (const auto& l : lines) out << "    " << l << "\n";
+    }
+    agentd_.proc->Signal(SIGTERM);
+    ASSERT_EQ(agentd_.proc->Wait(), 0);
+    agentd_.proc.reset();
+    StartDaemon({"--config", cfg});
+  }
+  // Expects `token` to be refused with 401 and a detail that holds `reason` and no part of
+  // the token.
+  void ExpectRefused(const std::string& what, const std::string& token, const std::string& reason) {
+    Reply r = Call("GET", Url("/v1/agents"), Json(), Bearer(token));
+    EXPECT_EQ(r.status, 401) << what << ": " << r.raw;
+    EXPECT_EQ(r.headers["www-authenticate"], "Bearer realm=\"agentd\"") << what;
+    EXPECT_NE(r.body.value("detail", "").find(reason), std::string::npos) << what << ": " << r.raw;
+    size_t from = 0;
+    while (from <= token.size()) {
+      size_t dot = std::min(token.find('.', from), token.size());
+      std::string part = token.substr(from, dot - from);
+      if (part.size() >= 8) {
+        EXPECT_EQ(r.raw.find(part), std::string::npos) << what << ": " << r.raw;
+      }
+      from = dot + 1;
+    }
+  }
+  // A process of agentd started with `yaml` as its config file; its exit code and output.
+  std::pair<int, std::string> RunWithConfig(const std::string& name, const std::string& yaml) {
+    std::string cfg = dir_ + "/" + name + ".yaml";
+    std::ofstream(cfg) << yaml;
+    auto p = Process::Start({BinPath("agentd"), "--listen", "127.0.0.1:0", "--config", cfg,
+                             "--data-dir", dir_ + "/" + name},
+                            {}, "");
+    EXPECT_TRUE(p.ok());
+    if (!p.ok()) return {-1, ""};
+    int code = (*p)->Wait();
+    return {code, (*p)->Output()};
+  }
+};
+
+TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
+  Pkey ec = GenP256(), ec_other = GenP256(), ed = GenEd25519(), rotated = GenEd25519();
+  WriteJwks(Json::array({JwkOf(ec.get(), "k-ec"), JwkOf(ed.get(), "k-ed")}));
+  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
+                  fmt::format("jwks_file: \"{}\"", JwksPath())});
+  EXPECT_NE(agentd_.proc->Output().find(
+                fmt::format("authentication: API keys; JWTs from issuer '{}'", kIdp)),
+            std::string::npos)
+      << agentd_.proc->Output();
+  std::string acme = NewTenant("acme"), beta = NewTenant("beta");
+  std::string alice = NewPrincipal(acme, "alice", Json::array({OwnTenant({"agents:Read"})}));
+  auto claims = [&](Json extra = Json::object()) {
+    Json e = {{"tenant", acme}};
+    for (auto& [k, v] : extra.items()) e[k] = v;
+    return IdpClaims("alice", e);
+  };
+  auto es256 = [&](const Json& c, const std::string& kid = "k-ec") {
+    return SignToken(ec.get(), JwsHeader("ES256", kid), c);
+  };
+
+  // Signed with either key of the set, the token is Alice: her policy lets her read agents,
+  // not create them.
+  for (const std::string& token :
+       {es256(claims()), SignToken(ed.get(), JwsHeader("EdDSA", "k-ed"), claims())}) {
+    Reply ok = Call("GET", Url("/v1/agents"), Json(), Bearer(token));
+    EXPECT_EQ(ok.status, 200) << ok.raw;
+    Reply create = Call("POST", Url("/v1/agents"), AgentBody(), Bearer(token));
+    EXPECT_EQ(create.status, 403) << create.raw;
+    EXPECT_NE(create.body.value("detail", "").find("agents:Create"), std::string::npos)
+        << create.raw;
+  }
+  // Her requests are in her tenant's audit chain, under her stored principal.
+  Reply log = Call("GET", Url("/v1/audit?tenant_id=" + acme));
+  ASSERT_EQ(log.status, 200) << log.raw;
+  ASSERT_EQ(log.body["data"].size(), 4u) << log.raw;
+  for (const auto& e : log.body["data"]) EXPECT_EQ(e["principal"], alice) << log.raw;
+  // API keys work as before, beside tokens.
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), As(NewKey(alice))).status, 200);
+  EXPECT_EQ(Call("GET", Url("/v1/agents")).status, 200);
+
+  // The provider rotates in a new key: a token with its kid reloads the set.
+  WriteJwks(Json::array({JwkOf(ec.get(), "k-ec"), JwkOf(ed.get(), "k-ed"),
+                         JwkOf(rotated.get(), "k-new")}));
+  Reply fresh = Call("GET", Url("/v1/agents"), Json(),
+                     Bearer(SignToken(rotated.get(), JwsHeader("EdDSA", "k-new"), claims())));
+  EXPECT_EQ(fresh.status, 200) << fresh.raw;
+
+  Reply missing = Call("GET", Url("/v1/agents"), Json(), {{"Authorization", ""}});
+  EXPECT_EQ(missing.status, 401);
+  EXPECT_NE(missing.body.value("detail", "").find("missing credentials"), std::string::npos)
+      << missing.raw;
+  const std::string header = B64(JwsHeader("ES256", "k-ec").dump());
+  Json none_header = {{"alg", "none"}, {"typ", "JWT"}};
+  struct Case {
+    std::string what, token, reason;
+  };
+  std::vector<Case> cases = {
+      {"two segments", header + "." + B64(claims().dump()), "malformed token"},
+      {"bad base64url", header + ".eyJzdWIi$Oi.c2lnbmF0dXJl", "malformed token"},
+      {"not a JWT at all", "sk-something-else", "malformed token"},
+      {"expired", es256(claims({{"exp", Now() - 600}})), "token expired"},
+      {"not yet valid", es256(claims({{"nbf", Now() + 600}})), "not yet valid"},
+      {"wrong audience", es256(claims({{"aud", "another-service"}})), "wrong audience"},
+      {"wrong issuer", es256(claims({{"iss", "https://evil.example.com"}})), "wrong issuer"},
+      {"a key not in the set, with its kid", SignToken(ec_other.get(), JwsHeader("ES256", "k-ec"),
+                                                       claims()),
+       "bad signature"},
+      {"alg none", B64(none_header.dump()) + "." + B64(claims().dump()) + "." + B64("sig"),
+       "unsupported alg 'none'"},
+      {"HS256 keyed with the public key",
+       Hs256Token(PublicPem(ec.get()), JwsHeader("HS256", "k-ec"), claims()),
+       "unsupported alg 'HS256'"},
+      {"unknown kid", es256(claims(), "k-gone"), "unknown kid"},
+      {"no principal of that name", es256(claims({{"sub", "mallory"}})),
+       "no principal 'mallory' in the tenant"},
+      {"a name of another tenant", es256(claims({{"tenant", beta}})),
+       "no principal 'alice' in the tenant"},
+      {"a tenant that does not exist",
+       es256(claims({{"tenant", "ten_00000000000000000000000000"}})), "unknown tenant"},
+      {"no tenant claim", es256(claims({{"tenant", nullptr}})), "no 'tenant' claim"},
+      {"no subject", es256(claims({{"sub", nullptr}})), "no 'sub' claim"},
+  };
+  for (const auto& c : cases) ExpectRefused(c.what, c.token, c.reason);
+  // Failed sign-ins are audited in the system chain without the token.
+  Reply sys = Call("GET", Url("/v1/audit?tenant_id="));
+  ASSERT_EQ(sys.status, 200) << sys.raw;
+  ASSERT_FALSE(sys.body["data"].empty());
+  EXPECT_EQ(sys.body["data"].back()["action"], "auth:Authenticate");
+  EXPECT_EQ(sys.raw.find(B64(claims().dump()).substr(0, 40)), std::string::npos);
+}
+
+TEST_F(JwtSignInTest, TheTokensGroupsJoinThePrincipalsForConditions) {
+  Pkey ed = GenEd25519();
+  WriteJwks(Json::array({JwkOf(ed.get(), "k-ed")}));
+  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
+                  fmt::format("jwks_file: \"{}\"", JwksPath())});
+  std::string t = NewTenant("acme");
+  auto when_group = [](const std::string& sid, Json actions, const std::string& group) {
+    Json p = OwnTenant(std::move(actions), sid);
+    p["statements"][0]["conditions"] = {{"StringEquals", {{"principal.groups", group}}}};
+    return p;
+  };
+  // Olga reads agents only as a member of "ops" (which only tokens say), and sessions as a
+  // member of "staff" (which her stored principal says).
+  NewPrincipal(t, "olga",
+               Json::array({when_group("ops-agents", {"agents:Read"}, "ops"),
+                            when_group("staff-sessions", {"sessions:Read"}, "staff")}),
+               {{"groups", Json::array({"staff"})}});
+  auto token = [&](Json groups) {
+    Json extra = {{"tenant", t}};
+    if (!groups.is_null()) extra["groups"] = groups;
+    return SignToken(ed.get(), JwsHeader("EdDSA", "k-ed"), IdpClaims("olga", extra));
+  };
+  auto get = [&](const std::string& path, const std::string& tok) {
+    return Call("GET", Url(path), Json(), Bearer(tok)).status;
+  };
+  EXPECT_EQ(get("/v1/agents", token(Json::array({"dev", "ops"}))), 200);
+  EXPECT_EQ(get("/v1/agents", token(Json::array({"dev"}))), 403);
+  EXPECT_EQ(get("/v1/agents", token(Json())), 403);
+  EXPECT_EQ(get("/v1/agents", token(Json::array())), 403);
+  // The stored groups stay.
+  EXPECT_EQ(get("/v1/sessions", token(Json::array({"ops"}))), 200);
+  EXPECT_EQ(get("/v1/sessions", token(Json())), 200);
+  // A groups claim that is not a list of strings is refused, not ignored.
+  ExpectRefused("groups as a string", token("ops"), "groups");
+  ExpectRefused("groups of numbers", token(Json::array({1, 2})), "groups");
+}
+
+TEST_F(JwtSignInTest, RsaKeysAFixedTenantAndClaimsNamedByTheConfig) {
+  Pkey rsa = GenRsa(), ec = GenP256();
+  WriteJwks(Json::array({JwkOf(rsa.get(), "k-rsa"), JwkOf(ec.get(), "k-ec")}));
+  std::string acme = NewTenant("acme"), beta = NewTenant("beta");
+  NewPrincipal(acme, "alice@example.com",
+               Json::array({OwnTenant({"agents:Read"}),
+                            [] {
+                              Json p = OwnTenant({"sessions:Read"}, "admins");
+                              p["statements"][0]["conditions"] = {
+                                  {"StringEquals", {{"principal.groups", "admins"}}}};
+                              return p;
+                            }()}));
+  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
+                  fmt::format("jwks_file: \"{}\"", JwksPath()), "tenant: " + acme,
+                  "principal_claim: email", "groups_claim: roles", "leeway_seconds: 0"});
+  auto rs256 = [&](Json extra) {
+    Json e = {{"email", "alice@example.com"}};
+    for (auto& [k, v] : extra.items()) e[k] = v;
+    return SignToken(rsa.get(), JwsHeader("RS256", "k-rsa"), IdpClaims("u-1234", e));
+  };
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), Bearer(rs256(Json::object()))).status, 200);
+  // The tenant is the configured one, whatever a token says.
+  Reply other = Call("GET", Url("/v1/agents"), Json(), Bearer(rs256({{"tenant", beta}})));
+  EXPECT_EQ(other.status, 200) << other.raw;
+  // Groups come from `roles`, not `groups`.
+  auto sessions = [&](const std::string& claim) {
+    return Call("GET", Url("/v1/sessions"), Json(),
+                Bearer(rs256({{claim, Json::array({"admins"})}})))
+        .status;
+  };
+  EXPECT_EQ(sessions("roles"), 200);
+  EXPECT_EQ(sessions("groups"), 403);
+  // The principal is named by `email`; `sub` means nothing here.
+  ExpectRefused("no email", rs256({{"email", nullptr}}), "no 'email' claim");
+  ExpectRefused("unknown email", rs256({{"email", "bob@example.com"}}),
+                "no principal 'bob@example.com' in the tenant");
+  // No leeway: a token that expired two seconds ago is refused.
+  ExpectRefused("just expired", rs256({{"exp", Now() - 2}}), "token expired");
+  // The classic confusions with an RSA key: HS256 keyed with its public key, and a token
+  // naming another algorithm than its key's.
+  ExpectRefused("HS256 keyed with the RSA public key",
+                Hs256Token(PublicPem(rsa.get()), JwsHeader("HS256", "k-rsa"),
+                           IdpClaims("u-1", {{"email", "alice@example.com"}})),
+                "unsupported alg 'HS256'");
+  ExpectRefused("ES256 signed, naming the RSA key",
+                SignToken(ec.get(), JwsHeader("ES256", "k-rsa"),
+                          IdpClaims("u-1", {{"email", "alice@example.com"}})),
+                "alg mismatch");
+}
+
+TEST_F(JwtSignInTest, KeysFromAUrlAreFetchedAndKeptWhenTheProviderIsDown) {
+  // Another agentd plays the identity provider: it publishes its Ed25519 key at
+  // /.well-known/jwks.json, and the test signs with that key, read from its data directory.
+  auto idp = StartAgentd(dir_ + "/idp", dir_ + "/idp.log", {}, {});
+  ASSERT_TRUE(idp.ok()) << idp.status().ToString();
+  auto key = identity::SigningKey::LoadOrCreate(dir_ + "/idp/signing.key");
+  ASSERT_TRUE(key.ok()) << key.status().ToString();
+  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
+                  "jwks_url: " + idp->url + "/.well-known/jwks.json"});
+  std::string t = NewTenant("acme");
+  NewPrincipal(t, "alice", Json::array({OwnTenant({"agents:Read"})}));
+  auto token = [&](const std::string& kid) {
+    std::string input = B64(JwsHeader("EdDSA", kid).dump()) + "." +
+                        B64(IdpClaims("alice", {{"tenant", t}}).dump());
+    return input + "." + B64(key->Sign(input));
+  };
+  Reply ok = Call("GET", Url("/v1/agents"), Json(), Bearer(token(key->kid())));
+  EXPECT_EQ(ok.status, 200) << ok.raw;
+  // The provider goes away: the set already fetched still verifies; a kid it does not hold
+  // is unknown.
+  idp->proc->Signal(SIGTERM);
+  EXPECT_EQ(idp->proc->Wait(), 0);
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), Bearer(token(key->kid()))).status, 200);
+  ExpectRefused("unknown kid while the provider is down", token("k-other"), "unknown kid");
+}
+
+TEST_F(JwtSignInTest, BadJwtConfigIsRefusedByName) {
+  WriteJwks(Json::array({JwkOf(GenEd25519().get(), "k-ed")}));
+  const std::string head = "auth:\n  jwt:\n";
+  const std::string good =
+      fmt::format("    issuer: x\n    audience: y\n    jwks_file: {}\n", JwksPath());
+  std::ofstream(dir_ + "/empty-jwks.json") << R"({"keys": []})";
+  struct Case {
+    std::string yaml, message;
+  };
+  std::vector<Case> cases = {
+      {head + good + "    isuser: z\n", "unknown config key 'auth.jwt.isuser'"},
+      {"auth:\n  oidc: {}\n", "unknown config key 'auth.oidc'"},
+      {"auth: yes\n", "'auth' must be a mapping"},
+      {head + "    audience: y\n    jwks_file: f\n", "'auth.jwt.issuer' is required"},
+      {head + "    issuer: x\n    jwks_file: f\n", "'auth.jwt.audience' is required"},
+      {head + "    issuer: x\n    audience: y\n", "exactly one of 'jwks_file' and 'jwks_url'"},
+      {head + good + "    jwks_url: https://idp.example.com/jwks\n",
+       "exactly one of 'jwks_file' and 'jwks_url'"},
+      {head + "    issuer: x\n    audience: y\n    jwks_url: ftp://idp.example.com/jwks\n",
+       "'auth.jwt.jwks_url'"},
+      {head + "    issuer: [x, z]\n    audience: y\n    jwks_file: f\n",
+       "'auth.jwt.issuer' must be a string"},
+      {head + good + "    leeway_seconds: soon\n", "'auth.jwt.leeway_seconds' must be an integer"},
+      {head + good + "    leeway_seconds: 86400\n", "'auth.jwt.leeway_seconds' must be between"},
+      {head + good + "    tenant: ten_00000000000000000000000000\n    tenant_claim: org\n",
+       "'auth.jwt.tenant'"},
+      {head + good + "    tenant: acme\n", "'auth.jwt.tenant' must be a tenant id"},
+      {head + good + "    groups_claim: \"\"\n", "'auth.jwt.groups_claim' must not be empty"},
+      {head + "    issuer: x\n    audience: y\n    jwks_file: " + dir_ + "/nowhere.json\n",
+       "cannot open the file"},
+      {head + "    issuer: x\n    audience: y\n    jwks_file: " + dir_ + "/empty-jwks.json\n",
+       "holds no key"},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    auto [code, out] = RunWithConfig(fmt::format("bad{}", i), cases[i].yaml);
+    EXPECT_EQ(code, 2) << cases[i].yaml << out;
+    EXPECT_NE(out.find(cases[i].message), std::string::npos) << cases[i].yaml << out;
+  }
+  // The same config without the mistakes starts.
+  auto ok = Process::Start({BinPath("agentd"), "--listen", "127.0.0.1:0", "--config",
+                            [&] {
+                              std::ofstream(dir_ + "/good.yaml") << head + good;
+                              return dir_ + "/good.yaml";
+                            }(),
+                            "--data-dir", dir_ + "/good"},
+                           {}, "");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_TRUE((*ok)->WaitForLine("(JWTs from issuer 'x')", std::chrono::seconds(30)).ok())
+      << (*ok)->Output();
+  (*ok)->Signal(SIGTERM);
+  EXPECT_EQ((*ok)->Wait(), 0);
 }
 
 // Every file under `root` whose bytes contain `needle`.

@@ -465,6 +465,14 @@ class SqliteStore final : public Store {
         [](Stmt* s) { return PrincipalFrom(s); });
   }
 
+  Result<std::optional<PrincipalRow>> GetPrincipalByName(const std::string& tenant_id,
+                                                         const std::string& name) override {
+    return ReadOne<PrincipalRow>(
+        "SELECT id, tenant_id, name, kind, body, created_ms FROM principals "
+        "WHERE tenant_id=?1 AND name=?2",
+        {tenant_id, name}, [](Stmt* s) { return PrincipalFrom(s); });
+  }
+
   Result<std::pair<std::vector<PrincipalRow>, std::string>> ListPrincipals(
       const std::string& tenant_id, const Page& page) override {
     int64_t after = CursorValue(page.cursor);

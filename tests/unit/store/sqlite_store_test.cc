@@ -269,6 +269,24 @@ TEST_F(SqliteStoreTest, TenantsPrincipalsKeysAndSecrets) {
   EXPECT_EQ(store_->ListApiKeys("prn_1")->size(), 1u);
 }
 
+TEST_F(SqliteStoreTest, APrincipalIsFoundByNameWithinItsTenantOnly) {
+  WriteBatch b;
+  b.tenants.push_back({"ten_a", "acme", 1});
+  b.tenants.push_back({"ten_b", "beta", 1});
+  b.principals.push_back({"prn_1", "ten_a", "alice", "user", "{\"groups\":[]}", 2});
+  b.principals.push_back({"prn_2", "ten_b", "alice", "service", "{}", 3});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  auto a = store_->GetPrincipalByName("ten_a", "alice");
+  ASSERT_TRUE(a.ok() && a->has_value());
+  EXPECT_EQ((*a)->id, "prn_1");
+  EXPECT_EQ((*a)->body, "{\"groups\":[]}");
+  auto other = store_->GetPrincipalByName("ten_b", "alice");
+  ASSERT_TRUE(other.ok() && other->has_value());
+  EXPECT_EQ((*other)->id, "prn_2");
+  EXPECT_FALSE(store_->GetPrincipalByName("ten_a", "Alice")->has_value());
+  EXPECT_FALSE(store_->GetPrincipalByName("ten_c", "alice")->has_value());
+}
+
 TEST_F(SqliteStoreTest, RowsFromBeforeTenantsJoinTheAdoptingTenant) {
   WriteBatch b;
   b.agents.push_back({"agt_1", 1, "one", "{}", 1, ""});
