@@ -142,6 +142,7 @@ std::string SseFrame(const Json& event) {
 
 bool EndsTurnStream(const std::string& type) {
   return journal::IsTurnTerminal(type) || type == journal::ev::kTurnRequiresAction ||
+         type == journal::ev::kToolCallApprovalRequested ||
          type == journal::ev::kSessionNeedsAttention;
 }
 
@@ -314,6 +315,7 @@ Status Api::Authorize(const http::Request& req, const std::vector<std::string>& 
       if (sub == "cancel") action = "sessions:Cancel";
       if (sub == "export") action = "sessions:Export";
       if (sub == "turns" && m == "POST") action = "sessions:Invoke";
+      if (sub == "turns" && seg.size() == 6 && seg[5] == "approvals") action = "tools:Approve";
       g->action = action;  // recorded even when the session is not found
       auto scope = engine_->SessionScope(seg[2]);
       if (!scope.ok()) return scope.status();
@@ -554,6 +556,12 @@ void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<
       if (seg.size() == 5) {
         if (m != "GET") return method_not_allowed("GET");
         return reply(engine_->GetTurn(sid, seg[4]));
+      }
+      if (seg.size() == 6 && seg[5] == "approvals") {
+        if (m != "POST") return method_not_allowed("POST");
+        auto b = body();
+        if (!b.ok()) return reply(b.status());
+        return reply(engine_->SubmitApproval(sid, seg[4], *b, who.id));
       }
       if (seg.size() == 6 && seg[5] == "tool_outputs") {
         if (m != "POST") return method_not_allowed("POST");

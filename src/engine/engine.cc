@@ -683,7 +683,9 @@ Status Engine::Load(Actor& a) {
 
 std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t,
                                                     const std::string& call_id,
-                                                    const std::string& name, const Json& args) {
+                                                    const std::string& name, const Json& args,
+                                                    bool approved, bool* needs_approval) {
+  *needs_approval = false;
   if (options_.directory == nullptr) return std::nullopt;
   identity::Request r;
   r.action = "tools:Call";
@@ -704,6 +706,7 @@ std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t
     // A turn from before identities were journaled: the agent's permissions alone.
     identity::Decision d = identity::Decide(agent_policies, r);
     allowed = d.allowed();
+    *needs_approval = d.requires_approval;
     sid = d.sid;
     if (!allowed) denied_by = "agent";
   } else if (auto p = options_.directory->LoadPrincipal(t.principal_id); !p.ok()) {
@@ -714,6 +717,7 @@ std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t
     identity::IntersectionDecision d =
         identity::DecideIntersection(agent_policies, (*p)->PolicyPointers(), r);
     allowed = d.allowed();
+    *needs_approval = d.requires_approval;
     denied_by = identity::DeniedByName(d.denied_by);
     sid = !d.agent.allowed() ? d.agent.sid : d.principal.sid;
   }
@@ -736,7 +740,8 @@ std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t
     e.action = "tools:Call";
     e.resource = r.resource;
     e.decision = allowed ? "allow" : "deny";
-    e.result = allowed ? "started" : "refused";
+    e.result = !allowed ? "refused" : *needs_approval && !approved ? "awaiting_approval"
+                                                                   : "started";
     e.data = DumpJson(Json{{"agent_id", a.agent.id},
                            {"session_id", a.id},
                            {"turn_id", t.id},
@@ -949,6 +954,7 @@ Status Engine::FlushLocked(Actor& a) {
   bool rest = false;  // a turn ended or now waits for someone
   for (const auto& e : b.events) {
     rest = rest || journal::IsTurnTerminal(e.type) || e.type == ev::kTurnRequiresAction ||
+           e.type == ev::kToolCallApprovalRequested ||
            e.type == ev::kSessionNeedsAttention;
   }
   // The actor's mutex stays held until the commit is durable: batches of one session are
@@ -1102,6 +1108,68 @@ Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Jso
     }
     return SubmitResult{turn, false};
   }
+  return out;
+}
+
+Result<Json> Engine::SubmitApproval(const std::string& session_id, const std::string& turn_id,
+                                    const Json& body, const std::string& principal_id) {
+  FieldReader r(body, "");
+  RETURN_IF_ERROR(r.CheckObject());
+  std::string call_id, decision, reason;
+  RETURN_IF_ERROR(r.String("call_id", &call_id, true, 256));
+  RETURN_IF_ERROR(r.String("decision", &decision, true, 16));
+  RETURN_IF_ERROR(r.String("reason", &reason, false, 4096));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  if (decision != "approve" && decision != "deny") {
+    return InvalidArgument("'decision' must be \"approve\" or \"deny\"");
+  }
+  ASSIGN_OR_RETURN(auto a, Acquire(session_id));
+  Result<Json> out = Internal("unreachable");
+  {
+    std::unique_lock lock(a->mu);
+    SessionState& s = a->state;
+    auto it = s.open_turns.find(turn_id);
+    const journal::ToolCallState* call = nullptr;
+    if (it != s.open_turns.end()) {
+      for (const auto& c : it->second.calls) {
+        if (c.call_id == call_id) call = &c;
+      }
+    }
+    Status st;
+    if (it == s.open_turns.end()) {
+      st = FailedPrecondition(fmt::format("turn '{}' is not waiting for an approval", turn_id));
+    } else if (call == nullptr || call->approval != "requested") {
+      st = InvalidArgument(fmt::format("'call_id' '{}' is not a call of turn '{}' waiting for "
+                                       "approval",
+                                       call_id, turn_id));
+    }
+    if (st.ok()) {
+      Json data = {{"call_id", call_id}, {"decision", decision}, {"principal_id", principal_id}};
+      if (!reason.empty()) data["reason"] = reason;
+      if (options_.audit != nullptr) {
+        audit::AuditEntry e;
+        e.tenant_id = a->tenant_id;
+        e.time_ms = clock_->NowMillis();
+        e.principal = principal_id;
+        e.action = "tools:Approve";
+        e.resource = fmt::format("agentd:{}:tool/{}/{}", a->tenant_id, a->agent.id, call->name);
+        e.decision = "allow";
+        e.result = decision == "approve" ? "approved" : "denied";
+        e.data = DumpJson(Json{{"session_id", a->id}, {"turn_id", turn_id}, {"call_id", call_id}});
+        st = options_.audit->Stage(a->staged, std::move(e));
+      }
+      if (st.ok()) st = Stage(*a, ev::kToolCallApprovalDecided, turn_id, std::move(data));
+    }
+    if (st.ok()) st = FlushLocked(*a);
+    if (st.ok()) {
+      auto again = s.open_turns.find(turn_id);
+      out = journal::TurnObject(a->id, again->second);
+      if (again->second.status == "running") StartWorkerLocked(a);
+    } else {
+      out = st;
+    }
+  }
+  Release(a);
   return out;
 }
 
@@ -1580,8 +1648,24 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     return;
   }
 
-  if (auto refusal = RefuseToolLocked(*a, *t, call_id, name, args)) {
+  bool needs_approval = false;
+  if (auto refusal = RefuseToolLocked(*a, *t, call_id, name, args, call->approval == "approved",
+                                      &needs_approval)) {
     give_error("permission_denied", *refusal);
+    return;
+  }
+  if (needs_approval && call->approval != "approved") {
+    if (call->approval == "denied") {
+      give_error("approval_denied", "the call was " + call->approval_note);
+      return;
+    }
+    // The turn waits in requires_action until someone allowed to approves or denies.
+    if (call->approval != "requested" &&
+        Stage(*a, ev::kToolCallApprovalRequested, turn_id,
+              {{"call_id", call_id}, {"name", name}, {"arguments", arguments}})
+            .ok()) {
+      FlushLocked(*a).IgnoreError();
+    }
     return;
   }
 

@@ -145,6 +145,10 @@ class Engine {
                                   const std::string& principal_id = "");
   Result<Json> SubmitToolOutputs(const std::string& session_id, const std::string& turn_id,
                                  const Json& body);
+  // POST .../approvals {call_id, decision: approve|deny, reason?}: decides a tool call that
+  // policy held for approval; `principal_id` is who decided.
+  Result<Json> SubmitApproval(const std::string& session_id, const std::string& turn_id,
+                              const Json& body, const std::string& principal_id);
   Result<Json> GetTurn(const std::string& session_id, const std::string& turn_id);
   Result<Json> ListTurns(const std::string& session_id, const store::Page& page);
   // {data: [event], has_more}
@@ -211,9 +215,12 @@ class Engine {
   // Decides a tool call: the agent and the principal whose turn it is must both allow
   // tools:Call on the tool. Stages the audit entry of the decision. Returns the reason the
   // model is told when refused. a.mu held.
+  // `*needs_approval` says the call is allowed only once approved (and not yet approved:
+  // `approved` tells); `*approval_sid` names the statement that asks.
   std::optional<std::string> RefuseToolLocked(Actor& a, const journal::TurnState& t,
                                               const std::string& call_id,
-                                              const std::string& name, const Json& args);
+                                              const std::string& name, const Json& args,
+                                              bool approved, bool* needs_approval);
   // One secret opened for one tool call: where it goes (a header or an environment
   // variable) and its value, zeroed by the destructor.
   struct ToolSecret {

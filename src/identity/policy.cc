@@ -347,12 +347,13 @@ Status ParseStatement(const Json& v, const std::string& path, Statement* st) {
   // Every field is looked up before any is checked, so that a misspelt field is reported as
   // unknown rather than the field it was meant to be as missing.
   FieldReader r(v, path);
-  const Json *sid, *effect, *actions, *resources, *conditions;
+  const Json *sid, *effect, *actions, *resources, *conditions, *approval;
   RETURN_IF_ERROR(r.Value("sid", &sid, false));
   RETURN_IF_ERROR(r.Value("effect", &effect, false));
   RETURN_IF_ERROR(r.Value("actions", &actions, false));
   RETURN_IF_ERROR(r.Value("resources", &resources, false));
   RETURN_IF_ERROR(r.Value("conditions", &conditions, false));
+  RETURN_IF_ERROR(r.Value("approval", &approval, false));
   RETURN_IF_ERROR(r.NoUnknownKeys());
   if (sid != nullptr) {
     if (!sid->is_string()) return FieldError(r.PathOf("sid"), "must be a string");
@@ -377,6 +378,16 @@ Status ParseStatement(const Json& v, const std::string& path, Statement* st) {
       ParsePatternList(resources, r.PathOf("resources"), ListKind::kResources, &st->resources));
   if (conditions != nullptr) {
     RETURN_IF_ERROR(ParseConditions(*conditions, r.PathOf("conditions"), &st->conditions));
+  }
+  if (approval != nullptr) {
+    if (*approval != "required") {
+      return FieldError(r.PathOf("approval"),
+                        fmt::format("must be \"required\", not {}", DumpJson(*approval)));
+    }
+    if (st->effect != Effect::kAllow) {
+      return FieldError(r.PathOf("approval"), "is only for statements that allow");
+    }
+    st->requires_approval = true;
   }
   return Status::OK();
 }
@@ -821,6 +832,7 @@ struct Policy::Index {
   IndexSide deny;
   IndexSide allow;
   std::vector<uint32_t> action_masks;  // per statement: bit a for kKnownActions[a]
+  bool has_approval = false;           // some statement says `approval: required`
 };
 
 // ---- ParsePolicy, Decide ----------------------------------------------------------------
@@ -865,6 +877,7 @@ Result<Policy> ParsePolicy(std::string_view json_text) {
       if (named) mask |= 1u << a;
     }
     index->action_masks.push_back(mask);
+    index->has_approval = index->has_approval || st.requires_approval;
     IndexSide& side = st.effect == Effect::kDeny ? index->deny : index->allow;
     for (size_t r = 0; r < st.resources.size(); ++r) {
       side.Add(st.resources[r], {static_cast<uint32_t>(i), static_cast<uint32_t>(r)});
@@ -912,7 +925,22 @@ Decision Decide(const std::vector<const Policy*>& policies, const Request& req) 
     return false;
   };
   if (decide(true, Effect::kDeny, DecisionReason::kExplicitDeny)) return d;
-  decide(false, Effect::kAllow, DecisionReason::kAllow);
+  if (!decide(false, Effect::kAllow, DecisionReason::kAllow)) return d;
+  // Allowed: on approval when any applying allow statement, not only the first, asks for it.
+  for (const Policy* policy : policies) {
+    if (policy == nullptr || policy->index_ == nullptr || !policy->index_->has_approval) continue;
+    policy->index_->allow.ForEachCandidate(req.resource, vars, [&](const IndexEntry& e) {
+      if (d.requires_approval) return;
+      const Statement& st = policy->statements_[e.statement];
+      if (!st.requires_approval) return;
+      if ((policy->index_->action_masks[e.statement] & action_bit) == 0) return;
+      if (!st.resources[e.resource].Matches(req.resource, vars)) return;
+      for (const Condition& c : st.conditions) {
+        if (!ConditionHolds(c, req, vars)) return;
+      }
+      d.requires_approval = true;
+    });
+  }
   return d;
 }
 
@@ -924,6 +952,8 @@ IntersectionDecision DecideIntersection(const std::vector<const Policy*>& agent_
   out.principal = Decide(principal_policies, req);
   bool agent = out.agent.allowed(), principal = out.principal.allowed();
   out.effect = agent && principal ? Effect::kAllow : Effect::kDeny;
+  out.requires_approval =
+      out.allowed() && (out.agent.requires_approval || out.principal.requires_approval);
   out.denied_by = agent && principal     ? DeniedBy::kNone
                   : !agent && !principal ? DeniedBy::kBoth
                   : !agent               ? DeniedBy::kAgent

@@ -172,6 +172,9 @@ struct Statement {
   std::vector<Pattern> actions;
   std::vector<Pattern> resources;
   std::vector<Condition> conditions;  // all must hold
+  // `"approval": "required"` (allow statements only): what it allows needs a person's
+  // approval first (tool calls: the turn waits in requires_action).
+  bool requires_approval = false;
 };
 
 struct Request;
@@ -224,6 +227,8 @@ struct Decision {
   int policy_index = -1;     // into the policies decided against; -1 for the default deny
   int statement_index = -1;  // into that policy's statements
   std::string sid;           // of that statement
+  // Allowed, but only once approved: some applying allow statement requires approval.
+  bool requires_approval = false;
   bool allowed() const { return effect == Effect::kAllow; }
 };
 
@@ -242,6 +247,7 @@ struct IntersectionDecision {
   DeniedBy denied_by = DeniedBy::kBoth;
   Decision agent;
   Decision principal;
+  bool requires_approval = false;  // allowed, once approved (either side asks)
   bool allowed() const { return effect == Effect::kAllow; }
 };
 

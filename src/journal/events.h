@@ -21,6 +21,10 @@ inline constexpr std::string_view kToolCallFailed = "tool_call.failed";
 // A running tool reported progress (MCP notifications/progress). Changes no state.
 inline constexpr std::string_view kToolCallProgress = "tool_call.progress";
 inline constexpr std::string_view kTurnRequiresAction = "turn.requires_action";
+// Policy wants a person to approve a tool call before it runs: the turn waits for
+// POST .../approvals, whose answer is journaled as tool_call.approval_decided.
+inline constexpr std::string_view kToolCallApprovalRequested = "tool_call.approval_requested";
+inline constexpr std::string_view kToolCallApprovalDecided = "tool_call.approval_decided";
 inline constexpr std::string_view kSessionNeedsAttention = "session.needs_attention";
 inline constexpr std::string_view kTurnCompleted = "turn.completed";
 inline constexpr std::string_view kTurnFailed = "turn.failed";

@@ -201,6 +201,24 @@ Status Apply(SessionState& s, const store::EventRecord& e, const Json& d, ApplyE
         s.needs_attention = false;
       }
     }
+  } else if (type == ev::kToolCallApprovalRequested) {
+    ToolCallState* c = FindCall(*t, Str(d, "call_id"));
+    if (c == nullptr) return Bad(e, "tool_call.approval_requested for an unknown call");
+    c->approval = "requested";
+    t->status = "requires_action";
+    t->pending_action = Json::array({{{"call_id", c->call_id}, {"name", c->name},
+                                      {"arguments", c->arguments}, {"reason", "approval"},
+                                      {"statement", d.value("statement", "")}}});
+  } else if (type == ev::kToolCallApprovalDecided) {
+    ToolCallState* c = FindCall(*t, Str(d, "call_id"));
+    if (c == nullptr) return Bad(e, "tool_call.approval_decided for an unknown call");
+    c->approval = Str(d, "decision") == "approve" ? "approved" : "denied";
+    c->approval_note = fmt::format("{} by {}{}", c->approval, Str(d, "principal_id"),
+                                   Str(d, "reason").empty() ? "" : ": " + Str(d, "reason"));
+    if (t->status == "requires_action") {
+      t->status = "running";
+      t->pending_action = Json();
+    }
   } else if (type == ev::kWorkspaceSnapshot) {
     s.workspace_manifest = Str(d, "manifest");
   } else if (type == ev::kTurnRequiresAction) {
@@ -332,8 +350,13 @@ Json TurnObject(const std::string& session_id, const TurnState& t) {
 namespace {
 
 Json CallToJson(const ToolCallState& c) {
-  return {{"call_id", c.call_id}, {"name", c.name},     {"arguments", c.arguments},
-          {"status", c.status},   {"idempotency_key", c.idempotency_key}, {"attempts", c.attempts}};
+  Json j = {{"call_id", c.call_id}, {"name", c.name},     {"arguments", c.arguments},
+            {"status", c.status},   {"idempotency_key", c.idempotency_key}, {"attempts", c.attempts}};
+  if (!c.approval.empty()) {
+    j["approval"] = c.approval;
+    j["approval_note"] = c.approval_note;
+  }
+  return j;
 }
 
 Json TurnToJson(const TurnState& t) {
@@ -452,6 +475,8 @@ Result<SessionState> StateFromJson(Json j) {
         c.status = cj.at("status").get<std::string>();
         c.idempotency_key = cj.at("idempotency_key").get<std::string>();
         c.attempts = cj.at("attempts").get<int>();
+        c.approval = cj.value("approval", "");
+        c.approval_note = cj.value("approval_note", "");
         t.calls.push_back(std::move(c));
       }
       s.open_turns.emplace(t.id, std::move(t));

@@ -33,6 +33,9 @@ struct ToolCallState {
   std::string status = "pending";
   std::string idempotency_key;  // fixed at the first tool_call.started
   int attempts = 0;  // failed attempts so far (a crash is not an attempt)
+  // "" (none asked), requested, approved or denied: the policy's approval of the call.
+  std::string approval;
+  std::string approval_note;  // who decided and why (for the model when denied)
 };
 
 struct TurnState {

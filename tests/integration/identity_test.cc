@@ -1176,5 +1176,107 @@ TEST_F(IdentityTest, ExecGetsSecretsAsEnvironmentVariablesAndItsOutputIsRedacted
   EXPECT_EQ(turn.dump().find(value), std::string::npos);
 }
 
+TEST_F(IdentityTest, PolicyCanHoldAToolCallForApprovalWhichIsJournaledAndAudited) {
+  std::string t = NewTenant("acme");
+  Json tools = {{"version", "2026-11-01"},
+                {"statements",
+                 Json::array({{{"sid", "echo"},
+                               {"effect", "allow"},
+                               {"actions", {"tools:Call"}},
+                               {"resources", {"agentd:${principal.tenant}:tool/*/echo"}}},
+                              {{"sid", "effect-needs-approval"},
+                               {"effect", "allow"},
+                               {"actions", {"tools:Call"}},
+                               {"resources", {"agentd:${principal.tenant}:tool/*/effect"}},
+                               {"approval", "required"}}})}};
+  std::string vic = NewPrincipal(t, "vic", Json::array({OwnTenant({"agents:*", "sessions:*"}), tools}));
+  std::string amy = NewPrincipal(t, "amy", Json::array({OwnTenant({"sessions:Read", "tools:Approve"})}));
+  std::string vk = NewKey(vic), ak = NewKey(amy);
+  Json body = AgentBody();
+  body["tools"] = Json::array({HttpTool("echo", "/echo", true), HttpTool("effect", "/effect", true)});
+  std::string aid = Call("POST", Url("/v1/agents"), body, As(vk)).body["id"];
+  std::string sid = Call("POST", Url("/v1/sessions"), {{"agent_id", aid}}, As(vk)).body["id"];
+
+  Reply held = Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                    {{"input", "call effect {\"n\":1}"}, {"wait", true}}, As(vk));
+  ASSERT_EQ(held.status, 200) << held.raw;
+  EXPECT_EQ(held.body["status"], "requires_action");
+  std::string tid = held.body["id"];
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid), Json(), As(vk)).body["status"],
+            "requires_action");
+  Json requested = EventsOf(Events(sid), "tool_call.approval_requested");
+  ASSERT_EQ(requested.size(), 1u);
+  std::string call_id = requested[0]["data"]["call_id"];
+  EXPECT_EQ(Stats(tools_)["effects_applied"], 0);
+
+  // Bad answers change nothing.
+  const std::string approvals = "/v1/sessions/" + sid + "/turns/" + tid + "/approvals";
+  EXPECT_EQ(Call("POST", Url(approvals), {{"call_id", call_id}, {"decision", "maybe"}}, As(ak)).status,
+            400);
+  EXPECT_EQ(Call("POST", Url(approvals), {{"call_id", "call_x"}, {"decision", "approve"}}, As(ak)).status,
+            400);
+  EXPECT_EQ(Call("POST", Url(approvals), {{"decision", "approve"}}, As(ak)).status, 400);
+  // Vic may run the session but not approve his own call.
+  Reply self = Call("POST", Url(approvals), {{"call_id", call_id}, {"decision", "approve"}}, As(vk));
+  EXPECT_EQ(self.status, 403) << self.raw;
+  // The wait survives a crash.
+  RestartDaemon(SIGKILL);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid + "/turns/" + tid), Json(), As(vk)).body["status"],
+            "requires_action");
+  EXPECT_EQ(Stats(tools_)["effects_applied"], 0);
+  Reply ok = Call("POST", Url(approvals),
+                  {{"call_id", call_id}, {"decision", "approve"}, {"reason", "looks fine"}}, As(ak));
+  ASSERT_EQ(ok.status, 200) << ok.raw;
+  Json done = WaitTurn(sid, tid);
+  EXPECT_EQ(done["status"], "completed") << done.dump();
+  EXPECT_EQ(Stats(tools_)["effects_applied"], 1);
+  Json decided = EventsOf(Events(sid), "tool_call.approval_decided");
+  ASSERT_EQ(decided.size(), 1u);
+  EXPECT_EQ(decided[0]["data"]["principal_id"], amy);
+  EXPECT_EQ(decided[0]["data"]["decision"], "approve");
+  // A second approval of the same call is refused.
+  EXPECT_EQ(Call("POST", Url(approvals), {{"call_id", call_id}, {"decision", "approve"}}, As(ak)).status,
+            409);
+
+  // Denied: the model is told, the tool never runs.
+  Reply held2 = Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                     {{"input", "call effect {\"n\":2}"}, {"wait", true}}, As(vk));
+  ASSERT_EQ(held2.body["status"], "requires_action");
+  std::string tid2 = held2.body["id"];
+  std::string call2 = EventsOf(Events(sid), "tool_call.approval_requested")[1]["data"]["call_id"];
+  Reply no = Call("POST", Url("/v1/sessions/" + sid + "/turns/" + tid2 + "/approvals"),
+                  {{"call_id", call2}, {"decision", "deny"}, {"reason", "not today"}}, As(ak));
+  ASSERT_EQ(no.status, 200) << no.raw;
+  EXPECT_EQ(WaitTurn(sid, tid2)["status"], "completed");
+  Json failed = EventsOf(Events(sid), "tool_call.failed");
+  ASSERT_FALSE(failed.empty());
+  EXPECT_EQ(failed.back()["data"]["error"]["code"], "approval_denied");
+  EXPECT_NE(failed.back()["data"]["error"]["message"].get<std::string>().find("not today"),
+            std::string::npos);
+  EXPECT_EQ(Stats(tools_)["effects_applied"], 1);
+  // The echo tool needs no approval.
+  Reply free = Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                    {{"input", "call echo {}"}, {"wait", true}}, As(vk));
+  EXPECT_EQ(free.body["status"], "completed");
+
+  // Both decisions are in the tenant's audit chain.
+  Reply log = Call("GET", Url("/v1/audit?tenant_id=" + t + "&action=tools:Approve"));
+  ASSERT_EQ(log.status, 200);
+  std::vector<std::string> results;
+  for (const auto& e : log.body["data"]) results.push_back(e["result"]);
+  EXPECT_NE(std::find(results.begin(), results.end(), "approved"), results.end()) << log.raw;
+  EXPECT_NE(std::find(results.begin(), results.end(), "denied"), results.end()) << log.raw;
+  // A statement may ask for approval only when it allows.
+  Json bad = tools;
+  bad["statements"][0]["effect"] = "deny";
+  bad["statements"][0]["approval"] = "required";
+  Reply refused = Call("POST", Url("/v1/principals"),
+                       {{"tenant_id", t}, {"name", "zed"}, {"kind", "user"},
+                        {"policies", Json::array({bad})}});
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_NE(refused.body.value("detail", "").find("statements[0].approval"), std::string::npos)
+      << refused.raw;
+}
+
 }  // namespace
 }  // namespace agentd::testing

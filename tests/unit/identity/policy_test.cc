@@ -906,3 +906,55 @@ TEST(PolicyIntersection, BothSidesMustAllow) {
 
 }  // namespace
 }  // namespace agentd::identity
+
+namespace agentd::identity {
+namespace {
+
+TEST(PolicyApproval, AnyApplyingAllowThatAsksForApprovalHoldsTheRequest) {
+  Request r = SessionRequest("tools:Call", "agentd:acme:tool/a-helper/pay");
+  Policy plain = MustParse(Doc(R"({"sid": "all-tools", "effect": "allow",
+                                   "actions": ["tools:Call"], "resources": ["*"]})"));
+  // The asking statement comes second: it still holds the call.
+  Policy asking = MustParse(Doc(R"({"sid": "all-tools", "effect": "allow",
+                                    "actions": ["tools:Call"], "resources": ["*"]},
+                                   {"sid": "pay", "effect": "allow", "actions": ["tools:Call"],
+                                    "resources": ["agentd:acme:tool/*/pay"],
+                                    "approval": "required"})"));
+  Decision d = Decide({&plain}, r);
+  EXPECT_TRUE(d.allowed());
+  EXPECT_FALSE(d.requires_approval);
+  d = Decide({&asking}, r);
+  EXPECT_TRUE(d.allowed());
+  EXPECT_TRUE(d.requires_approval);
+  EXPECT_EQ(d.sid, "all-tools");
+  // Another tool is not held; a condition that does not hold does not hold it either.
+  EXPECT_FALSE(Decide({&asking}, SessionRequest("tools:Call", "agentd:acme:tool/a/read")).requires_approval);
+  Policy conditional = MustParse(Doc(R"({"effect": "allow", "actions": ["tools:Call"],
+                                         "resources": ["*"]},
+                                        {"effect": "allow", "actions": ["tools:Call"],
+                                         "resources": ["*"], "approval": "required",
+                                         "conditions": {"NumericGreaterThan":
+                                                        {"tool.arguments.amount": 1000}}})"));
+  EXPECT_FALSE(Decide({&conditional}, r).requires_approval);  // amount is 250
+  // Either side of an intersection may ask; a denial is never "held".
+  IntersectionDecision both = DecideIntersection({&plain}, {&asking}, r);
+  EXPECT_TRUE(both.allowed());
+  EXPECT_TRUE(both.requires_approval);
+  Policy none;
+  IntersectionDecision denied = DecideIntersection({&none}, {&asking}, r);
+  EXPECT_FALSE(denied.allowed());
+  EXPECT_FALSE(denied.requires_approval);
+}
+
+TEST(PolicyApproval, OnlyAllowStatementsMayAskAndOnlyWithRequired) {
+  EXPECT_EQ(ParseError(Doc(R"({"effect": "deny", "actions": ["tools:Call"], "resources": ["*"],
+                               "approval": "required"})")),
+            "'statements[0].approval': is only for statements that allow");
+  EXPECT_NE(ParseError(Doc(R"({"effect": "allow", "actions": ["tools:Call"], "resources": ["*"],
+                               "approval": true})"))
+                .find("must be \"required\""),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace agentd::identity
