@@ -331,7 +331,9 @@ Status Api::Authorize(const http::Request& req, const std::vector<std::string>& 
         return NotFound(fmt::format("tenant {} not found", seg[2]));
       }
       missing = fmt::format("tenant {} not found", seg[2]);
-      set("tenants:Read", seg[2], "tenant", seg[2]);
+      // The kill switch: every queued and running turn of the tenant.
+      const bool cancel = seg.size() == 4 && seg[3] == "cancel-turns";
+      set(cancel ? "sessions:Cancel" : "tenants:Read", seg[2], "tenant", seg[2]);
     }
   } else if (col == "principals") {
     if (seg.size() == 2 && m == "POST") {
@@ -606,6 +608,12 @@ void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<
   if (seg.size() == 3 && seg[1] == "tenants") {
     if (m != "GET") return method_not_allowed("GET");
     return reply(directory_->GetTenant(seg[2]));
+  }
+  if (seg.size() == 4 && seg[1] == "tenants" && seg[3] == "cancel-turns") {
+    if (m != "POST") return method_not_allowed("POST");
+    engine::CancelFilter filter;
+    filter.tenant_id = seg[2];
+    return reply(engine_->CancelTurns(filter));
   }
   if (seg.size() == 2 && seg[1] == "principals") {
     if (m == "POST") {

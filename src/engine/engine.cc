@@ -498,32 +498,18 @@ Result<Json> Engine::CancelTurns(const CancelFilter& filter) {
     ASSIGN_OR_RETURN(auto agent, store_->GetAgent(filter.agent_id, 0));
     if (!agent) return NotFound(fmt::format("agent '{}' not found", filter.agent_id));
   }
-  // The tenant a session belongs to, once sessions carry one.
-  auto tenant_of = [](const auto& row) -> std::optional<std::string> {
-    if constexpr (requires { row.tenant_id; }) {
-      return row.tenant_id;
-    } else {
-      return std::nullopt;
-    }
-  };
   std::vector<std::string> ids;
   // Only sessions with an open turn: running (or queued), or waiting for someone.
   for (const char* status : {"running", "requires_action", "needs_attention"}) {
     store::SessionFilter f;
     f.agent_id = filter.agent_id;
+    f.tenant_id = filter.tenant_id;
     f.status = status;
     store::Page page;
     page.limit = 500;
     while (true) {
       ASSIGN_OR_RETURN(auto rows, store_->ListSessions(f, page));
-      for (const auto& row : rows.first) {
-        if (!filter.tenant_id.empty()) {
-          std::optional<std::string> tenant = tenant_of(row);
-          if (!tenant) return InvalidArgument("sessions do not carry a tenant on this agentd");
-          if (*tenant != filter.tenant_id) continue;
-        }
-        ids.push_back(row.id);
-      }
+      for (const auto& row : rows.first) ids.push_back(row.id);
       if (rows.second.empty()) break;
       page.cursor = rows.second;
     }

@@ -79,9 +79,7 @@ struct EngineOptions {
 // Which sessions' turns CancelTurns cancels. An empty field matches any session.
 struct CancelFilter {
   std::string agent_id;
-  // Matched against the session's tenant (store::SessionRow::tenant_id); while sessions
-  // carry no tenant, a non-empty tenant_id is refused rather than matching everything.
-  std::string tenant_id;
+  std::string tenant_id;  // every session of the tenant (and of the agent, when both are set)
 };
 
 using SandboxDrivers = std::map<std::string, sandbox::SandboxDriver*>;

@@ -1278,5 +1278,44 @@ TEST_F(IdentityTest, PolicyCanHoldAToolCallForApprovalWhichIsJournaledAndAudited
       << refused.raw;
 }
 
+TEST_F(IdentityTest, AnOperatorCancelsEveryTurnOfATenantInOneCall) {
+  std::string acme = NewTenant("acme"), beta = NewTenant("beta");
+  Json all = OwnTenant({"agents:*", "sessions:Create", "sessions:Invoke", "sessions:Read",
+                        "tools:Call"});
+  std::string ak = NewKey(NewPrincipal(acme, "alice", Json::array({all})));
+  std::string bk = NewKey(NewPrincipal(beta, "bob", Json::array({all})));
+  Json slow = HttpTool("slow", "/slow?ms=30000", true);
+  slow["timeout_ms"] = 60000;
+  Json body = AgentBody();
+  body["tools"] = Json::array({slow});
+  auto start = [&](const std::string& key) {
+    std::string aid = Call("POST", Url("/v1/agents"), body, As(key)).body["id"];
+    std::string sid = Call("POST", Url("/v1/sessions"), {{"agent_id", aid}}, As(key)).body["id"];
+    Reply t = Call("POST", Url("/v1/sessions/" + sid + "/turns"), {{"input", "call slow {}"}},
+                   As(key));
+    EXPECT_EQ(t.status, 202) << t.raw;
+    return std::make_pair(sid, t.body.value("id", ""));
+  };
+  auto [a1, ta1] = start(ak);
+  auto [a2, ta2] = start(ak);
+  auto [b1, tb1] = start(bk);
+  for (const auto& sid : {a1, a2, b1}) {
+    for (int i = 0; i < 500 && EventsOf(Events(sid), "tool_call.started").empty(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  // Alice may not stop her whole tenant; Bob cannot even see Acme.
+  EXPECT_EQ(Call("POST", Url("/v1/tenants/" + acme + "/cancel-turns"), Json(), As(ak)).status, 403);
+  EXPECT_EQ(Call("POST", Url("/v1/tenants/" + acme + "/cancel-turns"), Json(), As(bk)).status, 404);
+  Reply c = Call("POST", Url("/v1/tenants/" + acme + "/cancel-turns"));
+  ASSERT_EQ(c.status, 200) << c.raw;
+  EXPECT_EQ(c.body["cancelled"], 2) << c.raw;
+  EXPECT_EQ(WaitTurn(a1, ta1, std::chrono::seconds(10))["status"], "cancelled");
+  EXPECT_EQ(WaitTurn(a2, ta2, std::chrono::seconds(10))["status"], "cancelled");
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + b1 + "/turns/" + tb1)).body["status"], "running");
+  EXPECT_EQ(Call("POST", Url("/v1/tenants/" + beta + "/cancel-turns")).body["cancelled"], 1);
+  EXPECT_EQ(WaitTurn(b1, tb1, std::chrono::seconds(10))["status"], "cancelled");
+}
+
 }  // namespace
 }  // namespace agentd::testing
