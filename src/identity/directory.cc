@@ -15,6 +15,7 @@
 
 #include "common/base64.h"
 #include "common/ids.h"
+#include "identity/key_file.h"
 
 namespace agentd::identity {
 
@@ -27,57 +28,6 @@ constexpr size_t kMaxGroups = 100;
 constexpr size_t kMaxPolicies = 20;
 constexpr size_t kMaxAttributesBytes = 16 * 1024;
 constexpr size_t kMaxCredentialBytes = 8 * 1024;
-
-// Writes `bytes` to `path` readable by its owner only. Never replaces an existing file.
-Status WritePrivateFile(const std::string& path, std::string_view bytes) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return Unavailable(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
-  }
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n <= 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(path.c_str());
-      return Unavailable(fmt::format("cannot write {}: {}", path, std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  if (!synced) return Unavailable(fmt::format("cannot sync {}", path));
-  return Status::OK();
-}
-
-// The pepper that keys API-key hashes: created once, then read at every start.
-Result<std::string> LoadOrCreatePepper(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0 && errno == ENOENT) {
-    std::string pepper(kPepperBytes, '\0');
-    randombytes_buf(pepper.data(), pepper.size());
-    RETURN_IF_ERROR(WritePrivateFile(path, Base64Encode(pepper, Base64Variant::kUrlNoPadding)));
-    return pepper;
-  }
-  if (fd < 0) return Unavailable(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
-  struct stat st {};
-  char buf[128];
-  ssize_t n = ::fstat(fd, &st) == 0 ? ::read(fd, buf, sizeof buf) : -1;
-  ::close(fd);
-  if (n < 0) return Unavailable(fmt::format("cannot read {}", path));
-  if ((st.st_mode & 077) != 0) {
-    return FailedPrecondition(fmt::format(
-        "{} is readable by others (mode {:o}); make it 0600", path, st.st_mode & 0777));
-  }
-  std::string text(buf, static_cast<size_t>(n));
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  auto pepper = Base64Decode(text, Base64Variant::kUrlNoPadding);
-  if (!pepper.ok() || pepper->size() != kPepperBytes) {
-    return FailedPrecondition(fmt::format("{} is damaged: not a 32-byte key", path));
-  }
-  return std::move(pepper).value();
-}
 
 Result<std::vector<std::string>> StringList(const Json* v, const std::string& field,
                                             size_t max_items, size_t max_len) {
@@ -149,7 +99,8 @@ Result<std::unique_ptr<Directory>> Directory::Open(store::Store* store, Clock* c
                       options.jwt->jwks.empty())) {
     return InvalidArgument("JWT sign-in needs an issuer, an audience and a key set");
   }
-  ASSIGN_OR_RETURN(std::string pepper, LoadOrCreatePepper(options.data_dir + "/api-key.pepper"));
+  ASSIGN_OR_RETURN(std::string pepper,
+                   LoadOrCreateKeyFile(options.data_dir + "/api-key.pepper", kPepperBytes));
   std::unique_ptr<Directory> d(new Directory(store, clock, std::move(options), std::move(pepper)));
   // A key set in a file is there now or never: a missing or broken one stops the start. A
   // URL may be unreachable for a while; it is fetched when the first token comes.

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "common/base64.h"
+#include "identity/key_file.h"
 
 namespace agentd::identity {
 
@@ -28,55 +29,6 @@ struct Wipe {
   std::string& s;
   ~Wipe() { sodium_memzero(s.data(), s.size()); }
 };
-
-Status CreateMasterKey(const std::string& path, std::string* key) {
-  key->assign(kMasterKeyBytes, '\0');
-  randombytes_buf(key->data(), key->size());
-  std::string text = Base64Encode(*key, Base64Variant::kUrlNoPadding) + "\n";
-  Wipe wipe_text{text};
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return Unavailable(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
-  }
-  bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
-  bool synced = written && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!synced) {
-    ::unlink(path.c_str());
-    return Unavailable(fmt::format("cannot write {}", path));
-  }
-  return Status::OK();
-}
-
-// The master key: the file's 32 bytes, raw or as unpadded URL-safe base64.
-Result<std::string> LoadOrCreateMasterKey(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0 && errno == ENOENT) {
-    std::string key;
-    RETURN_IF_ERROR(CreateMasterKey(path, &key));
-    return key;
-  }
-  if (fd < 0) return Unavailable(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
-  struct stat st {};
-  char buf[128];
-  ssize_t n = ::fstat(fd, &st) == 0 ? ::read(fd, buf, sizeof buf) : -1;
-  ::close(fd);
-  if (n < 0) return Unavailable(fmt::format("cannot read {}", path));
-  std::string text(buf, static_cast<size_t>(n));
-  sodium_memzero(buf, sizeof buf);
-  Wipe wipe_text{text};
-  if ((st.st_mode & 077) != 0) {
-    return FailedPrecondition(fmt::format(
-        "{} is readable by others (mode {:o}); make it 0600", path, st.st_mode & 0777));
-  }
-  if (text.size() == kMasterKeyBytes) return std::string(text);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  auto key = Base64Decode(text, Base64Variant::kUrlNoPadding);
-  if (!key.ok() || key->size() != kMasterKeyBytes) {
-    return FailedPrecondition(fmt::format("{} is not a 32-byte key", path));
-  }
-  return std::move(key).value();
-}
 
 std::string AssociatedData(const std::string& tenant_id, const std::string& name) {
   std::string ad = tenant_id;
@@ -112,7 +64,7 @@ Vault::~Vault() { sodium_memzero(master_key_.data(), master_key_.size()); }
 Result<std::unique_ptr<Vault>> Vault::Load(store::Store* store, Clock* clock,
                                            VaultOptions options) {
   if (sodium_init() < 0) return Internal("libsodium failed to initialise");
-  ASSIGN_OR_RETURN(std::string key, LoadOrCreateMasterKey(options.master_key_file));
+  ASSIGN_OR_RETURN(std::string key, LoadOrCreateKeyFile(options.master_key_file, kMasterKeyBytes));
   return std::unique_ptr<Vault>(new Vault(store, clock, std::move(key)));
 }
 
