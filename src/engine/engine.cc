@@ -1097,6 +1097,15 @@ Result<SubmitResult> Engine::SubmitTurn(const std::string& session_id, const Jso
   return out;
 }
 
+Result<Json> Engine::AnswerTurnLocked(const std::shared_ptr<Actor>& a,
+                                      const std::string& turn_id, Status staged) {
+  if (staged.ok()) staged = FlushLocked(*a);
+  if (!staged.ok()) return staged;
+  const TurnState& t = a->state.open_turns.at(turn_id);
+  if (t.status == "running") StartWorkerLocked(a);
+  return journal::TurnObject(a->id, t);
+}
+
 Result<Json> Engine::SubmitApproval(const std::string& session_id, const std::string& turn_id,
                                     const Json& body, const std::string& principal_id) {
   FieldReader r(body, "");
@@ -1146,14 +1155,7 @@ Result<Json> Engine::SubmitApproval(const std::string& session_id, const std::st
       }
       if (st.ok()) st = Stage(*a, ev::kToolCallApprovalDecided, turn_id, std::move(data));
     }
-    if (st.ok()) st = FlushLocked(*a);
-    if (st.ok()) {
-      auto again = s.open_turns.find(turn_id);
-      out = journal::TurnObject(a->id, again->second);
-      if (again->second.status == "running") StartWorkerLocked(a);
-    } else {
-      out = st;
-    }
+    out = AnswerTurnLocked(a, turn_id, st);
   }
   Release(a);
   return out;
@@ -1217,14 +1219,7 @@ Result<Json> Engine::SubmitToolOutputs(const std::string& session_id, const std:
                  {{"call_id", call_id}, {"output", output}, {"is_error", false},
                   {"source", "client"}});
     }
-    if (st.ok()) st = FlushLocked(*a);
-    if (st.ok()) {
-      auto again = s.open_turns.find(turn_id);
-      out = journal::TurnObject(a->id, again->second);
-      if (again->second.status == "running") StartWorkerLocked(a);
-    } else {
-      out = st;
-    }
+    out = AnswerTurnLocked(a, turn_id, st);
   }
   Release(a);
   return out;

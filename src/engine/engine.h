@@ -199,6 +199,11 @@ class Engine {
   Status Stage(Actor& a, std::string_view type, const std::string& turn_id, Json data);
   Status FlushLocked(Actor& a);
   void StartWorkerLocked(const std::shared_ptr<Actor>& a);
+  // After tool outputs or an approval were staged for an open turn (`staged` says whether
+  // staging worked): commits them, starts the worker when the turn runs again and returns
+  // the turn. a->mu held.
+  Result<Json> AnswerTurnLocked(const std::shared_ptr<Actor>& a, const std::string& turn_id,
+                                Status staged);
   // Starts a worker for a session with unfinished work (after a restart or an import).
   void Resume(const std::string& session_id);
   void Drive(std::shared_ptr<Actor> a);
