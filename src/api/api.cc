@@ -172,27 +172,36 @@ Api::Api(ApiOptions options, engine::Engine* engine, identity::Directory* direct
 
 namespace {
 
-// Passes everything through and remembers the status answered, for the audit record.
+// Passes everything through, calling `before_answer` with the status first, once: the
+// request's audit entry is durable before the client sees any answer.
 class RecordingExchange final : public http::Exchange {
  public:
-  explicit RecordingExchange(http::Exchange& inner) : inner_(inner) {}
+  RecordingExchange(http::Exchange& inner, std::function<void(int status)> before_answer)
+      : inner_(inner), before_answer_(std::move(before_answer)) {}
   void Respond(http::Response response) override {
-    status_ = response.status;
+    Answering(response.status);
     inner_.Respond(std::move(response));
   }
   bool StartStream(int status, std::string content_type,
                    std::vector<std::pair<std::string, std::string>> headers) override {
-    status_ = status;
+    Answering(status);
     return inner_.StartStream(status, std::move(content_type), std::move(headers));
   }
   bool Write(std::string_view chunk) override { return inner_.Write(chunk); }
   void EndStream() override { inner_.EndStream(); }
   bool Stopping() const override { return inner_.Stopping(); }
-  int status() const { return status_; }
+  bool answered() const { return answered_; }
 
  private:
+  void Answering(int status) {
+    if (answered_) return;
+    answered_ = true;
+    before_answer_(status);
+  }
+
   http::Exchange& inner_;
-  int status_ = 0;
+  std::function<void(int)> before_answer_;
+  bool answered_ = false;
 };
 
 std::string ResourceName(const std::string& tenant, std::string_view type,
@@ -241,10 +250,13 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     return ex.Respond(std::move(r));
   }
 
-  RecordingExchange rec(ex);
   RequestRecord record;
   record.method = m;
   record.path = req.path;
+  RecordingExchange rec(ex, [&](int status) {
+    record.status = status;
+    if (audit_) audit_(record);
+  });
   auto who = directory_->Authenticate(req.Header("authorization"));
   if (!who.ok()) {
     record.action = "auth:Authenticate";
@@ -270,8 +282,11 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       Route(req, rec, seg, p);
     }
   }
-  record.status = rec.status();
-  if (audit_) audit_(record);
+  if (!rec.answered()) {
+    // Every route answers; a request that somehow did not is still on the record.
+    spdlog::error("{} {}: no answer", m, req.path);
+    rec.Respond(Problem(500, "internal", "the request got no answer"));
+  }
 }
 
 Status Api::Authorize(const http::Request& req, const std::vector<std::string>& seg,
@@ -350,11 +365,33 @@ Status Api::Authorize(const http::Request& req, const std::vector<std::string>& 
       auto t = directory_->PrincipalTenant(seg[2]);
       if (!t.ok()) return t.status();
       missing = fmt::format("principal {} not found", seg[2]);
-      std::string action = "principals:Read";
+      std::string action = read_or("PATCH", "principals:Update", "principals:Read");
       if (seg.size() >= 4 && seg[3] == "api-keys" && m == "POST") {
         action = "principals:CreateApiKey";
       }
       set(action, *t, "principal", seg[2]);
+    }
+  } else if ((col == "groups" || col == "roles") && seg.size() <= 3) {
+    const std::string kind = col == "groups" ? "group" : "role";
+    const std::string prefix = col + ":";
+    if (seg.size() == 2 && m == "POST") {
+      auto b = Body(req);
+      if (!b.ok()) return b.status();
+      const std::string* t = FindString(*b, "tenant_id");
+      std::string tenant = t != nullptr ? *t : own;
+      missing = fmt::format("tenant {} not found", tenant);
+      if (!directory_->TenantExists(tenant)) return NotFound(missing);
+      set(prefix + "Create", tenant, kind, "*");
+    } else if (seg.size() == 2) {
+      set(prefix + "Read", own, kind, "*");
+    } else {
+      auto t = directory_->PolicySetTenant(kind, seg[2]);
+      if (!t.ok()) return t.status();
+      missing = fmt::format("{} {} not found", kind, seg[2]);
+      std::string action = prefix + "Read";
+      if (m == "PUT") action = prefix + "Update";
+      if (m == "DELETE") action = prefix + "Delete";
+      set(action, *t, kind, seg[2]);
     }
   } else if (col == "api-keys" && seg.size() == 3) {
     auto t = directory_->ApiKeyTenant(seg[2]);
@@ -436,7 +473,7 @@ void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<
                 {{"Location", fmt::format("/v1/{}/{}", collection, id)}}});
   };
   if (IsImportRequest(m, req.path)) return HandleImport(req, ex, caller);
-  if ((m == "POST" || m == "PUT") && !req.body.empty() && !JsonContentType(req)) {
+  if ((m == "POST" || m == "PUT" || m == "PATCH") && !req.body.empty() && !JsonContentType(req)) {
     return ex.Respond(Problem(415, "unsupported_media_type",
                               fmt::format("Content-Type '{}' is not supported; send "
                                           "application/json",
@@ -629,8 +666,31 @@ void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<
     return method_not_allowed("GET, POST");
   }
   if (seg.size() == 3 && seg[1] == "principals") {
-    if (m != "GET") return method_not_allowed("GET");
-    return reply(directory_->GetPrincipal(seg[2]));
+    if (m == "GET") return reply(directory_->GetPrincipal(seg[2]));
+    if (m != "PATCH") return method_not_allowed("GET, PATCH");
+    auto b = body();
+    if (!b.ok()) return reply(b.status());
+    return reply(directory_->UpdatePrincipal(seg[2], *b));
+  }
+  if (seg[1] == "groups" || seg[1] == "roles") {
+    const std::string kind = seg[1] == "groups" ? "group" : "role";
+    if (seg.size() == 2) {
+      if (m == "POST") {
+        auto b = body();
+        if (!b.ok()) return reply(b.status());
+        return created(directory_->CreatePolicySet(kind, who.tenant_id, *b), seg[1]);
+      }
+      if (m != "GET") return method_not_allowed("GET, POST");
+      auto p = PageQuery(req);
+      if (!p.ok()) return reply(p.status());
+      return reply(directory_->ListPolicySets(kind, who.tenant_id, *p));
+    }
+    if (m == "GET") return reply(directory_->GetPolicySet(kind, seg[2]));
+    if (m == "DELETE") return reply(directory_->DeletePolicySet(kind, seg[2]));
+    if (m != "PUT") return method_not_allowed("DELETE, GET, PUT");
+    auto b = body();
+    if (!b.ok()) return reply(b.status());
+    return reply(directory_->ReplacePolicySet(kind, seg[2], *b));
   }
   if (seg.size() == 4 && seg[1] == "principals" && seg[3] == "api-keys") {
     if (m != "POST") return method_not_allowed("POST");
@@ -749,7 +809,18 @@ void Api::HandleSimulate(const http::Request& req, http::Exchange& ex,
   identity::Decision d = identity::Decide(subject->PolicyPointers(), q);
   Json statement = nullptr;
   if (d.policy_index >= 0) {
-    statement = {{"policy_index", d.policy_index},
+    // Which set it came from: the principal's own policies, or a group's or role's.
+    int index = d.policy_index;
+    std::string source;
+    for (const auto& set : subject->policy_sets) {
+      if (index < static_cast<int>(set->policies.size())) {
+        source = set->source;
+        break;
+      }
+      index -= static_cast<int>(set->policies.size());
+    }
+    statement = {{"source", source},
+                 {"policy_index", index},
                  {"statement_index", d.statement_index},
                  {"sid", d.sid.empty() ? Json(nullptr) : Json(d.sid)}};
   }

@@ -48,7 +48,9 @@ class Api {
  public:
   // `ready` tells /readyz whether start-up (recovery) is complete.
   // Every request but /healthz, /readyz and /.well-known/ is authenticated by `directory`
-  // and decided by policy; `audit` then learns what was asked, decided and answered.
+  // and decided by policy; `audit` learns what was asked, decided and answered just before
+  // the answer is sent (it blocks until the entry is durable, so no client sees an answer
+  // whose entry a crash could lose).
   // `audit_log` serves GET /v1/audit; `signing_key` is published at /.well-known/jwks.json.
   Api(ApiOptions options, engine::Engine* engine, identity::Directory* directory,
       audit::AuditLog* audit_log, const identity::SigningKey* signing_key,

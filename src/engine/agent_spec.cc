@@ -165,15 +165,15 @@ Status ParseMcpServer(FieldReader& r, const std::string& path, ToolDef* t) {
   const Json* command = nullptr;
   RETURN_IF_ERROR(r.Value("command", &command, false));
   RETURN_IF_ERROR(r.String("url", &t->url, false, 2048));
-  for (const char* key : {"secret_headers", "secret_env"}) {
+  {
     const Json* refs = nullptr;
-    RETURN_IF_ERROR(r.Value(key, &refs, false));
+    RETURN_IF_ERROR(r.Value("secret_env", &refs, false));
     if (refs != nullptr) {
-      // A server's connection outlives one call, so it cannot be given a secret per call.
+      // A stdio server's process outlives one call, so it cannot be given a secret per call.
       return InvalidArgument(fmt::format(
-          "'{}.{}': mcp servers cannot take secrets; only http tools (secret_headers) and the "
-          "exec built-in (secret_env) can",
-          path, key));
+          "'{}.secret_env': mcp servers take secrets as headers over Streamable HTTP "
+          "(secret_headers); the environment of a stdio server cannot",
+          path));
     }
   }
   if ((command != nullptr) == !t->url.empty()) {
@@ -195,6 +195,7 @@ Status ParseMcpServer(FieldReader& r, const std::string& path, ToolDef* t) {
     return InvalidArgument(fmt::format("'{}.url' must be an http:// or https:// URL", path));
   } else {
     RETURN_IF_ERROR(ParseStringMap(r, path, "headers", &t->headers));
+    RETURN_IF_ERROR(ParseSecretRefs(r, path, "secret_headers", false, &t->secret_headers));
   }
   t->timeout_ms = 60000;
   RETURN_IF_ERROR(r.Int("timeout_ms", &t->timeout_ms, false, 1, 3600000));
@@ -405,6 +406,7 @@ Json AgentSpec::ToJson() const {
       } else {
         tj["url"] = t.url;
         tj["headers"] = t.headers;
+        if (!t.secret_headers.empty()) tj["secret_headers"] = SecretRefsJson(t.secret_headers);
       }
     }
     tools_json.push_back(std::move(tj));

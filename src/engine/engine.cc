@@ -848,16 +848,20 @@ void Engine::RedactSecrets(std::string* text, const std::vector<ToolSecret>& sec
   }
 }
 
-std::string Engine::ToolTokenLocked(const Actor& a, const TurnState& t,
-                                    const std::string& audience) const {
-  if (options_.signing_key == nullptr) return "";
+std::string Engine::ToolToken(const Actor& a, const std::string& principal_id,
+                              const std::string& audience) const {
   identity::ToolTokenClaims c;
-  c.issuer = options_.token_issuer;
   c.tenant = a.tenant_id;
-  c.subject = t.principal_id;
+  c.subject = principal_id;
   c.actor = a.agent.id;
   c.session_id = a.id;
   c.audience = audience;
+  return MintBearer(std::move(c));
+}
+
+std::string Engine::MintBearer(identity::ToolTokenClaims c) const {
+  if (options_.signing_key == nullptr) return "";
+  c.issuer = options_.token_issuer;
   c.issued_at = clock_->NowMillis() / 1000;
   return "Bearer " + identity::MintToolToken(*options_.signing_key, c);
 }
@@ -1432,8 +1436,9 @@ void Engine::CallModelLocked(const std::shared_ptr<Actor>& a, std::unique_lock<s
   std::vector<model::ToolSpec> mcp_tools;
   if (a->agent.UsesMcp()) {
     std::string manifest = a->state.workspace_manifest;
+    std::string turn = a->state.current_turn;
     lock.unlock();
-    mcp_tools = ListMcpTools(a, manifest);
+    mcp_tools = ListMcpTools(a, manifest, turn);
     lock.lock();
     if (a->deleted || abandon_.load() || !a->cancel_turn.empty() || draining_) return;
   }
@@ -1685,14 +1690,24 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
   } else if (tool->type == "mcp") {
     std::string manifest = s.workspace_manifest;
     const ToolDef server = *tool;
+    std::vector<std::pair<std::string, std::string>> headers;
+    if (!server.url.empty()) {
+      // As for an http tool: a token for this call, the secrets for this call.
+      if (std::string token = ToolToken(*a, t->principal_id, server.url); !token.empty()) {
+        headers.emplace_back("Authorization", std::move(token));
+      }
+      for (const auto& secret : secrets) {
+        if (!secret.env) headers.emplace_back(secret.target, secret.value);
+      }
+    }
     lock.unlock();
-    out = RunMcp(a, server, mcp_tool, args, manifest, turn_id, call_id);
+    out = RunMcp(a, server, mcp_tool, args, manifest, turn_id, call_id, std::move(headers));
     lock.lock();
   } else {
     tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent, {}};
     // Who the call is for, in a token minted for this call and this tool alone; the caller's
     // own credential never leaves agentd.
-    if (std::string token = ToolTokenLocked(*a, *t, tool->url); !token.empty()) {
+    if (std::string token = ToolToken(*a, t->principal_id, tool->url); !token.empty()) {
       spec.headers.emplace_back("Authorization", std::move(token));
     }
     for (const auto& secret : secrets) {
@@ -1979,7 +1994,8 @@ Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string&
     }
     ss->driver = d->second;
     if (!on_host && !manifest.empty()) {
-      auto restored = sandbox::workspace::RestoreBlocking(manifest, *store_, ss->box->workspace());
+      auto restored = sandbox::workspace::RestoreBlocking(manifest, *store_, a->tenant_id,
+                                                          ss->box->workspace());
       if (!restored.ok()) {
         ss->dirty = true;  // keep the root for inspection rather than discarding it
         return unavailable("the workspace could not be restored: " + restored.status().message());
@@ -2088,7 +2104,8 @@ bool UrlHostPort(const std::string& url, std::string* host, uint16_t* port) {
 
 Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>& a,
                                                     const ToolDef& def,
-                                                    const std::string& manifest) {
+                                                    const std::string& manifest,
+                                                    const std::string& turn_id) {
   {
     std::lock_guard lock(a->mu);
     auto it = a->mcp.find(def.name);
@@ -2169,7 +2186,45 @@ Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>
       ASSIGN_OR_RETURN(std::string value, ResolveValue(def.name, k, v));
       target.headers.emplace_back(k, std::move(value));
     }
-    ASSIGN_OR_RETURN(client, tools::mcp::McpClient::ConnectHttpBlocking(options, target));
+    // Who the connection acts for: the principal of the turn that opens it. Every request
+    // gets a token minted for it (tokens live minutes, connections longer); the secrets
+    // are opened once, for that principal, under the policy, and audited.
+    std::string principal_id;
+    std::vector<ToolSecret> secrets;
+    {
+      std::lock_guard lock(a->mu);
+      auto t = a->state.open_turns.find(turn_id);
+      if (t == a->state.open_turns.end()) {
+        return FailedPrecondition(
+            fmt::format("MCP server '{}': no turn to connect for", def.name));
+      }
+      principal_id = t->second.principal_id;
+      if (auto refused = OpenToolSecretsLocked(*a, t->second, "", def, &secrets)) {
+        FlushLocked(*a).IgnoreError();
+        return PermissionDenied(fmt::format("MCP server '{}': {}", def.name, refused->message));
+      }
+      if (!secrets.empty()) RETURN_IF_ERROR(FlushLocked(*a));  // audited before used
+    }
+    for (const auto& secret : secrets) {
+      std::erase_if(target.headers, [&](const auto& h) {
+        return strcasecmp(h.first.c_str(), secret.target.c_str()) == 0;
+      });
+      target.headers.emplace_back(secret.target, secret.value);
+    }
+    if (options_.signing_key != nullptr) {
+      identity::ToolTokenClaims claims;
+      claims.tenant = a->tenant_id;
+      claims.subject = principal_id;
+      claims.actor = a->agent.id;
+      claims.session_id = a->id;
+      claims.audience = def.url;
+      target.fresh_headers = [this, claims]() -> std::vector<std::pair<std::string, std::string>> {
+        return {{"Authorization", MintBearer(claims)}};
+      };
+    }
+    auto connected = tools::mcp::McpClient::ConnectHttpBlocking(options, target);
+    for (auto& h : target.headers) sodium_memzero(h.second.data(), h.second.size());
+    ASSIGN_OR_RETURN(client, std::move(connected));
   }
   std::lock_guard lock(a->mu);
   auto& slot = a->mcp[def.name];
@@ -2178,12 +2233,13 @@ Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>
 }
 
 std::vector<model::ToolSpec> Engine::ListMcpTools(const std::shared_ptr<Actor>& a,
-                                                  const std::string& manifest) {
+                                                  const std::string& manifest,
+                                                  const std::string& turn_id) {
   std::vector<model::ToolSpec> specs;
   std::map<std::string, Json> schemas;
   for (const auto& def : a->agent.tools) {
     if (def.type != "mcp") continue;
-    auto client = McpClientFor(a, def, manifest);
+    auto client = McpClientFor(a, def, manifest, turn_id);
     Result<std::vector<tools::mcp::McpTool>> listed =
         client.ok() ? (*client)->ListToolsBlocking() : Result<std::vector<tools::mcp::McpTool>>(client.status());
     if (!listed.ok()) {
@@ -2210,8 +2266,9 @@ std::vector<model::ToolSpec> Engine::ListMcpTools(const std::shared_ptr<Actor>& 
 tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef& server,
                                   const std::string& tool, const Json& args,
                                   const std::string& manifest, const std::string& turn_id,
-                                  const std::string& call_id) {
-  auto client = McpClientFor(a, server, manifest);
+                                  const std::string& call_id,
+                                  std::vector<std::pair<std::string, std::string>> headers) {
+  auto client = McpClientFor(a, server, manifest, turn_id);
   if (!client.ok()) return NotSent(client.status().message());
   if (!server.command.empty()) {
     std::lock_guard lock(a->mu);
@@ -2219,6 +2276,7 @@ tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef
   }
   tools::mcp::CallOptions options;
   options.timeout = std::chrono::milliseconds(server.timeout_ms);
+  options.headers = std::move(headers);
   Actor* raw = a.get();
   options.should_abort = [this, raw] { return ShouldAbort(*raw); };
   // The server's progress reports reach the journal (and so every event stream) as they
@@ -2240,6 +2298,7 @@ tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef
     }
   };
   auto result = (*client)->CallToolBlocking(tool, args, options);
+  for (auto& h : options.headers) sodium_memzero(h.second.data(), h.second.size());
   tools::ToolOutcome out;
   if (!result.ok()) {
     const Status& st = result.status();
@@ -2268,7 +2327,7 @@ tools::ToolOutcome Engine::RunMcp(const std::shared_ptr<Actor>& a, const ToolDef
 void Engine::SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id) {
   SessionSandbox& ss = *a.sandbox;
   auto r = sandbox::workspace::Snapshot(ss.box->workspace(), ss.manifest ? &*ss.manifest : nullptr,
-                                        *store_, a.staged);
+                                        *store_, a.tenant_id, a.staged);
   if (!r.ok()) {
     // The files stay on the host (the sandbox stays dirty) and the next turn end tries again.
     spdlog::error("session {}: workspace snapshot failed: {}", a.id, r.status().ToString());
@@ -2308,19 +2367,22 @@ void Engine::RecordEgress(const std::weak_ptr<Actor>& actor,
   Stage(*a, ev::kEgressConnection, a->state.current_turn, std::move(data)).IgnoreError();
 }
 
-Result<std::string> Engine::WorkspaceManifest(const std::string& session_id) {
+Result<std::string> Engine::WorkspaceManifest(const std::string& session_id,
+                                              std::string* tenant_id) {
   ASSIGN_OR_RETURN(auto a, Acquire(session_id));
   std::string manifest;
   {
     std::lock_guard lock(a->mu);
     manifest = a->state.workspace_manifest;
   }
+  *tenant_id = a->tenant_id;
   Release(a);
   return manifest;
 }
 
 Result<Json> Engine::ListWorkspace(const std::string& session_id) {
-  ASSIGN_OR_RETURN(std::string manifest, WorkspaceManifest(session_id));
+  std::string tenant_id;
+  ASSIGN_OR_RETURN(std::string manifest, WorkspaceManifest(session_id, &tenant_id));
   Json data = Json::array();
   bool truncated = false;
   std::string host = SandboxRoot(session_id) + "/workspace";
@@ -2334,7 +2396,7 @@ Result<Json> Engine::ListWorkspace(const std::string& session_id) {
       data.push_back(std::move(j));
     }
   } else if (!manifest.empty()) {
-    ASSIGN_OR_RETURN(auto m, sandbox::workspace::LoadManifest(manifest, *store_));
+    ASSIGN_OR_RETURN(auto m, sandbox::workspace::LoadManifest(manifest, *store_, tenant_id));
     for (const auto& e : m.entries) {
       using sandbox::workspace::EntryType;
       Json j = {{"path", e.path},
@@ -2354,7 +2416,8 @@ Result<Json> Engine::ListWorkspace(const std::string& session_id) {
 
 Result<std::string> Engine::ReadWorkspaceFile(const std::string& session_id,
                                               const std::string& path, size_t max_bytes) {
-  ASSIGN_OR_RETURN(std::string manifest, WorkspaceManifest(session_id));
+  std::string tenant_id;
+  ASSIGN_OR_RETURN(std::string manifest, WorkspaceManifest(session_id, &tenant_id));
   RETURN_IF_ERROR(tools::WorkspaceFiles::CheckPath(path));
   std::string host = SandboxRoot(session_id) + "/workspace";
   std::error_code ec;
@@ -2363,7 +2426,7 @@ Result<std::string> Engine::ReadWorkspaceFile(const std::string& session_id,
     return files.ReadBytes(path, max_bytes);
   }
   if (manifest.empty()) return NotFound(fmt::format("'{}' does not exist", path));
-  return sandbox::workspace::ReadSnapshotFile(manifest, path, *store_, max_bytes);
+  return sandbox::workspace::ReadSnapshotFile(manifest, path, *store_, tenant_id, max_bytes);
 }
 
 void Engine::DrainBlocking() {

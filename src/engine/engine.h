@@ -248,9 +248,12 @@ class Engine {
   // inside a JSON string) by "[secret:NAME]", so that what a tool echoes back of a secret
   // reaches neither the journal nor the model.
   static void RedactSecrets(std::string* text, const std::vector<ToolSecret>& secrets);
-  // The Authorization header value for one call to `audience` ("" without a key). a.mu held.
-  std::string ToolTokenLocked(const Actor& a, const journal::TurnState& t,
-                              const std::string& audience) const;
+  // The Authorization header value for one call to `audience` on behalf of `principal_id`
+  // ("" without a key).
+  std::string ToolToken(const Actor& a, const std::string& principal_id,
+                        const std::string& audience) const;
+  // "Bearer <token>" for `claims` issued now by this agentd ("" without a key).
+  std::string MintBearer(identity::ToolTokenClaims claims) const;
   // The limits that apply to the session's turns: its agent's budget (or the daemon's
   // defaults) tightened by the session's own. a.mu held.
   Budget EffectiveBudget(const Actor& a) const;
@@ -282,23 +285,31 @@ class Engine {
                                                           SessionSandbox* ss);
   // The session's client of MCP server `def`, connecting (and for stdio, starting the server
   // in the sandbox) first when need be. Worker, unlocked.
+  // Connecting over HTTP during turn `turn_id`: the connection's requests carry a token for
+  // that turn's principal, and the secret headers the server's definition names, opened
+  // for that principal (and audited) once per connection.
   Result<tools::mcp::McpClient*> McpClientFor(const std::shared_ptr<Actor>& a,
-                                              const ToolDef& def, const std::string& manifest);
+                                              const ToolDef& def, const std::string& manifest,
+                                              const std::string& turn_id);
   // The tools of every MCP server of the agent, as "<server>__<tool>"; a server that cannot
   // be reached is left out (and logged). Worker, unlocked.
   std::vector<model::ToolSpec> ListMcpTools(const std::shared_ptr<Actor>& a,
-                                            const std::string& manifest);
+                                            const std::string& manifest,
+                                            const std::string& turn_id);
+  // `headers`: this call's own (its token and secret headers), for servers over HTTP.
   tools::ToolOutcome RunMcp(const std::shared_ptr<Actor>& a, const ToolDef& server,
                             const std::string& tool, const Json& args, const std::string& manifest,
-                            const std::string& turn_id, const std::string& call_id);
+                            const std::string& turn_id, const std::string& call_id,
+                            std::vector<std::pair<std::string, std::string>> headers);
   // Stages a workspace.snapshot for `turn_id` when a built-in tool changed the workspace since
   // the last one; the snapshot's blobs go into the same batch. a.mu held.
   void SnapshotWorkspaceLocked(Actor& a, const std::string& turn_id);
   // Journals one egress decision in the session's running turn (called on a proxy thread).
   void RecordEgress(const std::weak_ptr<Actor>& actor, const sandbox::egress::EgressEvent& e);
   std::string SandboxRoot(const std::string& session_id) const;
-  // The session's latest workspace snapshot ("" when none); NotFound for no such session.
-  Result<std::string> WorkspaceManifest(const std::string& session_id);
+  // The session's latest workspace snapshot ("" when none), and its tenant in *tenant_id
+  // (whose blobs hold the snapshot); NotFound for no such session.
+  Result<std::string> WorkspaceManifest(const std::string& session_id, std::string* tenant_id);
   void Notify(const std::string& session_id, int64_t seq, bool rest);
   // A waiter registers before it reads what it waits on, so no notification is missed.
   std::shared_ptr<Watch> AddWatcher(const std::string& session_id);

@@ -29,16 +29,18 @@ namespace {
 
 constexpr std::string_view kExportKind = "agentd.session-export";
 
-// The blobs of every workspace snapshot a journal names, manifests first, each once.
+// The blobs of every workspace snapshot a journal names, manifests first, each once, read
+// from the blobs of the session's tenant.
 class BlobLister {
  public:
-  explicit BlobLister(store::Store& store) : store_(store) {}
+  BlobLister(store::Store& store, std::string tenant_id)
+      : store_(store), tenant_id_(std::move(tenant_id)) {}
 
   // Adds snapshot `manifest` and the blobs of its files.
   Status AddSnapshot(const std::string& manifest) {
     if (!seen_.insert(manifest).second) return Status::OK();
     order_.push_back(manifest);
-    ASSIGN_OR_RETURN(ws::Manifest m, ws::LoadManifest(manifest, store_));
+    ASSIGN_OR_RETURN(ws::Manifest m, ws::LoadManifest(manifest, store_, tenant_id_));
     for (const auto& e : m.entries) {
       if (e.type == ws::EntryType::kFile && seen_.insert(e.hash).second) order_.push_back(e.hash);
     }
@@ -48,6 +50,7 @@ class BlobLister {
 
  private:
   store::Store& store_;
+  const std::string tenant_id_;
   std::set<std::string> seen_;
   std::vector<std::string> order_;
 };
@@ -105,7 +108,7 @@ Status Engine::ExportSession(const std::string& session_id, const std::function<
                          {"exported_at", FormatRfc3339(clock_->NowMillis())}}));
   RETURN_IF_ERROR(write({{"kind", "agent"}, {"agent", agent_json}}));
 
-  BlobLister blobs(*store_);
+  BlobLister blobs(*store_, session->tenant_id);
   int64_t after = 0;
   while (after < last_seq) {
     ASSIGN_OR_RETURN(auto events, store_->ReadEvents(session_id, after, 1000));
@@ -124,7 +127,7 @@ Status Engine::ExportSession(const std::string& session_id, const std::function<
     }
   }
   for (const auto& hash : blobs.hashes()) {
-    ASSIGN_OR_RETURN(auto blob, store_->GetBlob(hash));
+    ASSIGN_OR_RETURN(auto blob, store_->GetBlob(session->tenant_id, hash));
     if (!blob) return Internal(fmt::format("workspace blob {} is missing from the store", hash));
     RETURN_IF_ERROR(write({{"kind", "blob"},
                            {"hash", blob->hash},
@@ -275,7 +278,8 @@ Result<Json> Engine::ImportSession(std::string_view file, const Caller& caller) 
       }
       auto bytes = Base64Decode(*encoded);
       if (!bytes.ok()) return InvalidArgument(fmt::format("line {}: 'data' is not base64", n));
-      store::BlobRow blob{*hash, std::move(bytes).value(), *size, *codec};
+      // The importing caller's tenant gets its own copy, whatever other tenants hold.
+      store::BlobRow blob{caller.tenant_id, *hash, std::move(bytes).value(), *size, *codec};
       auto content = ws::BlobContent(blob, ws::Limits{}.max_file_bytes);
       if (!content.ok()) return AtLine(n, content.status());
       contents.emplace(*hash, std::move(content).value());
@@ -318,7 +322,7 @@ Result<Json> Engine::ImportSession(std::string_view file, const Caller& caller) 
       }
       manifest = std::move(decoded).value();
     } else {
-      auto loaded = ws::LoadManifest(m, *store_);
+      auto loaded = ws::LoadManifest(m, *store_, caller.tenant_id);
       if (!loaded.ok()) {
         return InvalidArgument(fmt::format("workspace snapshot {} is neither in the file nor "
                                            "in this agentd's store",
@@ -337,7 +341,7 @@ Result<Json> Engine::ImportSession(std::string_view file, const Caller& caller) 
           fmt::format("blob {} belongs to no workspace snapshot of the session", hash));
     }
   }
-  ASSIGN_OR_RETURN(auto missing, store_->MissingBlobs(wanted));
+  ASSIGN_OR_RETURN(auto missing, store_->MissingBlobs(caller.tenant_id, wanted));
   if (!missing.empty()) {
     return InvalidArgument(fmt::format(
         "workspace blob {} is neither in the file nor in this agentd's store", missing[0]));

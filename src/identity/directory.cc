@@ -63,6 +63,51 @@ Status CheckName(const std::string& name, const std::string& field) {
 
 std::string Expiry(int64_t ms) { return ms == 0 ? "" : FormatRfc3339(ms); }
 
+// The policy documents of a request body, each checked by the parser; the error names the
+// document and the position in it.
+Result<Json> PolicyDocuments(const Json* policies) {
+  Json docs = Json::array();
+  if (policies == nullptr) return docs;
+  if (!policies->is_array()) return InvalidArgument("'policies' must be an array of documents");
+  if (policies->size() > kMaxPolicies) {
+    return InvalidArgument(fmt::format("'policies' has more than {} documents", kMaxPolicies));
+  }
+  for (size_t i = 0; i < policies->size(); ++i) {
+    auto p = ParsePolicy(DumpJson((*policies)[i]));
+    if (!p.ok()) {
+      return InvalidArgument(fmt::format("'policies[{}]': {}", i, p.status().message()));
+    }
+    docs.push_back((*policies)[i]);
+  }
+  return docs;
+}
+
+// The parsed documents of a stored body's `policies`.
+Result<std::vector<Policy>> StoredPolicies(const Json& body, const std::string& owner) {
+  std::vector<Policy> out;
+  if (auto ps = body.find("policies"); ps != body.end() && ps->is_array()) {
+    for (const auto& doc : *ps) {
+      auto policy = ParsePolicy(DumpJson(doc));
+      if (!policy.ok()) {
+        return Internal(fmt::format("stored policy of {} does not parse: {}", owner,
+                                    policy.status().message()));
+      }
+      out.push_back(std::move(policy).value());
+    }
+  }
+  return out;
+}
+
+Status CheckKind(const std::string& kind) {
+  if (kind != "group" && kind != "role") return Internal("policy sets are groups or roles");
+  return Status::OK();
+}
+
+std::string PolicySetKey(const std::string& tenant_id, const std::string& kind,
+                         const std::string& name) {
+  return tenant_id + "/" + kind + "/" + name;
+}
+
 }  // namespace
 
 PrincipalContext Principal::Context() const {
@@ -77,8 +122,9 @@ PrincipalContext Principal::Context() const {
 
 std::vector<const Policy*> Principal::PolicyPointers() const {
   std::vector<const Policy*> out;
-  out.reserve(policies.size());
-  for (const auto& p : policies) out.push_back(&p);
+  for (const auto& set : policy_sets) {
+    for (const auto& p : set->policies) out.push_back(&p);
+  }
   return out;
 }
 
@@ -321,18 +367,63 @@ Result<std::shared_ptr<const Principal>> Directory::AuthenticateJwt(std::string_
     if (principal_ids_.size() > 100000) principal_ids_.clear();
     principal_ids_.emplace(cache_key, principal_id);
   }
-  ASSIGN_OR_RETURN(auto stored, LoadPrincipal(principal_id));
+  ASSIGN_OR_RETURN(auto stored, LoadStored(principal_id));
+  return Attach(std::move(stored), std::move(token_groups), "jwt");
+}
+
+Result<std::shared_ptr<const Principal>> Directory::LoadPrincipal(const std::string& id) {
+  ASSIGN_OR_RETURN(auto stored, LoadStored(id));
+  return Attach(std::move(stored), {}, "");
+}
+
+Result<std::shared_ptr<const Principal>> Directory::Attach(std::shared_ptr<const Principal> stored,
+                                                           std::vector<std::string> extra_groups,
+                                                           std::string credential_id) {
+  if (stored->groups.empty() && stored->roles.empty() && extra_groups.empty() &&
+      credential_id.empty()) {
+    return stored;
+  }
   auto p = std::make_shared<Principal>(*stored);
-  for (auto& g : token_groups) {
+  for (auto& g : extra_groups) {
     if (std::find(p->groups.begin(), p->groups.end(), g) == p->groups.end()) {
       p->groups.push_back(std::move(g));
     }
   }
-  p->credential_id = "jwt";
+  for (const auto& [kind, names] : {std::pair{"group", &p->groups}, {"role", &p->roles}}) {
+    for (const auto& name : *names) {
+      ASSIGN_OR_RETURN(auto set, FindPolicySet(p->tenant_id, kind, name));
+      if (set) p->policy_sets.push_back(std::move(set));
+    }
+  }
+  if (!credential_id.empty()) p->credential_id = std::move(credential_id);
   return std::shared_ptr<const Principal>(std::move(p));
 }
 
-Result<std::shared_ptr<const Principal>> Directory::LoadPrincipal(const std::string& id) {
+Result<std::shared_ptr<const PolicySet>> Directory::FindPolicySet(const std::string& tenant_id,
+                                                                  const std::string& kind,
+                                                                  const std::string& name) {
+  const std::string key = PolicySetKey(tenant_id, kind, name);
+  {
+    std::lock_guard lock(mu_);
+    auto it = policy_sets_.find(key);
+    if (it != policy_sets_.end()) return it->second;
+  }
+  ASSIGN_OR_RETURN(auto row, store_->GetPolicySetByName(tenant_id, kind, name));
+  std::shared_ptr<const PolicySet> set;
+  if (row) {
+    ASSIGN_OR_RETURN(Json body, ParseJson(row->body, "stored policy set"));
+    auto made = std::make_shared<PolicySet>();
+    made->source = kind + std::string("/") + name;
+    ASSIGN_OR_RETURN(made->policies, StoredPolicies(body, made->source));
+    set = std::move(made);
+  }
+  std::lock_guard lock(mu_);
+  if (policy_sets_.size() > 100000) policy_sets_.clear();
+  policy_sets_.emplace(key, set);
+  return set;
+}
+
+Result<std::shared_ptr<const Principal>> Directory::LoadStored(const std::string& id) {
   {
     std::lock_guard lock(mu_);
     auto it = principals_.find(id);
@@ -359,17 +450,16 @@ Result<std::shared_ptr<const Principal>> Directory::Build(const store::Principal
       if (x.is_string()) p->groups.push_back(x.get<std::string>());
     }
   }
-  if (auto a = body.find("attributes"); a != body.end() && a->is_object()) p->attributes = *a;
-  if (auto ps = body.find("policies"); ps != body.end() && ps->is_array()) {
-    for (const auto& doc : *ps) {
-      auto policy = ParsePolicy(DumpJson(doc));
-      if (!policy.ok()) {
-        return Internal(fmt::format("stored policy of principal {} does not parse: {}", row.id,
-                                    policy.status().message()));
-      }
-      p->policies.push_back(std::move(policy).value());
+  if (auto r = body.find("roles"); r != body.end() && r->is_array()) {
+    for (const auto& x : *r) {
+      if (x.is_string()) p->roles.push_back(x.get<std::string>());
     }
   }
+  if (auto a = body.find("attributes"); a != body.end() && a->is_object()) p->attributes = *a;
+  auto own = std::make_shared<PolicySet>();
+  own->source = "principal";
+  ASSIGN_OR_RETURN(own->policies, StoredPolicies(body, "principal " + row.id));
+  p->policy_sets.push_back(std::move(own));
   return std::shared_ptr<const Principal>(std::move(p));
 }
 
@@ -382,7 +472,7 @@ Json Directory::PrincipalObject(const store::PrincipalRow& row) const {
               {"name", row.name},
               {"kind", row.kind},
               {"created_at", FormatRfc3339(row.created_ms)}};
-  for (const char* k : {"groups", "attributes", "policies"}) {
+  for (const char* k : {"groups", "roles", "attributes", "policies"}) {
     out[k] = body.contains(k) ? body[k] : (std::string_view(k) == "attributes"
                                                ? Json::object()
                                                : Json::array());
@@ -424,45 +514,21 @@ bool Directory::TenantExists(const std::string& id) {
 Result<Json> Directory::CreatePrincipal(const Json& body) {
   FieldReader r(body, "");
   std::string tenant_id, name, kind;
-  const Json *groups = nullptr, *attributes = nullptr, *policies = nullptr;
   RETURN_IF_ERROR(r.CheckObject());
   RETURN_IF_ERROR(r.String("tenant_id", &tenant_id, true, 64));
   RETURN_IF_ERROR(r.String("name", &name, true, 128));
   RETURN_IF_ERROR(r.String("kind", &kind, true, 16));
-  RETURN_IF_ERROR(r.Value("groups", &groups, false));
-  RETURN_IF_ERROR(r.Value("attributes", &attributes, false));
-  RETURN_IF_ERROR(r.Value("policies", &policies, false));
-  RETURN_IF_ERROR(r.NoUnknownKeys());
   RETURN_IF_ERROR(CheckName(name, "name"));
   if (kind != "user" && kind != "service") {
     return InvalidArgument("'kind' must be 'user' or 'service'");
   }
-  ASSIGN_OR_RETURN(auto group_names, StringList(groups, "groups", kMaxGroups, 128));
-  if (attributes != nullptr && !attributes->is_object()) {
-    return InvalidArgument("'attributes' must be an object");
-  }
-  if (attributes != nullptr && DumpJson(*attributes).size() > kMaxAttributesBytes) {
-    return InvalidArgument(
-        fmt::format("'attributes' is larger than {} bytes", kMaxAttributesBytes));
-  }
-  Json docs = Json::array();
-  if (policies != nullptr) {
-    if (!policies->is_array()) return InvalidArgument("'policies' must be an array of documents");
-    if (policies->size() > kMaxPolicies) {
-      return InvalidArgument(fmt::format("'policies' has more than {} documents", kMaxPolicies));
-    }
-    for (size_t i = 0; i < policies->size(); ++i) {
-      auto p = ParsePolicy(DumpJson((*policies)[i]));
-      if (!p.ok()) {
-        return InvalidArgument(fmt::format("'policies[{}]': {}", i, p.status().message()));
-      }
-      docs.push_back((*policies)[i]);
-    }
-  }
   if (!TenantExists(tenant_id)) return NotFound(fmt::format("tenant {} not found", tenant_id));
-  Json stored = {{"groups", group_names},
-                 {"attributes", attributes ? *attributes : Json::object()},
-                 {"policies", docs}};
+  Json stored = {{"groups", Json::array()},
+                 {"roles", Json::array()},
+                 {"attributes", Json::object()},
+                 {"policies", Json::array()}};
+  RETURN_IF_ERROR(ReadPrincipalFields(tenant_id, r, &stored));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
   store::PrincipalRow row{NewId("prn_"), tenant_id, name, kind, DumpJson(stored),
                           clock_->NowMillis()};
   store::WriteBatch b;
@@ -488,6 +554,173 @@ Result<Json> Directory::ListPrincipals(const std::string& tenant_id, const store
   Json out = {{"data", data}, {"has_more", !rows.second.empty()}};
   if (!rows.second.empty()) out["next_cursor"] = rows.second;
   return out;
+}
+
+Status Directory::ReadPrincipalFields(const std::string& tenant_id, FieldReader& r, Json* stored) {
+  const Json *groups = nullptr, *roles = nullptr, *attributes = nullptr, *policies = nullptr;
+  RETURN_IF_ERROR(r.Value("groups", &groups, false));
+  RETURN_IF_ERROR(r.Value("roles", &roles, false));
+  RETURN_IF_ERROR(r.Value("attributes", &attributes, false));
+  RETURN_IF_ERROR(r.Value("policies", &policies, false));
+  if (groups != nullptr) {
+    ASSIGN_OR_RETURN(auto names, StringList(groups, "groups", kMaxGroups, 128));
+    (*stored)["groups"] = names;
+  }
+  if (roles != nullptr) {
+    // A role is given to a principal only once it exists: a typo must not pass silently.
+    ASSIGN_OR_RETURN(auto names, StringList(roles, "roles", kMaxGroups, 128));
+    for (size_t i = 0; i < names.size(); ++i) {
+      ASSIGN_OR_RETURN(auto set, FindPolicySet(tenant_id, "role", names[i]));
+      if (!set) {
+        return InvalidArgument(
+            fmt::format("'roles[{}]': the tenant has no role named '{}'", i, names[i]));
+      }
+    }
+    (*stored)["roles"] = names;
+  }
+  if (attributes != nullptr) {
+    if (!attributes->is_object()) return InvalidArgument("'attributes' must be an object");
+    if (DumpJson(*attributes).size() > kMaxAttributesBytes) {
+      return InvalidArgument(
+          fmt::format("'attributes' is larger than {} bytes", kMaxAttributesBytes));
+    }
+    (*stored)["attributes"] = *attributes;
+  }
+  if (policies != nullptr) {
+    ASSIGN_OR_RETURN((*stored)["policies"], PolicyDocuments(policies));
+  }
+  return Status::OK();
+}
+
+Result<Json> Directory::UpdatePrincipal(const std::string& id, const Json& body) {
+  ASSIGN_OR_RETURN(auto row, store_->GetPrincipal(id));
+  if (!row) return NotFound(fmt::format("principal {} not found", id));
+  FieldReader r(body, "");
+  RETURN_IF_ERROR(r.CheckObject());
+  auto parsed = ParseJson(row->body, "stored principal");
+  Json stored = parsed.ok() && parsed->is_object() ? *parsed : Json::object();
+  RETURN_IF_ERROR(ReadPrincipalFields(row->tenant_id, r, &stored));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  row->body = DumpJson(stored);
+  store::WriteBatch b;
+  b.principals.push_back(*row);
+  RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  {
+    std::lock_guard lock(mu_);
+    principals_.erase(id);
+  }
+  return PrincipalObject(*row);
+}
+
+Json Directory::PolicySetObject(const store::PolicySetRow& row) const {
+  auto parsed = ParseJson(row.body, "stored policy set");
+  Json body = parsed.ok() && parsed->is_object() ? *parsed : Json::object();
+  return Json{{"id", row.id},
+              {"object", row.kind},
+              {"tenant_id", row.tenant_id},
+              {"name", row.name},
+              {"description", body.value("description", "")},
+              {"policies", body.contains("policies") ? body["policies"] : Json::array()},
+              {"created_at", FormatRfc3339(row.created_ms)},
+              {"updated_at", FormatRfc3339(row.updated_ms)}};
+}
+
+Result<Json> Directory::CreatePolicySet(const std::string& kind, const std::string& caller_tenant,
+                                        const Json& body) {
+  RETURN_IF_ERROR(CheckKind(kind));
+  FieldReader r(body, "");
+  std::string tenant_id, name, description;
+  const Json* policies = nullptr;
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("tenant_id", &tenant_id, false, 64));
+  RETURN_IF_ERROR(r.String("name", &name, true, 128));
+  RETURN_IF_ERROR(r.String("description", &description, false, 1024));
+  RETURN_IF_ERROR(r.Value("policies", &policies, true));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  RETURN_IF_ERROR(CheckName(name, "name"));
+  ASSIGN_OR_RETURN(Json docs, PolicyDocuments(policies));
+  if (tenant_id.empty()) tenant_id = caller_tenant;
+  if (!TenantExists(tenant_id)) return NotFound(fmt::format("tenant {} not found", tenant_id));
+  const int64_t now = clock_->NowMillis();
+  store::PolicySetRow row{NewId(kind == "group" ? "grp_" : "rol_"),
+                          tenant_id,
+                          kind,
+                          name,
+                          DumpJson(Json{{"description", description}, {"policies", docs}}),
+                          now,
+                          now};
+  store::WriteBatch b;
+  b.policy_sets.push_back(row);
+  Status st = store_->CommitBlocking(std::move(b));
+  if (st.code() == StatusCode::kAlreadyExists) {
+    return AlreadyExists(fmt::format("tenant {} has a {} named '{}'", tenant_id, kind, name));
+  }
+  RETURN_IF_ERROR(st);
+  ForgetPolicySet(row);
+  return PolicySetObject(row);
+}
+
+Result<store::PolicySetRow> Directory::StoredPolicySet(const std::string& kind,
+                                                       const std::string& id) {
+  RETURN_IF_ERROR(CheckKind(kind));
+  ASSIGN_OR_RETURN(auto row, store_->GetPolicySet(id));
+  if (!row || row->kind != kind) return NotFound(fmt::format("{} {} not found", kind, id));
+  return *row;
+}
+
+Result<Json> Directory::GetPolicySet(const std::string& kind, const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, StoredPolicySet(kind, id));
+  return PolicySetObject(row);
+}
+
+Result<Json> Directory::ListPolicySets(const std::string& kind, const std::string& tenant_id,
+                                       const store::Page& page) {
+  RETURN_IF_ERROR(CheckKind(kind));
+  ASSIGN_OR_RETURN(auto rows, store_->ListPolicySets(tenant_id, kind, page));
+  Json data = Json::array();
+  for (const auto& row : rows.first) data.push_back(PolicySetObject(row));
+  Json out = {{"data", data}, {"has_more", !rows.second.empty()}};
+  if (!rows.second.empty()) out["next_cursor"] = rows.second;
+  return out;
+}
+
+Result<Json> Directory::ReplacePolicySet(const std::string& kind, const std::string& id,
+                                         const Json& body) {
+  ASSIGN_OR_RETURN(auto row, StoredPolicySet(kind, id));
+  FieldReader r(body, "");
+  std::string description;
+  const Json* policies = nullptr;
+  RETURN_IF_ERROR(r.CheckObject());
+  RETURN_IF_ERROR(r.String("description", &description, false, 1024));
+  RETURN_IF_ERROR(r.Value("policies", &policies, true));
+  RETURN_IF_ERROR(r.NoUnknownKeys());
+  ASSIGN_OR_RETURN(Json docs, PolicyDocuments(policies));
+  row.body = DumpJson(Json{{"description", description}, {"policies", docs}});
+  row.updated_ms = clock_->NowMillis();
+  store::WriteBatch b;
+  b.policy_sets.push_back(row);
+  RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  ForgetPolicySet(row);
+  return PolicySetObject(row);
+}
+
+Result<Json> Directory::DeletePolicySet(const std::string& kind, const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, StoredPolicySet(kind, id));
+  store::WriteBatch b;
+  b.delete_policy_sets.push_back(id);
+  RETURN_IF_ERROR(store_->CommitBlocking(std::move(b)));
+  ForgetPolicySet(row);
+  return Json{{"id", id}, {"object", kind}, {"deleted", true}};
+}
+
+Result<std::string> Directory::PolicySetTenant(const std::string& kind, const std::string& id) {
+  ASSIGN_OR_RETURN(auto row, StoredPolicySet(kind, id));
+  return row.tenant_id;
+}
+
+void Directory::ForgetPolicySet(const store::PolicySetRow& row) {
+  std::lock_guard lock(mu_);
+  policy_sets_.erase(PolicySetKey(row.tenant_id, row.kind, row.name));
 }
 
 Result<Json> Directory::CreateApiKey(const std::string& principal_id, const Json& body) {

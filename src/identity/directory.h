@@ -36,15 +36,25 @@
 
 namespace agentd::identity {
 
+// Policies under one name: a principal's own, or those attached to a group or a role.
+struct PolicySet {
+  std::string source;  // "principal", "group/<name>" or "role/<name>"
+  std::vector<Policy> policies;
+};
+
 // Who is calling, as authenticated. Immutable once built; shared between requests.
 struct Principal {
   std::string id;
   std::string tenant_id;
   std::string name;
   std::string kind;  // user | service
+  // Its stored groups and, signed in with a JWT, the token's.
   std::vector<std::string> groups;
+  std::vector<std::string> roles;
   Json attributes = Json::object();
-  std::vector<Policy> policies;
+  // Its own policies first, then those of each of its groups and roles that exists; a
+  // group named only by a token and never created brings no policies.
+  std::vector<std::shared_ptr<const PolicySet>> policy_sets;
   std::string credential_id;  // the API key's id, or "jwt" for a token
 
   PrincipalContext Context() const;
@@ -101,6 +111,24 @@ class Directory {
   Result<Json> CreatePrincipal(const Json& body);
   Result<Json> GetPrincipal(const std::string& id);
   Result<Json> ListPrincipals(const std::string& tenant_id, const store::Page& page);
+  // PATCH /v1/principals/{id} {groups?, roles?, attributes?, policies?}: each field given
+  // replaces the stored one; the next request of the principal acts with the change.
+  Result<Json> UpdatePrincipal(const std::string& id, const Json& body);
+
+  // Groups and roles (`kind` "group" or "role"): names that policies are attached to.
+  // POST /v1/groups|roles {tenant_id?, name, description?, policies}; the tenant defaults
+  // to `caller_tenant`.
+  Result<Json> CreatePolicySet(const std::string& kind, const std::string& caller_tenant,
+                               const Json& body);
+  Result<Json> GetPolicySet(const std::string& kind, const std::string& id);
+  Result<Json> ListPolicySets(const std::string& kind, const std::string& tenant_id,
+                              const store::Page& page);
+  // PUT /v1/groups|roles/{id} {description?, policies}: replaces both.
+  Result<Json> ReplacePolicySet(const std::string& kind, const std::string& id, const Json& body);
+  // DELETE: the principals that name it keep the name and lose its policies.
+  Result<Json> DeletePolicySet(const std::string& kind, const std::string& id);
+  // The tenant of an existing group or role of `kind` (NotFound otherwise), for the gate.
+  Result<std::string> PolicySetTenant(const std::string& kind, const std::string& id);
   // POST /v1/principals/{id}/api-keys {expires_at?}: the key itself is in the answer only.
   Result<Json> CreateApiKey(const std::string& principal_id, const Json& body);
   // DELETE /v1/api-keys/{id}
@@ -117,6 +145,21 @@ class Directory {
                         std::vector<store::PrincipalRow> with_principals,
                         std::vector<store::TenantRow> with_tenants, std::string* key_out);
   static Result<std::shared_ptr<const Principal>> Build(const store::PrincipalRow& row);
+  // The stored principal with its own policies only (cached).
+  Result<std::shared_ptr<const Principal>> LoadStored(const std::string& id);
+  // `stored` with `extra_groups` joined and the policies of its groups and roles attached.
+  Result<std::shared_ptr<const Principal>> Attach(std::shared_ptr<const Principal> stored,
+                                                  std::vector<std::string> extra_groups,
+                                                  std::string credential_id);
+  // The policies of the tenant's group or role `name`; null when there is none (cached).
+  Result<std::shared_ptr<const PolicySet>> FindPolicySet(const std::string& tenant_id,
+                                                         const std::string& kind,
+                                                         const std::string& name);
+  Result<store::PolicySetRow> StoredPolicySet(const std::string& kind, const std::string& id);
+  void ForgetPolicySet(const store::PolicySetRow& row);
+  Json PolicySetObject(const store::PolicySetRow& row) const;
+  // groups, roles, attributes and policies of a principal's body, checked, into `stored`.
+  Status ReadPrincipalFields(const std::string& tenant_id, FieldReader& r, Json* stored);
   Result<std::shared_ptr<const Principal>> AuthenticateJwt(std::string_view token);
   Json PrincipalObject(const store::PrincipalRow& row) const;
 
@@ -132,6 +175,9 @@ class Directory {
   std::unordered_map<std::string, std::shared_ptr<const Principal>> principals_;  // by id
   // Principal ids by "<tenant id>/<name>", for tokens; guarded by mu_.
   std::unordered_map<std::string, std::string> principal_ids_;
+  // Groups' and roles' policies by "<tenant id>/<kind>/<name>", null for none; guarded by
+  // mu_. Every write goes through this directory, which forgets what it changes.
+  std::unordered_map<std::string, std::shared_ptr<const PolicySet>> policy_sets_;
 };
 
 }  // namespace agentd::identity

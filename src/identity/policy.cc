@@ -745,7 +745,7 @@ std::string_view DeniedByName(DeniedBy d) {
 
 namespace {
 
-static_assert(kKnownActions.size() <= 32, "action masks are 32 bits");
+static_assert(kKnownActions.size() <= 64, "action masks are 64 bits");
 
 struct IndexEntry {
   uint32_t statement;
@@ -831,7 +831,7 @@ struct IndexSide {
 struct Policy::Index {
   IndexSide deny;
   IndexSide allow;
-  std::vector<uint32_t> action_masks;  // per statement: bit a for kKnownActions[a]
+  std::vector<uint64_t> action_masks;  // per statement: bit a for kKnownActions[a]
   bool has_approval = false;           // some statement says `approval: required`
 };
 
@@ -870,11 +870,11 @@ Result<Policy> ParsePolicy(std::string_view json_text) {
   auto index = std::make_shared<Policy::Index>();
   for (size_t i = 0; i < policy.statements_.size(); ++i) {
     const Statement& st = policy.statements_[i];
-    uint32_t mask = 0;
+    uint64_t mask = 0;
     for (size_t a = 0; a < kKnownActions.size(); ++a) {
       bool named = std::any_of(st.actions.begin(), st.actions.end(),
                                [&](const Pattern& p) { return p.Matches(kKnownActions[a]); });
-      if (named) mask |= 1u << a;
+      if (named) mask |= uint64_t{1} << a;
     }
     index->action_masks.push_back(mask);
     index->has_approval = index->has_approval || st.requires_approval;
@@ -891,7 +891,7 @@ Decision Decide(const std::vector<const Policy*>& policies, const Request& req) 
   Decision d;
   int action = ActionIndex(req.action);
   if (action < 0) return d;
-  const uint32_t action_bit = 1u << action;
+  const uint64_t action_bit = uint64_t{1} << action;
   const PatternVariables vars{req.principal.id, req.principal.tenant};
   // The first statement of `side` that applies, in statement order, or -1. Candidates come
   // in index order, not statement order: keep the lowest that applies.

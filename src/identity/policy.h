@@ -38,7 +38,7 @@ namespace agentd::identity {
 inline constexpr std::string_view kPolicyVersion = "2026-11-01";
 
 // Every action a request can name. An action pattern must match at least one of these.
-inline constexpr std::array<std::string_view, 24> kKnownActions = {
+inline constexpr std::array<std::string_view, 33> kKnownActions = {
     "agents:Create",     "agents:Read",         "agents:Update",
     "sessions:Create",   "sessions:Invoke",     "sessions:Read",
     "sessions:Delete",   "sessions:Cancel",     "sessions:Export",
@@ -46,14 +46,17 @@ inline constexpr std::array<std::string_view, 24> kKnownActions = {
     "memory:Write",      "audit:Read",          "secrets:Write",
     "secrets:Read",      "secrets:Use",
     "principals:Create", "principals:Read",     "principals:CreateApiKey",
-    "principals:RevokeApiKey", "tenants:Create", "tenants:Read",
-    "policies:Simulate",
+    "principals:RevokeApiKey", "principals:Update", "tenants:Create",
+    "tenants:Read",      "policies:Simulate",
+    "groups:Create",     "groups:Read",         "groups:Update",       "groups:Delete",
+    "roles:Create",      "roles:Read",          "roles:Update",        "roles:Delete",
 };
 
 // The resource types of `agentd:<tenant>:<type>/<id>` names. A resource pattern whose type
 // part is written out must name one of these.
-inline constexpr std::array<std::string_view, 9> kResourceTypes = {
-    "agent", "session", "tool", "secret", "principal", "policy", "audit", "tenant", "api-key",
+inline constexpr std::array<std::string_view, 11> kResourceTypes = {
+    "agent", "session", "tool", "secret", "principal", "group", "role", "policy", "audit",
+    "tenant", "api-key",
 };
 
 // Limits on one document; over any of them is a parse error naming it.

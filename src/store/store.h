@@ -3,8 +3,8 @@
 // The journal (`events`) is the truth; `sessions`, `turns` and `snapshots` are projections
 // of it, written in the same atomic batch as the events they derive from, so they are never
 // ahead of or behind the journal on disk. Agents are versioned definitions. Blobs are
-// immutable, content-addressed bytes (workspace files and manifests) shared by every session
-// that refers to them.
+// immutable, content-addressed bytes (workspace files and manifests), each held by one tenant
+// and shared by that tenant's sessions that refer to it.
 //
 // Writes are group-committed: concurrent CommitBlocking() calls from every thread are
 // gathered into one transaction (one fsync), and a caller learns its batch is written only
@@ -97,6 +97,19 @@ struct ApiKeyRow {
   int64_t revoked_ms = 0;  // 0: not revoked
 };
 
+// A group or a role of a tenant: a name that policies are attached to. A principal gets the
+// policies of the groups it belongs to (its own and, signed in with a JWT, the token's) and
+// of the roles it holds. `body` is the JSON object served by the API (policies, description).
+struct PolicySetRow {
+  std::string id;
+  std::string tenant_id;
+  std::string kind;  // group | role
+  std::string name;  // unique within the tenant and kind
+  std::string body;  // JSON object text
+  int64_t created_ms = 0;
+  int64_t updated_ms = 0;
+};
+
 // A vault entry: the value sealed by identity/vault.h, never the value itself.
 struct SecretRow {
   std::string tenant_id;
@@ -106,14 +119,18 @@ struct SecretRow {
   int64_t updated_ms = 0;
 };
 
-// Immutable bytes named by their content. The store does not compute or check `hash`: the
-// writer names the blob (workspaces use the BLAKE2b-256 hex of the uncompressed bytes) and
-// the reader verifies what it gets back. Two writes of one hash are the same blob.
+// Immutable bytes named by their content, held by one tenant. The store does not compute or
+// check `hash`: the writer names the blob (workspaces use the BLAKE2b-256 hex of the
+// uncompressed bytes) and the reader verifies what it gets back. Two writes of one hash in
+// one tenant are the same blob; the same bytes in two tenants are two blobs, and no read of
+// one tenant sees (or hints at) another tenant's, so that deduplication tells a tenant
+// nothing about what others store.
 struct BlobRow {
-  std::string hash;   // the content address; 1 to 128 bytes
-  std::string data;   // the bytes as stored (compressed unless codec is empty)
-  int64_t size = 0;   // length of the uncompressed bytes
-  std::string codec;  // "" (data is the content itself) or "zstd"
+  std::string tenant_id;  // not empty
+  std::string hash;       // the content address; 1 to 128 bytes
+  std::string data;       // the bytes as stored (compressed unless codec is empty)
+  int64_t size = 0;       // length of the uncompressed bytes
+  std::string codec;      // "" (data is the content itself) or "zstd"
 };
 
 // One entry of a tenant's audit log (src/audit/audit.h, docs/state-format.md "Audit log").
@@ -168,16 +185,22 @@ struct WriteBatch {
   std::vector<SnapshotRow> snapshots;  // replace the session's snapshot
   std::vector<AgentRow> agents;        // inserts; an existing (id, version) is AlreadyExists
   std::vector<std::string> delete_sessions;  // removes a session and everything derived
-  // Insert-or-ignore: a blob whose hash is stored already (or earlier in this batch) is not
-  // written again. Deleting a session leaves blobs alone, since other sessions may share
-  // them; blobs no journal refers to any more are left for a garbage collector (not yet
-  // written) that marks from every session's journal and sweeps the rest.
+  // Insert-or-ignore: a blob whose (tenant, hash) is stored already (or earlier in this
+  // batch) is not written again; an empty tenant id is InvalidArgument. Deleting a session
+  // leaves blobs alone, since the tenant's other sessions may share them; blobs no journal
+  // refers to any more are left for a garbage collector (not yet written) that marks from
+  // every session's journal and sweeps the rest.
   std::vector<BlobRow> blobs;
   std::vector<TenantRow> tenants;        // inserts; a taken id or name is AlreadyExists
-  std::vector<PrincipalRow> principals;  // inserts; a taken (tenant, name) is AlreadyExists
+  // Upserts by id (kind, name and tenant are kept); a taken (tenant, name) is AlreadyExists.
+  std::vector<PrincipalRow> principals;
+  // Upserts by id (only body and updated_ms change); a taken (tenant, kind, name) is
+  // AlreadyExists.
+  std::vector<PolicySetRow> policy_sets;
+  std::vector<std::string> delete_policy_sets;  // ids
   std::vector<ApiKeyRow> api_keys;       // upserts (a revocation rewrites the row)
   std::vector<SecretRow> secrets;        // upserts by (tenant, name)
-  // Sessions and agents stored before tenants existed (tenant_id '') join this tenant.
+  // Sessions, agents and blobs stored before tenants existed (tenant_id '') join this tenant.
   std::string adopt_untenanted;
   // Appended to their tenants' chains in this order; see AuditRow.
   std::vector<AuditRow> audit;
@@ -187,7 +210,8 @@ struct WriteBatch {
   bool empty() const {
     return events.empty() && sessions.empty() && turns.empty() && snapshots.empty() &&
            agents.empty() && delete_sessions.empty() && blobs.empty() && tenants.empty() &&
-           principals.empty() && api_keys.empty() && secrets.empty() &&
+           principals.empty() && policy_sets.empty() && delete_policy_sets.empty() &&
+           api_keys.empty() && secrets.empty() &&
            adopt_untenanted.empty() && audit.empty() && audit_checkpoints.empty();
   }
 };
@@ -235,12 +259,15 @@ class Store {
   // Latest version of each agent of `tenant_id` (every tenant's when empty).
   virtual Result<std::pair<std::vector<AgentRow>, std::string>> ListAgents(
       const std::string& tenant_id, const Page& page) = 0;
-  // The blob as written, or nullopt when none has this hash.
-  virtual Result<std::optional<BlobRow>> GetBlob(const std::string& hash) = 0;
-  // Those of `hashes` that no blob has, in their order, each once. Reads committed blobs
-  // only: a blob in a batch still queued counts as missing.
-  virtual Result<std::vector<std::string>> MissingBlobs(
-      const std::vector<std::string>& hashes) = 0;
+  // The blob of `tenant_id` as written, or nullopt when the tenant has none with this hash
+  // (whether or not another tenant has one).
+  virtual Result<std::optional<BlobRow>> GetBlob(const std::string& tenant_id,
+                                                 const std::string& hash) = 0;
+  // Those of `hashes` that no blob of `tenant_id` has, in their order, each once; another
+  // tenant's blobs do not count. Reads committed blobs only: a blob in a batch still queued
+  // counts as missing.
+  virtual Result<std::vector<std::string>> MissingBlobs(const std::string& tenant_id,
+                                                        const std::vector<std::string>& hashes) = 0;
 
   virtual Result<std::optional<TenantRow>> GetTenant(const std::string& id) = 0;
   virtual Result<std::pair<std::vector<TenantRow>, std::string>> ListTenants(const Page& page) = 0;
@@ -250,6 +277,12 @@ class Store {
                                                                  const std::string& name) = 0;
   virtual Result<std::pair<std::vector<PrincipalRow>, std::string>> ListPrincipals(
       const std::string& tenant_id, const Page& page) = 0;
+  virtual Result<std::optional<PolicySetRow>> GetPolicySet(const std::string& id) = 0;
+  virtual Result<std::optional<PolicySetRow>> GetPolicySetByName(const std::string& tenant_id,
+                                                                 const std::string& kind,
+                                                                 const std::string& name) = 0;
+  virtual Result<std::pair<std::vector<PolicySetRow>, std::string>> ListPolicySets(
+      const std::string& tenant_id, const std::string& kind, const Page& page) = 0;
   virtual Result<std::optional<ApiKeyRow>> GetApiKey(const std::string& id) = 0;
   virtual Result<std::vector<ApiKeyRow>> ListApiKeys(const std::string& principal_id) = 0;
   virtual Result<std::optional<SecretRow>> GetSecret(const std::string& tenant_id,

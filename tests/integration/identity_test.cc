@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <ctime>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "common/base64.h"
@@ -24,6 +25,14 @@ namespace {
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
 Headers As(const std::string& key) { return {{"Authorization", "Bearer " + key}}; }
+
+Json EventsOf(const Json& events, const std::string& type) {
+  Json out = Json::array();
+  for (const auto& e : events) {
+    if (e["type"] == type) out.push_back(e);
+  }
+  return out;
+}
 
 // A policy document allowing `actions` on everything in the principal's own tenant.
 Json OwnTenant(Json actions, std::string sid = "own-tenant") {
@@ -254,6 +263,156 @@ TEST_F(IdentityTest, PolicyDecidesEveryCallExplicitDenyWins) {
   EXPECT_TRUE(sim3.body["statement"].is_null());
 }
 
+TEST_F(IdentityTest, GroupsAndRolesCarryPoliciesToTheirMembers) {
+  std::string t = NewTenant("acme");
+  auto create = [&](const std::string& collection, const std::string& name, Json policies) {
+    Reply r = Call("POST", Url("/v1/" + collection),
+                   {{"tenant_id", t}, {"name", name}, {"policies", policies}});
+    EXPECT_EQ(r.status, 201) << r.raw;
+    EXPECT_EQ(r.headers["location"], "/v1/" + collection + "/" + r.body.value("id", ""));
+    return r.body.value("id", "");
+  };
+  std::string readers = create("groups", "readers", Json::array({OwnTenant({"agents:Read"}, "read-agents")}));
+  std::string sessions = create("roles", "session-admin", Json::array({OwnTenant({"sessions:*"})}));
+  EXPECT_EQ(readers.rfind("grp_", 0), 0u);
+  EXPECT_EQ(sessions.rfind("rol_", 0), 0u);
+  // Pat has no policies of her own: what she may do comes from her group.
+  std::string pat = NewPrincipal(t, "pat", Json::array(), {{"groups", Json::array({"readers"})}});
+  std::string pk = NewKey(pat);
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), As(pk)).status, 200);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions"), Json(), As(pk)).status, 403);
+
+  // A role given to her counts from her next request; simulation names where it came from.
+  Reply patch = Call("PATCH", Url("/v1/principals/" + pat), {{"roles", Json::array({"session-admin"})}});
+  ASSERT_EQ(patch.status, 200) << patch.raw;
+  EXPECT_EQ(patch.body["roles"], Json::array({"session-admin"}));
+  EXPECT_EQ(patch.body["groups"], Json::array({"readers"}));  // fields not given stay
+  EXPECT_EQ(Call("GET", Url("/v1/sessions"), Json(), As(pk)).status, 200);
+  Reply sim = Call("POST", Url("/v1/policies:simulate"),
+                   {{"principal_id", pat}, {"action", "agents:Read"},
+                    {"resource", "agentd:" + t + ":agent/x"}});
+  ASSERT_EQ(sim.status, 200) << sim.raw;
+  EXPECT_EQ(sim.body["allowed"], true);
+  EXPECT_EQ(sim.body["statement"]["source"], "group/readers");
+  EXPECT_EQ(sim.body["statement"]["sid"], "read-agents");
+
+  // A group's tool permissions reach the tool calls of its members' turns.
+  std::string tool_users = create("groups", "echo-users", Json::array({
+      {{"version", "2026-11-01"},
+       {"statements", Json::array({{{"effect", "allow"}, {"actions", Json::array({"tools:Call"})},
+                                    {"resources", Json::array({"agentd:" + t + ":tool/*/echo"})}}})}}}));
+  EXPECT_EQ(Call("POST", Url("/v1/agents"), AgentBody(), As(pk)).status, 403);
+  std::string own_agent = NewPrincipal(t, "builder", Json::array({OwnTenant({"agents:*"})}));
+  Reply a2 = Call("POST", Url("/v1/agents"), AgentBody(), As(NewKey(own_agent)));
+  ASSERT_EQ(a2.status, 201) << a2.raw;
+  Reply s = Call("POST", Url("/v1/sessions"), {{"agent_id", a2.body["id"]}}, As(pk));
+  ASSERT_EQ(s.status, 201) << s.raw;
+  std::string sid = s.body["id"];
+  auto echo_turn = [&] {
+    Reply turn = Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                      {{"input", "call echo {\"n\":1}"}, {"wait", true}}, As(pk));
+    EXPECT_EQ(turn.status, 200) << turn.raw;
+    Json events = Events(sid);
+    return std::pair{EventsOf(events, "tool_call.started").size(),
+                     EventsOf(events, "tool_call.failed").size()};
+  };
+  EXPECT_EQ(echo_turn(), (std::pair<size_t, size_t>{0, 1}));  // not in echo-users yet
+  ASSERT_EQ(Call("PATCH", Url("/v1/principals/" + pat),
+                 {{"groups", Json::array({"readers", "echo-users"})}}).status, 200);
+  EXPECT_EQ(echo_turn(), (std::pair<size_t, size_t>{1, 1}));
+
+  // Replacing a group's policies and deleting a role take effect at once, and last.
+  Reply put = Call("PUT", Url("/v1/groups/" + readers),
+                   {{"description", "now audit only"}, {"policies", Json::array({OwnTenant({"audit:Read"})})}});
+  ASSERT_EQ(put.status, 200) << put.raw;
+  EXPECT_EQ(put.body["description"], "now audit only");
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), As(pk)).status, 403);
+  EXPECT_EQ(Call("GET", Url("/v1/audit"), Json(), As(pk)).status, 200);
+  ASSERT_EQ(Call("DELETE", Url("/v1/roles/" + sessions)).status, 200);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions"), Json(), As(pk)).status, 403);
+  EXPECT_EQ(Call("GET", Url("/v1/roles/" + sessions)).status, 404);
+  RestartDaemon(SIGKILL);
+  EXPECT_EQ(Call("GET", Url("/v1/sessions"), Json(), As(pk)).status, 403);
+  EXPECT_EQ(Call("GET", Url("/v1/audit"), Json(), As(pk)).status, 200);
+  Reply listed = Call("GET", Url("/v1/groups"), Json(), As(NewKey(NewPrincipal(
+      t, "lister", Json::array({OwnTenant({"groups:Read"})})))));
+  ASSERT_EQ(listed.status, 200) << listed.raw;
+  ASSERT_EQ(listed.body["data"].size(), 2u);
+  EXPECT_EQ(listed.body["data"][0]["name"], "readers");
+  EXPECT_EQ(listed.body["data"][1]["id"], tool_users);
+
+  // Bad input is refused by name and changes nothing.
+  struct Bad {
+    const char* method;
+    std::string path;
+    Json body;
+    int status;
+    const char* detail;
+  };
+  Json good = Json::array({OwnTenant({"agents:Read"})});
+  Json broken = Json::array({{{"version", "2026-11-01"}, {"statements", Json::array({{{"effect", "maybe"}}})}}});
+  std::vector<Bad> bad = {
+      {"POST", "/v1/groups", {{"tenant_id", t}, {"name", "x"}}, 400, "policies"},
+      {"POST", "/v1/groups", {{"tenant_id", t}, {"name", "x"}, {"policies", broken}}, 400, "policies[0]"},
+      {"POST", "/v1/groups", {{"tenant_id", t}, {"name", "../x"}, {"policies", good}}, 400, "name"},
+      {"POST", "/v1/groups", {{"tenant_id", t}, {"name", "readers"}, {"policies", good}}, 409, "readers"},
+      {"POST", "/v1/roles", {{"tenant_id", t}, {"name", "x"}, {"policies", good}, {"extra", 1}}, 400, "extra"},
+      {"POST", "/v1/roles", {{"tenant_id", "ten_nope"}, {"name", "x"}, {"policies", good}}, 404, "tenant"},
+      {"PUT", "/v1/groups/" + readers, {{"policies", broken}}, 400, "policies[0]"},
+      {"PUT", "/v1/groups/" + readers, {{"policies", "all"}}, 400, "policies"},
+      {"PUT", "/v1/roles/" + readers, {{"policies", good}}, 404, "role"},  // a group is no role
+      {"PATCH", "/v1/principals/" + pat, {{"roles", Json::array({"no-such-role"})}}, 400, "roles[0]"},
+      {"PATCH", "/v1/principals/" + pat, {{"groups", "readers"}}, 400, "groups"},
+      {"PATCH", "/v1/principals/" + pat, {{"name", "mallory"}}, 400, "name"},
+      {"PATCH", "/v1/principals/" + pat, {{"policies", broken}}, 400, "policies[0]"},
+  };
+  for (const auto& b : bad) {
+    Reply r = Call(b.method, Url(b.path), b.body);
+    EXPECT_EQ(r.status, b.status) << b.method << " " << b.path << " " << b.body.dump() << ": " << r.raw;
+    EXPECT_NE(r.body.value("detail", "").find(b.detail), std::string::npos) << r.raw;
+  }
+  Reply after = Call("GET", Url("/v1/groups/" + readers));
+  EXPECT_EQ(after.body["policies"], put.body["policies"]);
+  Reply pat_now = Call("GET", Url("/v1/principals/" + pat));
+  EXPECT_EQ(pat_now.body["roles"], Json::array({"session-admin"}));  // the name stays, powerless
+  EXPECT_EQ(pat_now.body["name"], "pat");
+  EXPECT_EQ(pat_now.body["policies"], Json::array());
+
+  // Another tenant's groups and roles look missing, and cannot be made there.
+  std::string other = NewTenant("globex");
+  std::string oadmin = NewKey(NewPrincipal(other, "root", Json::array({OwnTenant({"*"})})));
+  for (const char* m : {"GET", "PUT", "DELETE"}) {
+    Reply r = Call(m, Url("/v1/groups/" + readers), {{"policies", good}}, As(oadmin));
+    EXPECT_EQ(r.status, 404) << m << " " << r.raw;
+    Reply missing = Call(m, Url("/v1/groups/grp_0000000000000000000000"), {{"policies", good}}, As(oadmin));
+    EXPECT_EQ(missing.status, 404) << m << " " << missing.raw;
+  }
+  EXPECT_EQ(Call("PATCH", Url("/v1/principals/" + pat), {{"roles", Json::array()}}, As(oadmin)).status, 404);
+  EXPECT_EQ(Call("POST", Url("/v1/groups"), {{"tenant_id", t}, {"name", "y"}, {"policies", good}},
+                 As(oadmin)).status, 404);
+  Reply own = Call("POST", Url("/v1/groups"), {{"name", "mine"}, {"policies", good}}, As(oadmin));
+  ASSERT_EQ(own.status, 201) << own.raw;
+  EXPECT_EQ(own.body["tenant_id"], other);  // the caller's tenant when none is named
+  EXPECT_EQ(Call("GET", Url("/v1/groups"), Json(), As(oadmin)).body["data"].size(), 1u);
+  EXPECT_EQ(Call("GET", Url("/v1/groups/" + readers)).status, 200);
+}
+
+// An answer goes out only once its request's audit entry is durable: kill -9 right after
+// each answer, and every answered request is in the log after the restart.
+TEST_F(IdentityTest, EveryAnsweredRequestIsInTheAuditLogAfterAKill) {
+  constexpr int kRounds = 8;
+  for (int i = 0; i < kRounds; ++i) {
+    Reply r = Call("POST", Url("/v1/tenants"), {{"name", "kill-" + std::to_string(i)}});
+    ASSERT_EQ(r.status, 201) << r.raw;
+    RestartDaemon(SIGKILL);
+  }
+  Reply audit = Call("GET", Url("/v1/audit?action=tenants:Create&limit=1000"));
+  ASSERT_EQ(audit.status, 200) << audit.raw;
+  int answered = 0;
+  for (const auto& e : audit.body["data"]) answered += e["result"] == "201" ? 1 : 0;
+  EXPECT_EQ(answered, kRounds) << audit.raw;
+}
+
 TEST_F(IdentityTest, RevokedAndExpiredKeysStopWorking) {
   std::string t = NewTenant("acme");
   std::string p = NewPrincipal(t, "erin", Json::array({OwnTenant({"agents:Read"})}));
@@ -418,13 +577,6 @@ TEST_F(IdentityTest, EveryRequestIsAuditedAndTheChainsVerifyLiveAndOffline) {
 }
 
 // The events of `sid` of one type.
-Json EventsOf(const Json& events, const std::string& type) {
-  Json out = Json::array();
-  for (const auto& e : events) {
-    if (e["type"] == type) out.push_back(e);
-  }
-  return out;
-}
 
 TEST_F(IdentityTest, ToolCallsNeedTheAgentAndThePrincipalToAllowThem) {
   std::string t = NewTenant("acme");
@@ -564,6 +716,133 @@ TEST_F(IdentityTest, ToolsGetATokenForOneCallNeverTheCallersKey) {
   std::string second =
       Json::parse(both[1]["data"]["output"].get<std::string>()).value("authorization", "");
   EXPECT_NE(second, auth);
+}
+
+// An MCP server over Streamable HTTP is called like an http tool: every request carries a
+// token agentd minted for it, a tools/call one for that call alone, and the secret headers
+// the server's definition names, opened under the policy of the turn's principal.
+TEST_F(IdentityTest, McpServersOverHttpGetATokenPerCallAndTheirSecretHeaders) {
+  std::string t = NewTenant("acme");
+  Json use_key = {{"version", "2026-11-01"},
+                  {"statements", Json::array({{{"effect", "allow"},
+                                               {"actions", Json::array({"secrets:Use"})},
+                                               {"resources", Json::array({"agentd:" + t + ":secret/mcp-key"})}}})}};
+  std::string vic = NewPrincipal(t, "vic", Json::array({OwnTenant({"agents:*", "sessions:*", "tools:Call",
+                                                                   "secrets:Write"}), use_key}));
+  std::string wes = NewPrincipal(t, "wes", Json::array({OwnTenant({"sessions:*", "tools:Call"})}));
+  std::string xena = NewPrincipal(t, "xena", Json::array({OwnTenant({"sessions:*", "tools:Call"}), use_key}));
+  std::string vk = NewKey(vic), wk = NewKey(wes), xk = NewKey(xena);
+  const std::string kSecret = "mcp-s3cret-value-42";
+  ASSERT_EQ(Call("PUT", Url("/v1/secrets/mcp-key"), {{"value", kSecret}}, As(vk)).status, 200);
+
+  const std::string log = dir_ + "/mcp-auth.log";
+  auto server = Process::Start({AGENTD_FAKE_MCP_SERVER, "--transport", "http", "--era", "2025-11-25",
+                                "--require-header", "X-Api-Key:" + kSecret, "--log-header",
+                                "Authorization"},
+                               {}, log);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto port = (*server)->WaitForLine("LISTENING ([0-9]+)", std::chrono::seconds(10));
+  ASSERT_TRUE(port.ok());
+  const std::string url = "http://127.0.0.1:" + *port + "/mcp";
+  Json body = AgentBody();
+  body["tools"] = Json::array({{{"type", "mcp"}, {"name", "remote"}, {"url", url},
+                                {"secret_headers", {{"X-Api-Key", "secret:mcp-key"}}}}});
+  body["sandbox"] = {{"egress", Json::array({"127.0.0.1:" + *port})}};
+  Reply agent = Call("POST", Url("/v1/agents"), body, As(vk));
+  ASSERT_EQ(agent.status, 201) << agent.raw;
+  EXPECT_EQ(agent.body["tools"][0]["secret_headers"]["X-Api-Key"], "secret:mcp-key");
+  std::string aid = agent.body["id"];
+  auto turn = [&](const std::string& sid, const std::string& key, const std::string& text) {
+    Reply r = Call("POST", Url("/v1/sessions/" + sid + "/turns"),
+                   {{"input", "call remote__echo {\"text\": \"" + text + "\"}"}, {"wait", true}},
+                   As(key));
+    EXPECT_EQ(r.status, 200) << r.raw;
+    return r.body;
+  };
+  std::string sid = Call("POST", Url("/v1/sessions"), {{"agent_id", aid}}, As(vk)).body["id"];
+  Json first = turn(sid, vk, "one");
+  ASSERT_EQ(first["status"], "completed") << first.dump();
+  // The server answered: the secret header was on every request.
+  EXPECT_NE(first["output_text"].get<std::string>().find("one"), std::string::npos)
+      << first.dump();
+  turn(sid, vk, "two");
+  // Xena's turn in the same session, over the connection vic's turn opened: her call's
+  // token names her.
+  turn(sid, xk, "three");
+
+  // Every request carried a token for vic, with the server as audience; the two calls
+  // carried two different tokens.
+  Reply jwks = Call("GET", Url("/.well-known/jwks.json"));
+  auto keys = identity::Jwks::Parse(jwks.raw);
+  ASSERT_TRUE(keys.ok());
+  identity::VerifyOptions v;
+  v.issuer = "agentd";
+  v.audience = url;
+  std::ifstream in(log);
+  std::string line;
+  std::vector<std::string> call_tokens;
+  int requests = 0;
+  while (std::getline(in, line)) {
+    if (line.rfind("HEADER ", 0) != 0) continue;
+    ++requests;
+    std::istringstream fields(line.substr(7));
+    std::string method, bearer, token;
+    fields >> method >> bearer >> token;
+    ASSERT_EQ(bearer, "Bearer") << line;
+    auto claims = identity::VerifyJwt(token, *keys, v);
+    ASSERT_TRUE(claims.ok()) << method << ": " << claims.status().ToString();
+    EXPECT_EQ((*claims)["act"]["sub"], aid);
+    EXPECT_EQ((*claims)["session"], sid);
+    if (method == "tools/call") {
+      EXPECT_EQ((*claims)["sub"], call_tokens.size() < 2 ? vic : xena);
+      call_tokens.push_back(token);
+    } else {
+      EXPECT_EQ((*claims)["sub"], vic) << method;
+    }
+    EXPECT_EQ(line.find(vk.substr(0, 20)), std::string::npos);  // never the caller's key
+  }
+  EXPECT_GE(requests, 3);  // initialize, tools/list, tools/call, ...
+  ASSERT_EQ(call_tokens.size(), 3u);
+  EXPECT_NE(call_tokens[0], call_tokens[1]);
+
+  // Wes may call tools but not use the secret: his session cannot connect, and his call
+  // is refused by name, the secret never sent.
+  std::string wsid = Call("POST", Url("/v1/sessions"), {{"agent_id", aid}}, As(wk)).body["id"];
+  turn(wsid, wk, "four");
+  Json failed = EventsOf(Events(wsid), "tool_call.failed");
+  ASSERT_EQ(failed.size(), 1u) << Events(wsid).dump();
+  EXPECT_EQ(failed[0]["data"]["error"]["code"], "permission_denied");
+  EXPECT_NE(failed[0]["data"]["error"]["message"].get<std::string>().find("secrets:Use"),
+            std::string::npos);
+  // The secret appears in no event, no answer, and no audit entry; its uses are audited.
+  for (const std::string& s : {sid, wsid}) {
+    EXPECT_EQ(Events(s).dump().find(kSecret), std::string::npos);
+  }
+  Reply audit = Call("GET", Url("/v1/audit?tenant_id=" + t + "&action=secrets:Use&limit=1000"));
+  ASSERT_EQ(audit.status, 200) << audit.raw;
+  EXPECT_EQ(audit.raw.find(kSecret), std::string::npos);
+  int allowed = 0, denied = 0;
+  for (const auto& e : audit.body["data"]) {
+    (e["decision"] == "allow" ? allowed : denied) += 1;
+  }
+  EXPECT_GE(allowed, 4);  // the connection and three calls
+  EXPECT_GE(denied, 1);
+}
+
+// Secrets reach MCP servers only as headers over HTTP; a stdio server's environment is
+// refused when the agent is defined.
+TEST_F(IdentityTest, McpStdioServersCannotTakeSecretEnvironment) {
+  Json body = AgentBody();
+  body["tools"] = Json::array({{{"type", "mcp"}, {"name", "local"}, {"command", {"x"}},
+                                {"secret_env", {{"TOKEN", "secret:t"}}}}});
+  Reply r = Call("POST", Url("/v1/agents"), body);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.value("detail", "").find("secret_env"), std::string::npos) << r.raw;
+  body["tools"] = Json::array({{{"type", "mcp"}, {"name", "local"}, {"command", {"x"}},
+                                {"secret_headers", {{"X-Key", "secret:t"}}}}});
+  r = Call("POST", Url("/v1/agents"), body);
+  EXPECT_EQ(r.status, 400) << r.raw;
+  EXPECT_NE(r.body.value("detail", "").find("secret_headers"), std::string::npos) << r.raw;
 }
 
 // ---- Sign-in with JWTs from an identity provider ----------------------------------------------
@@ -869,6 +1148,14 @@ TEST_F(JwtSignInTest, TheTokensGroupsJoinThePrincipalsForConditions) {
   // The stored groups stay.
   EXPECT_EQ(get("/v1/sessions", token(Json::array({"ops"}))), 200);
   EXPECT_EQ(get("/v1/sessions", token(Json())), 200);
+  // A stored group of the name a token gives brings its policies.
+  EXPECT_EQ(get("/v1/audit", token(Json::array({"oncall"}))), 403);
+  Reply group = Call("POST", Url("/v1/groups"),
+                     {{"tenant_id", t}, {"name", "oncall"},
+                      {"policies", Json::array({OwnTenant({"audit:Read"})})}});
+  ASSERT_EQ(group.status, 201) << group.raw;
+  EXPECT_EQ(get("/v1/audit", token(Json::array({"oncall"}))), 200);
+  EXPECT_EQ(get("/v1/audit", token(Json::array({"ops"}))), 403);
   // A groups claim that is not a list of strings is refused, not ignored.
   ExpectRefused("groups as a string", token("ops"), "groups");
   ExpectRefused("groups of numbers", token(Json::array({1, 2})), "groups");

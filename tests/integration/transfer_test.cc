@@ -284,6 +284,84 @@ TEST_F(TransferTest, DamagedHostileAndOversizedFilesAreRefusedAndChangeNothing) 
   EXPECT_EQ(a.status, 200) << a.raw;
 }
 
+// Workspace blobs belong to a tenant. An export imported into another tenant of the same
+// agentd brings its blobs along as that tenant's own; a file that leaves them out, counting
+// on the copies another tenant holds, is refused, as it would be on an agentd without them.
+TEST_F(TransferTest, AnImportIntoAnotherTenantBringsItsOwnBlobs) {
+  std::string agent = SandboxAgent();
+  std::string sid = CreateSession(agent);
+  Json wrote = Turn(sid, R"(call write_file {"path": "a.txt", "content": "tenant a's file"})");
+  ASSERT_EQ(wrote["status"], "completed");
+  Reply exported = Export(agentd_.url, sid);
+  ASSERT_EQ(exported.status, 200) << exported.raw;
+
+  Reply tenant = Call("POST", Url("/v1/tenants"), {{"name", "beta"}});
+  ASSERT_EQ(tenant.status, 201) << tenant.raw;
+  Json policy = {{"version", "2026-11-01"},
+                 {"statements",
+                  Json::array({{{"effect", "allow"},
+                                {"actions", Json::array({"agents:*", "sessions:*"})},
+                                {"resources", Json::array({"agentd:${principal.tenant}:*"})}}})}};
+  Reply bob = Call("POST", Url("/v1/principals"),
+                   {{"tenant_id", tenant.body["id"]},
+                    {"name", "bob"},
+                    {"kind", "user"},
+                    {"policies", Json::array({policy})}});
+  ASSERT_EQ(bob.status, 201) << bob.raw;
+  Reply key = Call("POST", Url("/v1/principals/" + bob.body["id"].get<std::string>() + "/api-keys"),
+                   Json::object());
+  ASSERT_EQ(key.status, 201) << key.raw;
+  const std::string as_b = "Bearer " + key.body["key"].get<std::string>();
+
+  // The same session under ids of its own each time (this agentd has the originals).
+  auto renamed = [&](char c, bool with_blobs) {
+    std::string file = exported.raw;
+    for (auto [from, to] : {std::pair{sid, "ses_" + std::string(26, c)},
+                            std::pair{agent, "agt_" + std::string(26, c)}}) {
+      for (size_t at; (at = file.find(from)) != std::string::npos;) {
+        file.replace(at, from.size(), to);
+      }
+    }
+    std::vector<Json> lines;
+    for (auto& l : Lines(file)) {
+      if (with_blobs || l["kind"] != "blob") lines.push_back(std::move(l));
+    }
+    if (!with_blobs) lines.back()["blobs"] = 0;
+    return Join(lines);
+  };
+  auto import = [&](const std::string& file, const std::string& auth) {
+    return CallRaw("POST", Url("/v1/sessions:import"), file,
+                   {{"Content-Type", "application/x-ndjson"}, {"Authorization", auth}});
+  };
+  auto read = [&](char c, const std::string& auth) {
+    return Call("GET", Url("/v1/sessions/ses_" + std::string(26, c) + "/workspace/a.txt"), Json(),
+                {{"Authorization", auth}});
+  };
+  const std::string as_a = "Bearer " + agentd_.admin_key;
+
+  // Without its blobs, the file goes into the tenant that holds them, and no other.
+  Reply own = import(renamed('a', false), as_a);
+  ASSERT_EQ(own.status, 201) << own.raw;
+  EXPECT_EQ(read('a', as_a).raw, "tenant a's file");
+  Reply refused = import(renamed('b', false), as_b);
+  EXPECT_EQ(refused.status, 400) << refused.raw;
+  EXPECT_NE(Detail(refused).find("neither in the file nor"), std::string::npos) << refused.raw;
+
+  Reply imported = import(renamed('b', true), as_b);
+  ASSERT_EQ(imported.status, 201) << imported.raw;
+  EXPECT_EQ(imported.body["tenant_id"], tenant.body["id"]);
+  Reply file_b = read('b', as_b);
+  EXPECT_EQ(file_b.status, 200) << file_b.raw;
+  EXPECT_EQ(file_b.raw, "tenant a's file");
+  Reply list_b = Call("GET", Url("/v1/sessions/ses_" + std::string(26, 'b') + "/workspace"), Json(),
+                      {{"Authorization", as_b}});
+  ASSERT_EQ(list_b.status, 200) << list_b.raw;
+  EXPECT_EQ(list_b.body["data"],
+            Json::array({{{"path", "a.txt"}, {"type", "file"}, {"size", 15}}}));
+  // And the session it came from still has its files.
+  EXPECT_EQ(Call("GET", Url("/v1/sessions/" + sid + "/workspace/a.txt")).raw, "tenant a's file");
+}
+
 TEST_F(TransferTest, AgentctlExportsToAPrivateFileAndImportsIt) {
   std::string sid = CreateSession(SandboxAgent());
   ASSERT_EQ(Turn(sid, R"(call write_file {"path": "a.txt", "content": "from the cli"})")["status"],

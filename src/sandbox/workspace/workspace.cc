@@ -348,8 +348,9 @@ Result<std::string> ReadAll(int fd, int64_t size_hint, int64_t max_bytes, const 
 
 class Snapshotter {
  public:
-  Snapshotter(const Manifest* previous, store::Store& store, const SnapshotOptions& options)
-      : store_(store), options_(options), start_ns_(NowNs()) {
+  Snapshotter(const Manifest* previous, store::Store& store, const std::string& tenant_id,
+              const SnapshotOptions& options)
+      : store_(store), tenant_id_(tenant_id), options_(options), start_ns_(NowNs()) {
     if (previous != nullptr) {
       for (const Entry& e : previous->entries) {
         if (e.type == EntryType::kFile && e.signature) previous_.emplace(e.path, &e);
@@ -371,7 +372,7 @@ class Snapshotter {
               [](const Entry& a, const Entry& b) { return a.path < b.path; });
     std::string text = EncodeManifest(result_.manifest);
     result_.manifest_hash = ContentHash(text);
-    ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs({result_.manifest_hash}));
+    ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs(tenant_id_, {result_.manifest_hash}));
     if (!missing.empty()) {
       ASSIGN_OR_RETURN(auto blob,
                        MakeBlob(zc_.get(), result_.manifest_hash, text, options_.zstd_level));
@@ -548,6 +549,7 @@ class Snapshotter {
   }
 
   void Add(store::BlobRow blob) {
+    blob.tenant_id = tenant_id_;
     added_.insert(blob.hash);
     result_.stats.blobs_new++;
     result_.stats.blob_bytes_new += static_cast<int64_t>(blob.data.size());
@@ -562,7 +564,7 @@ class Snapshotter {
       if (!added_.contains(h)) hashes.push_back(h);
     }
     if (!hashes.empty()) {
-      ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs(hashes));
+      ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs(tenant_id_, hashes));
       std::unordered_set<std::string> want(missing.begin(), missing.end());
       for (Pending& p : pending_) {
         const std::string& h = result_.manifest.entries[p.entry].hash;
@@ -587,7 +589,7 @@ class Snapshotter {
       }
     }
     if (hashes.empty()) return Status::OK();
-    ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs(hashes));
+    ASSIGN_OR_RETURN(auto missing, store_.MissingBlobs(tenant_id_, hashes));
     if (missing.empty()) return Status::OK();
     std::unordered_set<std::string> want(missing.begin(), missing.end());
     for (Entry& e : result_.manifest.entries) {
@@ -627,6 +629,7 @@ class Snapshotter {
   }
 
   store::Store& store_;
+  const std::string tenant_id_;  // whose blobs the snapshot finds and writes
   const SnapshotOptions& options_;
   const int64_t start_ns_;
   int64_t trusted_before_ns_ = 0;
@@ -696,8 +699,9 @@ Status WriteAll(int fd, std::string_view data, const std::string& path) {
 
 class Restorer {
  public:
-  Restorer(store::Store& store, const RestoreOptions& options)
+  Restorer(store::Store& store, const std::string& tenant_id, const RestoreOptions& options)
       : store_(store),
+        tenant_id_(tenant_id),
         options_(options),
         chown_(options.owner_uid >= 0 || options.owner_gid >= 0),
         uid_(static_cast<uid_t>(options.owner_uid)),
@@ -747,7 +751,7 @@ class Restorer {
 
  private:
   Status WriteFile(int dir, const std::string& leaf, Entry& e) {
-    ASSIGN_OR_RETURN(auto row, store_.GetBlob(e.hash));
+    ASSIGN_OR_RETURN(auto row, store_.GetBlob(tenant_id_, e.hash));
     if (!row) {
       return NotFound(fmt::format("workspace blob {} of '{}' is not in the store", e.hash, e.path));
     }
@@ -805,6 +809,7 @@ class Restorer {
   }
 
   store::Store& store_;
+  const std::string tenant_id_;  // whose blobs the restore reads
   const RestoreOptions& options_;
   const bool chown_;
   const uid_t uid_;  // -1 (unchanged) when owner_uid is
@@ -961,11 +966,11 @@ Result<Manifest> DecodeManifest(std::string_view text, const Limits& limits) {
 }
 
 Result<Manifest> LoadManifest(const std::string& manifest_hash, store::Store& store,
-                              const Limits& limits) {
+                              const std::string& tenant_id, const Limits& limits) {
   if (!IsContentHash(manifest_hash)) {
     return InvalidArgument(fmt::format("'{}' is not a workspace snapshot hash", manifest_hash));
   }
-  ASSIGN_OR_RETURN(auto row, store.GetBlob(manifest_hash));
+  ASSIGN_OR_RETURN(auto row, store.GetBlob(tenant_id, manifest_hash));
   if (!row)
     return NotFound(fmt::format("workspace snapshot {} is not in the store", manifest_hash));
   ASSIGN_OR_RETURN(std::string text, OpenBlob(NewDecompressContext().get(), *row, -1,
@@ -974,8 +979,9 @@ Result<Manifest> LoadManifest(const std::string& manifest_hash, store::Store& st
 }
 
 Result<std::string> ReadSnapshotFile(const std::string& manifest_hash, const std::string& path,
-                                     store::Store& store, size_t max_bytes) {
-  ASSIGN_OR_RETURN(Manifest m, LoadManifest(manifest_hash, store));
+                                     store::Store& store, const std::string& tenant_id,
+                                     size_t max_bytes) {
+  ASSIGN_OR_RETURN(Manifest m, LoadManifest(manifest_hash, store, tenant_id));
   auto it = std::lower_bound(m.entries.begin(), m.entries.end(), path,
                              [](const Entry& e, const std::string& p) { return e.path < p; });
   if (it == m.entries.end() || it->path != path) {
@@ -988,38 +994,43 @@ Result<std::string> ReadSnapshotFile(const std::string& manifest_hash, const std
     return ResourceExhausted(fmt::format("'{}' is {} bytes, more than the {} bytes this reads",
                                          path, it->size, max_bytes));
   }
-  ASSIGN_OR_RETURN(auto row, store.GetBlob(it->hash));
+  ASSIGN_OR_RETURN(auto row, store.GetBlob(tenant_id, it->hash));
   if (!row) return NotFound(fmt::format("the content of '{}' is not in the store", path));
   return OpenBlob(NewDecompressContext().get(), *row, it->size, it->size, path);
 }
 
 Result<SnapshotResult> SnapshotAt(int root_fd, const Manifest* previous, store::Store& store,
-                                  store::WriteBatch& batch, const SnapshotOptions& options) {
-  Snapshotter s(previous, store, options);
+                                  const std::string& tenant_id, store::WriteBatch& batch,
+                                  const SnapshotOptions& options) {
+  if (tenant_id.empty()) return InvalidArgument("a workspace snapshot needs a tenant");
+  Snapshotter s(previous, store, tenant_id, options);
   ASSIGN_OR_RETURN(SnapshotResult r, s.Run(root_fd));
   for (auto& b : s.blobs()) batch.blobs.push_back(std::move(b));
   return r;
 }
 
 Result<SnapshotResult> Snapshot(const std::string& root, const Manifest* previous,
-                                store::Store& store, store::WriteBatch& batch,
-                                const SnapshotOptions& options) {
+                                store::Store& store, const std::string& tenant_id,
+                                store::WriteBatch& batch, const SnapshotOptions& options) {
   Fd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd.ok()) return Errno("cannot open workspace", root);
-  return SnapshotAt(fd.get(), previous, store, batch, options);
+  return SnapshotAt(fd.get(), previous, store, tenant_id, batch, options);
 }
 
 Result<SnapshotResult> SnapshotBlocking(const std::string& root, const Manifest* previous,
-                                        store::Store& store, const SnapshotOptions& options) {
+                                        store::Store& store, const std::string& tenant_id,
+                                        const SnapshotOptions& options) {
   store::WriteBatch batch;
-  ASSIGN_OR_RETURN(SnapshotResult r, Snapshot(root, previous, store, batch, options));
+  ASSIGN_OR_RETURN(SnapshotResult r, Snapshot(root, previous, store, tenant_id, batch, options));
   if (!batch.empty()) RETURN_IF_ERROR(store.CommitBlocking(std::move(batch)));
   return r;
 }
 
 Result<Manifest> RestoreBlocking(const std::string& manifest_hash, store::Store& store,
-                                 const std::string& target, const RestoreOptions& options) {
-  ASSIGN_OR_RETURN(Manifest manifest, LoadManifest(manifest_hash, store, options.limits));
+                                 const std::string& tenant_id, const std::string& target,
+                                 const RestoreOptions& options) {
+  ASSIGN_OR_RETURN(Manifest manifest,
+                   LoadManifest(manifest_hash, store, tenant_id, options.limits));
   std::string t = target;
   while (t.size() > 1 && t.back() == '/') t.pop_back();
   size_t slash = t.rfind('/');
@@ -1066,7 +1077,7 @@ Result<Manifest> RestoreBlocking(const std::string& manifest_hash, store::Store&
   Fd tmp_fd(
       ::openat(parent_fd.get(), tmp_name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!tmp_fd.ok()) return fail(Errno("cannot open", tmp_path));
-  Restorer r(store, options);
+  Restorer r(store, tenant_id, options);
   if (Status st = r.Build(tmp_fd.get(), manifest); !st.ok()) return fail(st);
   if (options.sync && ::syncfs(tmp_fd.get()) != 0) return fail(Errno("cannot sync", tmp_path));
   // Signatures of files written in the racy window are not to be trusted (see Snapshot).

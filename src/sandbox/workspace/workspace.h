@@ -5,8 +5,10 @@
 // permission bits, file sizes, mtimes and content hashes) plus one blob per distinct file
 // content. Blobs are named by the BLAKE2b-256 hex of their uncompressed bytes and stored
 // zstd-compressed; the manifest is itself a blob, in canonical JSON, and its hash names the
-// snapshot. Only content the store lacks is written, and a file whose stat signature has not
-// changed since the previous snapshot is not read at all.
+// snapshot. Blobs belong to the session's tenant (store::BlobRow): a snapshot writes the
+// content that tenant lacks, whatever other tenants hold, and a restore reads that tenant's
+// blobs only. A file whose stat signature has not changed since the previous snapshot is not
+// read at all.
 //
 // Manifest format "agentd.workspace/1" (canonical: keys in alphabetical order, no spaces,
 // entries sorted by the bytes of their path, parents before children):
@@ -103,22 +105,25 @@ struct SnapshotResult {
 };
 
 // Walks the tree under `root` (never following a symlink, never leaving the root) and adds
-// to `batch` every blob the store lacks, the manifest last; committing `batch` (perhaps
-// with the journal event that names manifest_hash) makes the snapshot durable at once.
-// `previous`, when given, is the manifest of an earlier snapshot or restore of the same
-// directory on this host: files whose signature is unchanged keep their hash unread.
-// Fails with ResourceExhausted past a limit, NotFound when `root` is missing, Unavailable
-// on I/O errors; `batch` is then unchanged.
+// to `batch` every blob `tenant_id` lacks in the store, as that tenant's, the manifest last;
+// committing `batch` (perhaps with the journal event that names manifest_hash) makes the
+// snapshot durable at once. `previous`, when given, is the manifest of an earlier snapshot
+// or restore of the same directory on this host: files whose signature is unchanged keep
+// their hash unread. Fails with InvalidArgument for an empty `tenant_id`, ResourceExhausted
+// past a limit, NotFound when `root` is missing, Unavailable on I/O errors; `batch` is then
+// unchanged.
 Result<SnapshotResult> Snapshot(const std::string& root, const Manifest* previous,
-                                store::Store& store, store::WriteBatch& batch,
-                                const SnapshotOptions& options = {});
+                                store::Store& store, const std::string& tenant_id,
+                                store::WriteBatch& batch, const SnapshotOptions& options = {});
 // The same, for a directory open as `root_fd` (not closed).
 Result<SnapshotResult> SnapshotAt(int root_fd, const Manifest* previous, store::Store& store,
-                                  store::WriteBatch& batch, const SnapshotOptions& options = {});
+                                  const std::string& tenant_id, store::WriteBatch& batch,
+                                  const SnapshotOptions& options = {});
 
 // Snapshot and commit the batch on its own. Blocking.
 Result<SnapshotResult> SnapshotBlocking(const std::string& root, const Manifest* previous,
-                                        store::Store& store, const SnapshotOptions& options = {});
+                                        store::Store& store, const std::string& tenant_id,
+                                        const SnapshotOptions& options = {});
 
 struct RestoreOptions {
   Limits limits;
@@ -131,22 +136,26 @@ struct RestoreOptions {
 };
 
 // Replaces the directory `target` (created when missing; its parent must exist) with the
-// snapshot `manifest_hash`. Returns the manifest, with the signatures of the restored files,
-// to pass as `previous` to the next Snapshot. On failure the target is untouched: NotFound
-// when a blob is missing, InvalidArgument naming the entry when the manifest is malformed
-// or hostile, Internal naming the path when a stored blob is corrupt (its content does not
-// match its hash), ResourceExhausted past a limit, Unavailable on I/O errors.
+// snapshot `manifest_hash` of `tenant_id`. Returns the manifest, with the signatures of the
+// restored files, to pass as `previous` to the next Snapshot. On failure the target is
+// untouched: NotFound when a blob is missing (from the tenant's blobs, whatever other tenants
+// hold), InvalidArgument naming the entry when the manifest is malformed or hostile, Internal
+// naming the path when a stored blob is corrupt (its content does not match its hash),
+// ResourceExhausted past a limit, Unavailable on I/O errors.
 Result<Manifest> RestoreBlocking(const std::string& manifest_hash, store::Store& store,
-                                 const std::string& target, const RestoreOptions& options = {});
+                                 const std::string& tenant_id, const std::string& target,
+                                 const RestoreOptions& options = {});
 
 // The canonical manifest text and its parse, which checks everything Restore relies on.
 std::string EncodeManifest(const Manifest& manifest);
 Result<Manifest> DecodeManifest(std::string_view text, const Limits& limits);
 
-// The content of the regular file `path` in snapshot `manifest_hash`, checked against its
-// hash; NotFound when the snapshot has no such file, ResourceExhausted over `max_bytes`.
+// The content of the regular file `path` in snapshot `manifest_hash` of `tenant_id`, checked
+// against its hash; NotFound when the snapshot has no such file, ResourceExhausted over
+// `max_bytes`.
 Result<std::string> ReadSnapshotFile(const std::string& manifest_hash, const std::string& path,
-                                     store::Store& store, size_t max_bytes);
+                                     store::Store& store, const std::string& tenant_id,
+                                     size_t max_bytes);
 
 // The content of a blob as stored (or as read from an export file), decompressed and checked
 // against its hash; InvalidArgument naming the blob when it is corrupt or over `max_size`.
@@ -158,8 +167,9 @@ bool IsContentHash(std::string_view hash);
 // BLAKE2b-256 of `data`, as lowercase hex.
 std::string ContentHash(std::string_view data);
 
-// The manifest stored under `manifest_hash`, checked against its hash.
+// The manifest stored under `manifest_hash` among the blobs of `tenant_id`, checked against
+// its hash; NotFound when that tenant has none.
 Result<Manifest> LoadManifest(const std::string& manifest_hash, store::Store& store,
-                              const Limits& limits = {});
+                              const std::string& tenant_id, const Limits& limits = {});
 
 }  // namespace agentd::sandbox::workspace

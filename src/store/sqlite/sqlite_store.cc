@@ -24,7 +24,7 @@
 namespace agentd::store::sqlite {
 namespace {
 
-constexpr int kSchemaVersion = 4;
+constexpr int kSchemaVersion = 6;
 
 // The schema of version 1; kMigrations bring it up to kSchemaVersion.
 constexpr const char* kSchema = R"sql(
@@ -92,6 +92,36 @@ CREATE TABLE IF NOT EXISTS secrets(
 ALTER TABLE agents ADD COLUMN tenant_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE sessions ADD COLUMN tenant_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS sessions_tenant ON sessions(tenant_id);
+)sql",
+    // 5: groups and roles, the names policies are attached to.
+    R"sql(
+CREATE TABLE IF NOT EXISTS policy_sets(
+  id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+  body TEXT NOT NULL, created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+  UNIQUE(tenant_id, kind, name));
+)sql",
+    // 6: every blob belongs to a tenant, keyed by (tenant_id, hash), so that neither a read
+    // nor deduplication crosses tenants. Which blobs a session uses is written in its
+    // snapshots' manifests, themselves blobs in the workspace format (zstd-compressed JSON)
+    // that SQL cannot read; but only workspace.snapshot events name manifests, so a tenant
+    // none of whose sessions has such an event uses no blob. Every blob is therefore copied
+    // to each tenant that has a session with one: a superset of what each tenant uses, and
+    // nothing it could not read before, when blobs were shared; content written from now on
+    // stays with its tenant. The copies cost space once, until a garbage collector reclaims
+    // what no journal of the tenant names. Sessions from before tenants have tenant '', which
+    // gets its copies like any other; they join the adopting tenant with those sessions
+    // (WriteBatch::adopt_untenanted).
+    R"sql(
+CREATE TABLE blobs_by_tenant(
+  tenant_id TEXT NOT NULL, hash TEXT NOT NULL, size INTEGER NOT NULL, codec TEXT NOT NULL,
+  data BLOB NOT NULL, PRIMARY KEY(tenant_id, hash));
+INSERT INTO blobs_by_tenant(tenant_id, hash, size, codec, data)
+  SELECT t.tenant_id, b.hash, b.size, b.codec, b.data
+  FROM (SELECT DISTINCT s.tenant_id FROM sessions s WHERE EXISTS(
+          SELECT 1 FROM events e WHERE e.session_id=s.id AND e.type='workspace.snapshot')) t,
+       blobs b;
+DROP TABLE blobs;
+ALTER TABLE blobs_by_tenant RENAME TO blobs;
 )sql",
 };
 static_assert(std::size(kMigrations) == kSchemaVersion - 1);
@@ -487,6 +517,37 @@ class SqliteStore final : public Store {
         [](Stmt* s) { return PrincipalFrom(s); }, 6, page.limit);
   }
 
+  Result<std::optional<PolicySetRow>> GetPolicySet(const std::string& id) override {
+    return ReadOne<PolicySetRow>(
+        "SELECT id, tenant_id, kind, name, body, created_ms, updated_ms FROM policy_sets "
+        "WHERE id=?1",
+        {id}, [](Stmt* s) { return PolicySetFrom(s); });
+  }
+
+  Result<std::optional<PolicySetRow>> GetPolicySetByName(const std::string& tenant_id,
+                                                         const std::string& kind,
+                                                         const std::string& name) override {
+    return ReadOne<PolicySetRow>(
+        "SELECT id, tenant_id, kind, name, body, created_ms, updated_ms FROM policy_sets "
+        "WHERE tenant_id=?1 AND kind=?2 AND name=?3",
+        {tenant_id, kind, name}, [](Stmt* s) { return PolicySetFrom(s); });
+  }
+
+  Result<std::pair<std::vector<PolicySetRow>, std::string>> ListPolicySets(
+      const std::string& tenant_id, const std::string& kind, const Page& page) override {
+    int64_t after = CursorValue(page.cursor);
+    return ReadPage<PolicySetRow>(
+        "SELECT id, tenant_id, kind, name, body, created_ms, updated_ms, rowid FROM policy_sets "
+        "WHERE rowid>?1 AND tenant_id=?3 AND kind=?4 ORDER BY rowid LIMIT ?2",
+        [&](Stmt* s) {
+          s->Bind(1, after);
+          s->Bind(2, static_cast<int64_t>(page.limit + 1));
+          s->Bind(3, tenant_id);
+          s->Bind(4, kind);
+        },
+        [](Stmt* s) { return PolicySetFrom(s); }, 7, page.limit);
+  }
+
   Result<std::optional<ApiKeyRow>> GetApiKey(const std::string& id) override {
     return ReadOne<ApiKeyRow>(
         "SELECT id, tenant_id, principal_id, hash, created_ms, expires_ms, revoked_ms "
@@ -583,16 +644,18 @@ class SqliteStore final : public Store {
     return std::move(page.first);
   }
 
-  Result<std::optional<BlobRow>> GetBlob(const std::string& hash) override {
+  Result<std::optional<BlobRow>> GetBlob(const std::string& tenant_id,
+                                         const std::string& hash) override {
     return ReadOne<BlobRow>(
-        "SELECT size, codec, data FROM blobs WHERE hash=?1", {hash},
-        [&](Stmt* s) { return BlobRow{hash, s->Blob(2), s->Int(0), s->Text(1)}; });
+        "SELECT size, codec, data FROM blobs WHERE tenant_id=?1 AND hash=?2", {tenant_id, hash},
+        [&](Stmt* s) { return BlobRow{tenant_id, hash, s->Blob(2), s->Int(0), s->Text(1)}; });
   }
 
-  Result<std::vector<std::string>> MissingBlobs(const std::vector<std::string>& hashes) override {
+  Result<std::vector<std::string>> MissingBlobs(const std::string& tenant_id,
+                                                const std::vector<std::string>& hashes) override {
     static const std::string sql = [] {
-      std::string q = "SELECT hash FROM blobs WHERE hash IN (?1";
-      for (int i = 2; i <= kMissingBlobsChunk; ++i) q += fmt::format(",?{}", i);
+      std::string q = "SELECT hash FROM blobs WHERE tenant_id=?1 AND hash IN (?2";
+      for (int i = 3; i <= kMissingBlobsChunk + 1; ++i) q += fmt::format(",?{}", i);
       return q + ")";
     }();
     std::unordered_set<std::string> found;
@@ -603,7 +666,8 @@ class SqliteStore final : public Store {
       for (size_t at = 0; at < hashes.size() && st.ok(); at += kMissingBlobsChunk) {
         auto* s = (*conn)->stmts->Get(sql.c_str());
         size_t n = std::min<size_t>(kMissingBlobsChunk, hashes.size() - at);
-        for (size_t i = 0; i < n; ++i) s->Bind(static_cast<int>(i + 1), hashes[at + i]);
+        s->Bind(1, tenant_id);
+        for (size_t i = 0; i < n; ++i) s->Bind(static_cast<int>(i + 2), hashes[at + i]);
         int rc;
         while ((rc = s->Step()) == SQLITE_ROW) found.insert(s->Text(0));
         if (rc != SQLITE_DONE) st = SqlError((*conn)->db, "find blobs");
@@ -658,6 +722,10 @@ class SqliteStore final : public Store {
   static TenantRow TenantFrom(Stmt* s) { return TenantRow{s->Text(0), s->Text(1), s->Int(2)}; }
   static PrincipalRow PrincipalFrom(Stmt* s) {
     return PrincipalRow{s->Text(0), s->Text(1), s->Text(2), s->Text(3), s->Text(4), s->Int(5)};
+  }
+  static PolicySetRow PolicySetFrom(Stmt* s) {
+    return PolicySetRow{s->Text(0), s->Text(1), s->Text(2), s->Text(3),
+                        s->Text(4), s->Int(5),  s->Int(6)};
   }
   static ApiKeyRow ApiKeyFrom(Stmt* s) {
     return ApiKeyRow{s->Text(0), s->Text(1), s->Text(2), s->Text(3),
@@ -846,14 +914,33 @@ class SqliteStore final : public Store {
     for (const auto& p : b.principals) {
       auto* s = write_stmts_->Get(
           "INSERT INTO principals(id, tenant_id, name, kind, body, created_ms) "
-          "VALUES(?1,?2,?3,?4,?5,?6)");
+          "VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(id) DO UPDATE SET body=excluded.body");
       s->Bind(1, p.id);
       s->Bind(2, p.tenant_id);
       s->Bind(3, p.name);
       s->Bind(4, p.kind);
       s->Bind(5, p.body);
       s->Bind(6, p.created_ms);
-      RETURN_IF_ERROR(step(s, "insert principal"));
+      RETURN_IF_ERROR(step(s, "write principal"));
+    }
+    for (const auto& g : b.policy_sets) {
+      auto* s = write_stmts_->Get(
+          "INSERT INTO policy_sets(id, tenant_id, kind, name, body, created_ms, updated_ms) "
+          "VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(id) DO UPDATE SET body=excluded.body, "
+          "updated_ms=excluded.updated_ms");
+      s->Bind(1, g.id);
+      s->Bind(2, g.tenant_id);
+      s->Bind(3, g.kind);
+      s->Bind(4, g.name);
+      s->Bind(5, g.body);
+      s->Bind(6, g.created_ms);
+      s->Bind(7, g.updated_ms);
+      RETURN_IF_ERROR(step(s, "write policy set"));
+    }
+    for (const auto& id : b.delete_policy_sets) {
+      auto* s = write_stmts_->Get("DELETE FROM policy_sets WHERE id=?1");
+      s->Bind(1, id);
+      RETURN_IF_ERROR(step(s, "delete policy set"));
     }
     for (const auto& k : b.api_keys) {
       auto* s = write_stmts_->Get(
@@ -882,8 +969,12 @@ class SqliteStore final : public Store {
       RETURN_IF_ERROR(step(s, "write secret"));
     }
     if (!b.adopt_untenanted.empty()) {
+      // A blob the tenant holds already stays as it is, and the untenanted copy goes.
       for (const char* sql : {"UPDATE agents SET tenant_id=?1 WHERE tenant_id=''",
-                              "UPDATE sessions SET tenant_id=?1 WHERE tenant_id=''"}) {
+                              "UPDATE sessions SET tenant_id=?1 WHERE tenant_id=''",
+                              "UPDATE OR IGNORE blobs SET tenant_id=?1 WHERE tenant_id=''",
+                              "DELETE FROM blobs WHERE tenant_id='' AND EXISTS(SELECT 1 FROM "
+                              "blobs o WHERE o.tenant_id=?1 AND o.hash=blobs.hash)"}) {
         auto* s = write_stmts_->Get(sql);
         s->Bind(1, b.adopt_untenanted);
         RETURN_IF_ERROR(step(s, "adopt untenanted rows"));
@@ -903,17 +994,21 @@ class SqliteStore final : public Store {
       RETURN_IF_ERROR(step(s, "upsert turn"));
     }
     for (const auto& blob : b.blobs) {
+      if (blob.tenant_id.empty()) {
+        return InvalidArgument(fmt::format("blob {} has no tenant", blob.hash));
+      }
       if (blob.hash.empty() || blob.hash.size() > kMaxBlobHashBytes) {
         return InvalidArgument(fmt::format("blob hash must be 1 to {} bytes, not {}",
                                            kMaxBlobHashBytes, blob.hash.size()));
       }
       auto* s = write_stmts_->Get(
-          "INSERT INTO blobs(hash, size, codec, data) VALUES(?1,?2,?3,?4) "
-          "ON CONFLICT(hash) DO NOTHING");
-      s->Bind(1, blob.hash);
-      s->Bind(2, blob.size);
-      s->Bind(3, blob.codec);
-      s->BindBlob(4, blob.data);
+          "INSERT INTO blobs(tenant_id, hash, size, codec, data) VALUES(?1,?2,?3,?4,?5) "
+          "ON CONFLICT(tenant_id, hash) DO NOTHING");
+      s->Bind(1, blob.tenant_id);
+      s->Bind(2, blob.hash);
+      s->Bind(3, blob.size);
+      s->Bind(4, blob.codec);
+      s->BindBlob(5, blob.data);
       RETURN_IF_ERROR(step(s, "write blob"));
     }
     for (const auto& snap : b.snapshots) {

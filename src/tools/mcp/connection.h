@@ -54,6 +54,8 @@ struct RequestOptions {
   std::function<void(const Json& params)> on_progress;
   // Stateless-era HTTP only: Mcp-Param-* headers mirrored from the arguments (x-mcp-header).
   std::vector<std::pair<std::string, std::string>> extra_headers;
+  // HTTP only, every era: headers of this request alone, replacing any of the same name.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // Server notifications the connection does not consume itself (list_changed, ...).

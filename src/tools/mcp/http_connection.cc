@@ -12,6 +12,8 @@
 // Cancellation: a stateless request is cancelled by closing its stream; a handshake-era
 // one also gets notifications/cancelled. Server requests on a handshake-era stream (ping)
 // are answered by a POST from a helper thread, since the stream's thread is inside curl.
+#include <strings.h>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -95,6 +97,7 @@ class HttpConnection final : public Connection {
     req.method = "POST";
     req.url = target_.url;
     req.headers = BaseHeaders();
+    for (const auto& [k, v] : options.headers) SetHeader(req.headers, k, v);
     std::string version = Version();
     if (IsModern(version)) {
       req.headers.emplace_back("Mcp-Method", method);
@@ -299,10 +302,19 @@ class HttpConnection final : public Connection {
         {"Accept", "application/json, text/event-stream"},
         {"User-Agent", "agentd/0.1"}};
     for (const auto& kv : target_.headers) h.push_back(kv);
+    if (target_.fresh_headers) {
+      for (const auto& [k, v] : target_.fresh_headers()) SetHeader(h, k, v);
+    }
     std::lock_guard<std::mutex> lock(mu_);
     if (!version_.empty()) h.emplace_back("MCP-Protocol-Version", version_);
     if (!session_id_.empty()) h.emplace_back("Mcp-Session-Id", session_id_);
     return h;
+  }
+
+  static void SetHeader(std::vector<std::pair<std::string, std::string>>& headers,
+                        const std::string& name, const std::string& value) {
+    std::erase_if(headers, [&](const auto& h) { return strcasecmp(h.first.c_str(), name.c_str()) == 0; });
+    headers.emplace_back(name, value);
   }
 
   Status Oversized() const {

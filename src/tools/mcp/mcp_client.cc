@@ -578,6 +578,7 @@ Result<CallResult> McpClient::CallToolBlocking(const std::string& name, const Js
   RequestOptions ro;
   ro.deadline = Clock::now() + options.timeout;
   ro.should_abort = options.should_abort;
+  ro.headers = options.headers;
   if (options.on_progress) {
     ro.on_progress = [&options](const Json& p) {
       ProgressUpdate u;

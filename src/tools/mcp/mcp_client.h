@@ -110,6 +110,11 @@ struct HttpTarget {
   std::chrono::milliseconds connect_timeout{5000};  // TCP connect
   // When set, every request connects to this IP address (see HttpRequest::connect_address).
   std::string connect_address;
+  // When set, called for every request (on the caller's or a transport thread, with none of
+  // the client's locks held) for headers that change, such as a short-lived token; each
+  // replaces a header of `headers` of the same name. A tools/call's own
+  // CallOptions::headers replace these in turn.
+  std::function<std::vector<std::pair<std::string, std::string>>()> fresh_headers;
 };
 
 // A tool as the server describes it in tools/list.
@@ -138,6 +143,9 @@ struct CallOptions {
   // notifications/progress for it is passed here, on a transport thread, before the call
   // returns; never after.
   std::function<void(const ProgressUpdate&)> on_progress;
+  // Streamable HTTP only: headers of this call alone (a token minted for it, a secret); each
+  // replaces a header of the target of the same name.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // The CallToolResult. A tool's own failure is `is_error` with an OK Status.

@@ -16,6 +16,7 @@
 //                 (some legacy servers drop them), to test the probe timeout.
 // --garbage-banner   writes a line that is not JSON to stdout at start.
 // --require-header NAME:VALUE  (HTTP) answers 401 to any request without that header.
+// --log-header NAME  (HTTP) prints "HEADER <JSON-RPC method> <value>" for each POST.
 //
 // Tools (tools/call):
 //   echo {text}            text content
@@ -83,6 +84,7 @@ struct Flags {
   bool garbage_banner = false;
   std::string required_header;  // lower-cased name
   std::string required_value;
+  std::string logged_header;  // lower-cased name
   std::string exit_file;  // written when stdin ends (a clean shutdown)
 };
 
@@ -731,6 +733,11 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
   }
   Json msg = std::move(parsed).value();
   const std::string* method = agentd::FindString(msg, "method");
+  if (!g_flags.logged_header.empty()) {
+    std::printf("HEADER %s %s\n", method != nullptr ? method->c_str() : "-",
+                req.Header(g_flags.logged_header).c_str());
+    std::fflush(stdout);
+  }
   Json id = msg.contains("id") ? msg["id"] : Json();
   Json params =
       msg.contains("params") && msg["params"].is_object() ? msg["params"] : Json::object();
@@ -833,7 +840,7 @@ int Usage(const std::string& why) {
   std::fprintf(stderr,
                "fake_mcp_server: %s\nusage: fake_mcp_server [--era 2025-06-18|2025-11-25|"
                "2026-07-28|dual] [--transport stdio|http] [--page-size N] [--silent-discover] "
-               "[--garbage-banner] [--require-header NAME:VALUE]\n",
+               "[--garbage-banner] [--require-header NAME:VALUE] [--log-header NAME]\n",
                why.c_str());
   return 2;
 }
@@ -864,6 +871,9 @@ int main(int argc, char** argv) {
       g_flags.exit_file = value();
     } else if (arg == "--garbage-banner") {
       g_flags.garbage_banner = true;
+    } else if (arg == "--log-header") {
+      g_flags.logged_header = value();
+      for (char& c : g_flags.logged_header) c = static_cast<char>(std::tolower(c));
     } else if (arg == "--require-header") {
       std::string h = value();
       auto colon = h.find(':');

@@ -86,7 +86,7 @@ class McpEraTest : public ::testing::TestWithParam<Param> {
     if (GetParam().http) {
       if (!fake_.proc) fake_ = StartHttpFake(GetParam().era, extra);
       auto c =
-          McpClient::ConnectHttpBlocking(options, HttpTarget{fake_.url, {}, milliseconds(5000), {}});
+          McpClient::ConnectHttpBlocking(options, HttpTarget{fake_.url, {}, milliseconds(5000), {}, {}});
       ASSERT_TRUE(c.ok()) << c.status().ToString();
       client_ = std::move(c).value();
     } else {
@@ -364,7 +364,7 @@ TEST(McpResumeTest, ContinuesASavedSessionOnlyWhereTheServerHasIt) {
     EXPECT_EQ(d.status().code(), StatusCode::kInvalidArgument) << key << " " << value.dump();
   }
   auto http = StartHttpFake("2026-07-28");
-  auto h = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{http.url, {}, milliseconds(5000), {}});
+  auto h = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{http.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(h.ok());
   EXPECT_EQ((*h)->SaveSession().status().code(), StatusCode::kFailedPrecondition);
 }
@@ -399,7 +399,7 @@ TEST(McpDetectionTest, HandshakeOnlyClientFailsClearlyAgainstAStatelessServer) {
 TEST(McpDetectionTest, HttpLegacyServerRejectingTheProbeIsUsedWithInitialize) {
   HttpFake fake = StartHttpFake("2025-11-25");
   auto c =
-      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}});
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ((*c)->era(), Era::kHandshake);
 }
@@ -413,7 +413,7 @@ TEST(McpStatelessTest, AnswersInputRequiredByDecliningElicitation) {
     if (http) {
       fake = StartHttpFake("2026-07-28");
       c = McpClient::ConnectHttpBlocking(FastOptions(),
-                                         HttpTarget{fake.url, {}, milliseconds(5000), {}});
+                                         HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
     } else {
       c = McpClient::ConnectStdioBlocking(FastOptions(),
                                           HostFactory({kFake, "--era", "2026-07-28"}));
@@ -428,7 +428,7 @@ TEST(McpStatelessTest, AnswersInputRequiredByDecliningElicitation) {
 TEST(McpStatelessTest, MirrorsXMcpHeaderArgumentsIntoHttpHeaders) {
   HttpFake fake = StartHttpFake("2026-07-28");
   auto c =
-      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}});
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   // Not listed before: the client lists the tools to find the annotations.
   auto r = (*c)->CallToolBlocking("regional", {{"region", "Z\xc3\xbcrich "}, {"count", 3}});
@@ -482,7 +482,7 @@ TEST(McpServerRequestTest, PingIsAnsweredAndUnknownMethodsGetMethodNotFound) {
     if (http) {
       fake = StartHttpFake("2025-11-25");
       c = McpClient::ConnectHttpBlocking(FastOptions(),
-                                         HttpTarget{fake.url, {}, milliseconds(5000), {}});
+                                         HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
     } else {
       c = McpClient::ConnectStdioBlocking(FastOptions(),
                                           HostFactory({kFake, "--era", "2025-11-25"}));
@@ -598,7 +598,7 @@ TEST_F(McpStdioFaultTest, FactoryFailureIsReported) {
 TEST(McpHttpFaultTest, NonJsonBodyIsInternal) {
   HttpFake fake = StartHttpFake("2025-11-25");
   auto c =
-      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}});
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto r = (*c)->CallToolBlocking("garbage", Json::object());
   EXPECT_EQ(r.status().code(), StatusCode::kInternal) << r.status().ToString();
@@ -608,7 +608,7 @@ TEST(McpHttpFaultTest, OversizedResponseIsResourceExhausted) {
   HttpFake fake = StartHttpFake("2026-07-28");
   ClientOptions o = FastOptions();
   o.max_message_bytes = 1 << 20;
-  auto c = McpClient::ConnectHttpBlocking(o, HttpTarget{fake.url, {}, milliseconds(5000), {}});
+  auto c = McpClient::ConnectHttpBlocking(o, HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto r = (*c)->CallToolBlocking("huge", {{"bytes", 3 << 20}});
   EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().ToString();
@@ -617,7 +617,7 @@ TEST(McpHttpFaultTest, OversizedResponseIsResourceExhausted) {
 TEST(McpHttpFaultTest, ExpiredSessionIsInitializedAgain) {
   HttpFake fake = StartHttpFake("2025-11-25");
   auto c =
-      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}});
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   ASSERT_TRUE((*c)->CallToolBlocking("forget_session", Json::object()).ok());
   auto r = (*c)->CallToolBlocking("echo", {{"text", "new session"}});
@@ -628,7 +628,7 @@ TEST(McpHttpFaultTest, ExpiredSessionIsInitializedAgain) {
 TEST(McpHttpFaultTest, ServerExitingMidCallFailsClearly) {
   HttpFake fake = StartHttpFake("2025-11-25");
   auto c =
-      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}});
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto r = (*c)->CallToolBlocking("exit", Json::object());
   EXPECT_FALSE(r.ok());
@@ -641,7 +641,7 @@ TEST(McpHttpFaultTest, ServerExitingMidCallFailsClearly) {
 TEST(McpHttpFaultTest, ResumesAStreamClosedBeforeItsResponse) {
   HttpFake fake = StartHttpFake("2025-11-25");
   auto c =
-      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}});
+      McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, milliseconds(5000), {}, {}});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   auto start = Clock::now();
   auto r = (*c)->CallToolBlocking("drop_stream", Json::object());
@@ -650,10 +650,38 @@ TEST(McpHttpFaultTest, ResumesAStreamClosedBeforeItsResponse) {
   EXPECT_GE(Clock::now() - start, milliseconds(200));  // the server's retry
 }
 
+// Fresh headers (a token minted per request) replace the target's of the same name on
+// every request; a call's own headers replace both, for that call alone.
+TEST(McpHttpFaultTest, FreshAndPerCallHeadersReplaceTheTargets) {
+  for (const char* era : {"2025-11-25", "2026-07-28"}) {
+    HttpFake fake = StartHttpFake(era, {"--require-header", "Authorization: Bearer fresh"});
+    HttpTarget target{fake.url, {{"Authorization", "Bearer stale"}}, milliseconds(5000), {}, {}};
+    int minted = 0;
+    target.fresh_headers = [&minted]() -> std::vector<std::pair<std::string, std::string>> {
+      ++minted;
+      return {{"authorization", "Bearer fresh"}};
+    };
+    auto c = McpClient::ConnectHttpBlocking(FastOptions(), target);
+    ASSERT_TRUE(c.ok()) << era << ": " << c.status().ToString();
+    EXPECT_GE(minted, 1);
+    const int before = minted;
+    auto r = (*c)->CallToolBlocking("echo", {{"text", "a"}});
+    ASSERT_TRUE(r.ok()) << era << ": " << r.status().ToString();
+    EXPECT_GT(minted, before);  // asked again for this request
+    CallOptions wrong;
+    wrong.headers = {{"AUTHORIZATION", "Bearer for-another-call"}};
+    auto refused = (*c)->CallToolBlocking("echo", {{"text", "b"}}, wrong);
+    EXPECT_FALSE(refused.ok()) << era;
+    CallOptions right;
+    right.headers = {{"Authorization", "Bearer fresh"}, {"X-Extra", "1"}};
+    EXPECT_TRUE((*c)->CallToolBlocking("echo", {{"text", "c"}}, right).ok()) << era;
+  }
+}
+
 TEST(McpHttpFaultTest, CustomHeadersGoWithEveryRequest) {
   for (const char* era : {"2025-11-25", "2026-07-28"}) {
     HttpFake fake = StartHttpFake(era, {"--require-header", "Authorization: Bearer s3cret"});
-    HttpTarget target{fake.url, {{"Authorization", "Bearer s3cret"}}, milliseconds(5000), {}};
+    HttpTarget target{fake.url, {{"Authorization", "Bearer s3cret"}}, milliseconds(5000), {}, {}};
     auto c = McpClient::ConnectHttpBlocking(FastOptions(), target);
     ASSERT_TRUE(c.ok()) << era << ": " << c.status().ToString();
     int updates = 0;
@@ -669,7 +697,7 @@ TEST(McpHttpFaultTest, CustomHeadersGoWithEveryRequest) {
     EXPECT_EQ((*c)->CallToolBlocking("slow", {{"ms", 5000}}, abort).status().code(),
               StatusCode::kCancelled);
 
-    auto denied = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, {}, {}});
+    auto denied = McpClient::ConnectHttpBlocking(FastOptions(), HttpTarget{fake.url, {}, {}, {}, {}});
     EXPECT_EQ(denied.status().code(), StatusCode::kUnauthenticated) << denied.status().ToString();
     EXPECT_NE(denied.status().message().find("HTTP 401"), std::string::npos);
   }
@@ -677,7 +705,7 @@ TEST(McpHttpFaultTest, CustomHeadersGoWithEveryRequest) {
 
 TEST(McpHttpFaultTest, NothingListeningIsUnavailable) {
   auto c = McpClient::ConnectHttpBlocking(
-      FastOptions(), HttpTarget{"http://127.0.0.1:1/mcp", {}, milliseconds(2000), {}});
+      FastOptions(), HttpTarget{"http://127.0.0.1:1/mcp", {}, milliseconds(2000), {}, {}});
   EXPECT_EQ(c.status().code(), StatusCode::kUnavailable) << c.status().ToString();
 }
 

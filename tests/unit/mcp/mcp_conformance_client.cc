@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   } else {
     options.protocol_versions = {version};
   }
-  auto client = McpClient::ConnectHttpBlocking(options, HttpTarget{url, {}, {}, {}});
+  auto client = McpClient::ConnectHttpBlocking(options, HttpTarget{url, {}, {}, {}, {}});
   if (!client.ok()) {
     std::fprintf(stderr, "connect: %s\n", client.status().ToString().c_str());
     return 1;

@@ -171,7 +171,7 @@ TEST_F(ReferenceServerTest, EverythingOverStreamableHttp) {
   ASSERT_TRUE(up.ok()) << up.status().ToString() << "\n" << (*proc)->Output();
   HttpTarget target{"http://127.0.0.1:" + std::to_string(port) + "/mcp",
                     {{"X-Agentd-Test", "custom header"}},
-                    milliseconds(5000), {}};
+                    milliseconds(5000), {}, {}};
   auto c = McpClient::ConnectHttpBlocking(Options("everything"), target);
   ASSERT_TRUE(c.ok()) << c.status().ToString() << "\n" << (*proc)->Output();
   ExerciseEverything(**c);

@@ -63,6 +63,22 @@ class SqliteStoreTest : public ::testing::Test {
     return failures.load();
   }
 
+  // The first column of the first row of `sql`, read beside the open store; -1 on error.
+  int64_t QueryInt(const std::string& sql) {
+    sqlite3* db = nullptr;
+    int64_t out = -1;
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_open_v2((dir_ / "db").string().c_str(), &db, SQLITE_OPEN_READONLY, nullptr) ==
+            SQLITE_OK &&
+        sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+      out = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return out;
+  }
+
   std::filesystem::path dir_;
   std::unique_ptr<Store> store_;
 };
@@ -227,6 +243,47 @@ TEST_F(SqliteStoreTest, AgentsVersionAndListLatest) {
   EXPECT_EQ(only_b->first[0].id, "agt_2");
 }
 
+TEST_F(SqliteStoreTest, GroupsAndRolesAreUniqueByNameReplacedByIdAndDeleted) {
+  WriteBatch b;
+  b.policy_sets.push_back({"grp_1", "ten_a", "group", "devs", R"({"policies":[]})", 1, 1});
+  b.policy_sets.push_back({"rol_1", "ten_a", "role", "devs", "{}", 1, 1});  // another kind
+  b.policy_sets.push_back({"grp_2", "ten_b", "group", "devs", "{}", 1, 1});  // another tenant
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  WriteBatch dup;
+  dup.policy_sets.push_back({"grp_3", "ten_a", "group", "devs", "{}", 2, 2});
+  EXPECT_EQ(store_->CommitBlocking(std::move(dup)).code(), StatusCode::kAlreadyExists);
+  EXPECT_FALSE(store_->GetPolicySet("grp_3")->has_value());
+  // A rewrite by id changes the body and the update time, never the name or tenant.
+  WriteBatch replace;
+  replace.policy_sets.push_back({"grp_1", "ten_x", "role", "other", R"({"policies":[1]})", 9, 5});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(replace)).ok());
+  auto g = store_->GetPolicySetByName("ten_a", "group", "devs");
+  ASSERT_TRUE(g.ok() && g->has_value());
+  EXPECT_EQ((*g)->id, "grp_1");
+  EXPECT_EQ((*g)->body, R"({"policies":[1]})");
+  EXPECT_EQ((*g)->created_ms, 1);
+  EXPECT_EQ((*g)->updated_ms, 5);
+  EXPECT_EQ((*store_->GetPolicySetByName("ten_a", "role", "devs"))->id, "rol_1");
+  EXPECT_FALSE(store_->GetPolicySetByName("ten_a", "group", "other")->has_value());
+  auto page = store_->ListPolicySets("ten_a", "group", {"", 10});
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->first.size(), 1u);
+  EXPECT_EQ(page->first[0].id, "grp_1");
+  WriteBatch del;
+  del.delete_policy_sets.push_back("grp_1");
+  ASSERT_TRUE(store_->CommitBlocking(std::move(del)).ok());
+  EXPECT_FALSE(store_->GetPolicySet("grp_1")->has_value());
+  EXPECT_TRUE(store_->GetPolicySet("grp_2")->has_value());
+  // A principal's row is rewritten by id; its name stays unique.
+  WriteBatch p;
+  p.principals.push_back({"prn_1", "ten_a", "alice", "user", "{}", 2});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(p)).ok());
+  WriteBatch p2;
+  p2.principals.push_back({"prn_1", "ten_a", "alice", "user", R"({"roles":["x"]})", 2});
+  ASSERT_TRUE(store_->CommitBlocking(std::move(p2)).ok());
+  EXPECT_EQ((*store_->GetPrincipal("prn_1"))->body, R"({"roles":["x"]})");
+}
+
 TEST_F(SqliteStoreTest, TenantsPrincipalsKeysAndSecrets) {
   WriteBatch b;
   b.tenants.push_back({"ten_a", "acme", 1});
@@ -370,8 +427,9 @@ TEST_F(SqliteStoreTest, RefusesNewerSchema) {
   EXPECT_EQ(s.status().code(), StatusCode::kFailedPrecondition);
 }
 
-BlobRow Blob(const std::string& hash, const std::string& data) {
-  return {hash, data, static_cast<int64_t>(data.size()), ""};
+BlobRow Blob(const std::string& hash, const std::string& data,
+             const std::string& tenant = "ten_a") {
+  return {tenant, hash, data, static_cast<int64_t>(data.size()), ""};
 }
 
 // A binary blob with NUL bytes comes back byte for byte; MissingBlobs names only what is
@@ -379,17 +437,18 @@ BlobRow Blob(const std::string& hash, const std::string& data) {
 TEST_F(SqliteStoreTest, BlobsAreStoredAndFoundByHash) {
   std::string binary("\0\x01\xff zstd", 8);
   WriteBatch b;
-  b.blobs.push_back({"h_bin", binary, 100, "zstd"});
+  b.blobs.push_back({"ten_a", "h_bin", binary, 100, "zstd"});
   b.blobs.push_back(Blob("h_text", "hello"));
   ASSERT_FALSE(b.empty());
   ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
-  auto got = store_->GetBlob("h_bin");
+  auto got = store_->GetBlob("ten_a", "h_bin");
   ASSERT_TRUE(got.ok() && got->has_value()) << got.status().ToString();
+  EXPECT_EQ((*got)->tenant_id, "ten_a");
   EXPECT_EQ((*got)->hash, "h_bin");
   EXPECT_EQ((*got)->data, binary);
   EXPECT_EQ((*got)->size, 100);
   EXPECT_EQ((*got)->codec, "zstd");
-  auto none = store_->GetBlob("h_none");
+  auto none = store_->GetBlob("ten_a", "h_none");
   ASSERT_TRUE(none.ok());
   EXPECT_FALSE(none->has_value());
 
@@ -398,11 +457,53 @@ TEST_F(SqliteStoreTest, BlobsAreStoredAndFoundByHash) {
   ask.insert(ask.begin() + 300, "h_text");
   ask.push_back("h_bin");
   ask.push_back("m_7");
-  auto missing = store_->MissingBlobs(ask);
+  auto missing = store_->MissingBlobs("ten_a", ask);
   ASSERT_TRUE(missing.ok()) << missing.status().ToString();
   ASSERT_EQ(missing->size(), 600u);
   for (int i = 0; i < 600; ++i) EXPECT_EQ((*missing)[i], "m_" + std::to_string(i));
-  EXPECT_TRUE(store_->MissingBlobs({})->empty());
+  EXPECT_TRUE(store_->MissingBlobs("ten_a", {})->empty());
+}
+
+// Blobs belong to their tenant: the same bytes written by two tenants are two blobs, each
+// tenant reads only its own, and another tenant's blob neither answers GetBlob nor counts as
+// present to MissingBlobs (so that a tenant writes its own copy and learns nothing).
+TEST_F(SqliteStoreTest, TenantsSeeOnlyTheirOwnBlobs) {
+  WriteBatch a;
+  a.blobs.push_back(Blob("h_same", "same bytes", "ten_a"));
+  a.blobs.push_back(Blob("h_only_a", "a's", "ten_a"));
+  a.blobs.push_back(Blob("h_differs", "as a wrote it", "ten_a"));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(a)).ok());
+  for (const char* h : {"h_same", "h_only_a", "h_differs"}) {
+    auto got = store_->GetBlob("ten_b", h);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_FALSE(got->has_value()) << h;
+  }
+  std::vector<std::string> ask{"h_only_a", "h_same", "h_none"};
+  for (int i = 0; i < 300; ++i) ask.push_back("m_" + std::to_string(i));
+  ask.push_back("h_differs");  // past the first query of MissingBlobs
+  auto missing = store_->MissingBlobs("ten_b", ask);
+  ASSERT_TRUE(missing.ok()) << missing.status().ToString();
+  EXPECT_EQ(*missing, ask);
+  EXPECT_EQ(store_->MissingBlobs("ten_a", ask)->size(), 301u);
+
+  WriteBatch b;
+  b.blobs.push_back(Blob("h_same", "same bytes", "ten_b"));
+  b.blobs.push_back(Blob("h_differs", "as b wrote it", "ten_b"));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  EXPECT_EQ(QueryInt("SELECT COUNT(*) FROM blobs WHERE hash='h_same'"), 2);
+  EXPECT_EQ(QueryInt("SELECT COUNT(*) FROM blobs"), 5);
+  auto same_a = store_->GetBlob("ten_a", "h_same");
+  auto same_b = store_->GetBlob("ten_b", "h_same");
+  ASSERT_TRUE(same_a.ok() && same_a->has_value() && same_b.ok() && same_b->has_value());
+  EXPECT_EQ((*same_a)->tenant_id, "ten_a");
+  EXPECT_EQ((*same_b)->tenant_id, "ten_b");
+  EXPECT_EQ((*same_b)->data, "same bytes");
+  EXPECT_EQ((*store_->GetBlob("ten_a", "h_differs"))->data, "as a wrote it");
+  EXPECT_EQ((*store_->GetBlob("ten_b", "h_differs"))->data, "as b wrote it");
+  EXPECT_FALSE(store_->GetBlob("ten_b", "h_only_a")->has_value());
+  EXPECT_EQ(*store_->MissingBlobs("ten_b", {"h_only_a", "h_same", "h_differs"}),
+            std::vector<std::string>{"h_only_a"});
+  EXPECT_TRUE(store_->MissingBlobs("ten_a", {"h_only_a", "h_same", "h_differs"})->empty());
 }
 
 // A blob is written once: a second write of its hash, in the same batch, a later batch or
@@ -416,7 +517,7 @@ TEST_F(SqliteStoreTest, ABlobWrittenTwiceIsStoredOnce) {
   again.blobs.push_back(Blob("h_1", "third"));
   again.events.push_back(Ev("ses_a", 1));
   ASSERT_TRUE(store_->CommitBlocking(std::move(again)).ok());
-  EXPECT_EQ((*store_->GetBlob("h_1"))->data, "first");
+  EXPECT_EQ((*store_->GetBlob("ten_a", "h_1"))->data, "first");
   EXPECT_EQ(store_->ReadEvents("ses_a", 0, 10)->size(), 1u);
 
   // Every thread's batches carry the same shared blob next to their events.
@@ -437,14 +538,14 @@ TEST_F(SqliteStoreTest, ABlobWrittenTwiceIsStoredOnce) {
   }
   for (auto& t : running) t.join();
   EXPECT_EQ(failures.load(), 0);
-  EXPECT_EQ((*store_->GetBlob("h_shared"))->data, "shared");
+  EXPECT_EQ((*store_->GetBlob("ten_a", "h_shared"))->data, "shared");
   std::vector<std::string> all{"h_shared"};
   for (int t = 0; t < kThreads; ++t) {
     for (int i = 1; i <= kPerThread; ++i) {
       all.push_back("h_" + std::to_string(t) + "_" + std::to_string(i));
     }
   }
-  EXPECT_TRUE(store_->MissingBlobs(all)->empty());
+  EXPECT_TRUE(store_->MissingBlobs("ten_a", all)->empty());
 }
 
 // A batch is atomic with its blobs: when it fails, alone or in a group, none of its blobs
@@ -457,7 +558,7 @@ TEST_F(SqliteStoreTest, AFailedBatchWritesNoneOfItsBlobs) {
   dup.blobs.push_back(Blob("h_lost", "lost"));
   dup.events.push_back(Ev("ses_x", 1));
   EXPECT_EQ(store_->CommitBlocking(std::move(dup)).code(), StatusCode::kAlreadyExists);
-  EXPECT_FALSE(store_->GetBlob("h_lost")->has_value());
+  EXPECT_FALSE(store_->GetBlob("ten_a", "h_lost")->has_value());
 
   std::atomic<int> wrongly_committed{0};
   int good_failed = CommitConcurrently(4, 30, [&](int t) {
@@ -468,7 +569,8 @@ TEST_F(SqliteStoreTest, AFailedBatchWritesNoneOfItsBlobs) {
   });
   EXPECT_EQ(good_failed, 0);
   EXPECT_EQ(wrongly_committed.load(), 0);
-  EXPECT_EQ(store_->MissingBlobs({"h_bad_0", "h_bad_1", "h_bad_2", "h_bad_3"})->size(), 4u);
+  EXPECT_EQ(store_->MissingBlobs("ten_a", {"h_bad_0", "h_bad_1", "h_bad_2", "h_bad_3"})->size(),
+            4u);
 
   // A hash the store cannot take fails the batch with its reason.
   WriteBatch empty_hash;
@@ -477,6 +579,11 @@ TEST_F(SqliteStoreTest, AFailedBatchWritesNoneOfItsBlobs) {
   WriteBatch long_hash;
   long_hash.blobs.push_back(Blob(std::string(129, 'a'), "x"));
   EXPECT_EQ(store_->CommitBlocking(std::move(long_hash)).code(), StatusCode::kInvalidArgument);
+  // So does a blob of no tenant.
+  WriteBatch no_tenant;
+  no_tenant.blobs.push_back(Blob("h_nobody", "x", ""));
+  EXPECT_EQ(store_->CommitBlocking(std::move(no_tenant)).code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(store_->GetBlob("", "h_nobody")->has_value());
 }
 
 // Blobs are durable, and deleting a session leaves them for the sessions that share them.
@@ -490,10 +597,10 @@ TEST_F(SqliteStoreTest, BlobsSurviveReopenAndSessionDeletion) {
   WriteBatch d;
   d.delete_sessions.push_back("ses_1");
   ASSERT_TRUE(store_->CommitBlocking(std::move(d)).ok());
-  auto got = store_->GetBlob("h_1");
+  auto got = store_->GetBlob("ten_a", "h_1");
   ASSERT_TRUE(got.ok() && got->has_value());
   EXPECT_EQ((*got)->data.size(), 1u << 20);
-  EXPECT_TRUE(store_->MissingBlobs({"h_1"})->empty());
+  EXPECT_TRUE(store_->MissingBlobs("ten_a", {"h_1"})->empty());
 }
 
 // A database of schema version 1 (before blobs, audit and tenants) upgrades in place and
@@ -521,7 +628,7 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseUpgradesInPlace) {
   WriteBatch blobs;
   blobs.blobs.push_back(Blob("h_1", "one"));
   ASSERT_TRUE(store_->CommitBlocking(std::move(blobs)).ok());
-  EXPECT_EQ((*store_->GetBlob("h_1"))->data, "one");
+  EXPECT_EQ((*store_->GetBlob("ten_a", "h_1"))->data, "one");
   store_.reset();
   ASSERT_EQ(sqlite3_open((dir_ / "db").string().c_str(), &db), SQLITE_OK);
   sqlite3_stmt* st = nullptr;
@@ -529,9 +636,88 @@ TEST_F(SqliteStoreTest, AVersion1DatabaseUpgradesInPlace) {
                                nullptr),
             SQLITE_OK);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "4");
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "6");
   sqlite3_finalize(st);
   sqlite3_close(db);
+}
+
+// A database of schema version 5, whose blobs belonged to no tenant, upgrades so that every
+// tenant reads each blob its sessions' snapshots use; a tenant whose sessions never took a
+// snapshot gets none. Blobs of sessions from before tenants join the tenant that adopts them,
+// next to any copy that tenant holds already.
+TEST_F(SqliteStoreTest, AVersion5DatabaseKeepsEachSessionsBlobsReadableByItsTenant) {
+  struct Old {
+    std::string session, tenant, manifest;
+    std::vector<std::string> files;
+  };
+  const std::vector<Old> olds = {{"ses_a", "ten_a", "m_a", {"f_1"}},
+                                 {"ses_b", "ten_b", "m_b", {"f_1", "f_2"}},
+                                 {"ses_b2", "ten_b", "m_b2", {"f_3"}},
+                                 {"ses_old", "", "m_old", {"f_old"}}};
+  WriteBatch b;
+  for (const auto& o : olds) {
+    b.sessions.push_back({o.session, "agt_1", 1, "idle", "{}", 1, 1, 2, false, o.tenant});
+    b.events.push_back(Ev(o.session, 1));
+    b.events.push_back({o.session, 2, "workspace.snapshot", "trn_1", 5,
+                        "{\"manifest\":\"" + o.manifest + "\",\"files\":1}"});
+  }
+  b.sessions.push_back({"ses_c", "agt_1", 1, "idle", "{}", 1, 1, 1, false, "ten_c"});
+  b.events.push_back(Ev("ses_c", 1));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(b)).ok());
+  store_.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_ / "db").string().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "DROP TABLE blobs; CREATE TABLE blobs(hash TEXT NOT NULL PRIMARY KEY, "
+                         "size INTEGER NOT NULL, codec TEXT NOT NULL, data BLOB NOT NULL); "
+                         "INSERT INTO blobs(hash, size, codec, data) VALUES "
+                         "('m_a', 5, '', 'c_m_a'), ('m_b', 5, '', 'c_m_b'), "
+                         "('m_b2', 6, '', 'c_m_b2'), ('m_old', 7, '', 'c_m_old'), "
+                         "('f_1', 5, '', 'c_f_1'), ('f_2', 5, '', 'c_f_2'), "
+                         "('f_3', 5, '', 'c_f_3'), ('f_old', 7, '', 'c_f_old'); "
+                         "UPDATE meta SET value='5' WHERE key='schema_version'",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  Reopen();
+  ASSERT_TRUE(store_);
+  EXPECT_EQ(QueryInt("SELECT value FROM meta WHERE key='schema_version'"), 6);
+
+  const std::vector<std::string> all = {"m_a", "m_b", "m_b2", "m_old",
+                                        "f_1", "f_2", "f_3",  "f_old"};
+  for (const auto& o : olds) {
+    std::vector<std::string> used = o.files;
+    used.push_back(o.manifest);
+    for (const auto& h : used) {
+      auto got = store_->GetBlob(o.tenant, h);
+      ASSERT_TRUE(got.ok()) << got.status().ToString();
+      ASSERT_TRUE(got->has_value()) << o.session << " " << h;
+      EXPECT_EQ((*got)->data, "c_" + h);
+      EXPECT_EQ((*got)->size, static_cast<int64_t>(h.size() + 2));
+    }
+    EXPECT_TRUE(store_->MissingBlobs(o.tenant, used)->empty()) << o.session;
+  }
+  EXPECT_EQ(*store_->MissingBlobs("ten_c", all), all);
+  EXPECT_FALSE(store_->GetBlob("ten_c", "f_1")->has_value());
+
+  // The tenant that adopts the old session already holds one of its blobs: that copy stays,
+  // the others move, and none is left without a tenant.
+  WriteBatch own;
+  own.blobs.push_back(Blob("f_old", "ten_x's own", "ten_x"));
+  ASSERT_TRUE(store_->CommitBlocking(std::move(own)).ok());
+  WriteBatch adopt;
+  adopt.adopt_untenanted = "ten_x";
+  ASSERT_TRUE(store_->CommitBlocking(std::move(adopt)).ok());
+  EXPECT_EQ((*store_->GetSession("ses_old"))->tenant_id, "ten_x");
+  EXPECT_EQ((*store_->GetBlob("ten_x", "m_old"))->data, "c_m_old");
+  EXPECT_EQ((*store_->GetBlob("ten_x", "f_old"))->data, "ten_x's own");
+  EXPECT_TRUE(store_->MissingBlobs("ten_x", all)->empty());
+  EXPECT_EQ(QueryInt("SELECT COUNT(*) FROM blobs WHERE tenant_id=''"), 0);
+  EXPECT_EQ(*store_->MissingBlobs("", {"m_old", "f_old"}),
+            (std::vector<std::string>{"m_old", "f_old"}));
+  // The other tenants' blobs are theirs still.
+  EXPECT_TRUE(store_->MissingBlobs("ten_a", {"m_a", "f_1"})->empty());
+  EXPECT_TRUE(store_->MissingBlobs("ten_b", {"m_b", "f_1", "f_2", "m_b2", "f_3"})->empty());
 }
 
 // ---- audit log ----------------------------------------------------------------------------

@@ -23,6 +23,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The tenant whose blobs the tests snapshot into and restore from.
+const std::string kTenant = "ten_a";
+
 class WorkspaceTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -69,7 +72,7 @@ class WorkspaceTest : public ::testing::Test {
   SnapshotResult SnapshotCommitted(const fs::path& dir, const Manifest* previous,
                                    const SnapshotOptions& options) {
     store::WriteBatch batch;
-    auto r = Snapshot(dir.string(), previous, *store_, batch, options);
+    auto r = Snapshot(dir.string(), previous, *store_, kTenant, batch, options);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     if (!r.ok()) return {};
     if (!batch.empty()) {
@@ -83,7 +86,7 @@ class WorkspaceTest : public ::testing::Test {
                       std::string data = "", int64_t size = -1) {
     if (hash.empty()) hash = ContentHash(text);
     store::WriteBatch b;
-    b.blobs.push_back({hash, codec.empty() && data.empty() ? text : data,
+    b.blobs.push_back({kTenant, hash, codec.empty() && data.empty() ? text : data,
                        size >= 0 ? size : static_cast<int64_t>(text.size()), codec});
     EXPECT_TRUE(store_->CommitBlocking(std::move(b)).ok());
     return hash;
@@ -128,7 +131,7 @@ class WorkspaceTest : public ::testing::Test {
     Write(target / "keep.txt", "old workspace");
     auto before = Describe(dir_ / "target");
     auto siblings = Names(dir_);
-    auto r = RestoreBlocking(manifest_hash, *store_, target.string(), options);
+    auto r = RestoreBlocking(manifest_hash, *store_, kTenant, target.string(), options);
     ASSERT_FALSE(r.ok()) << "restore of " << manifest_hash << " succeeded";
     EXPECT_EQ(r.status().code(), code) << r.status().ToString();
     EXPECT_NE(r.status().message().find(words), std::string::npos) << r.status().ToString();
@@ -192,7 +195,7 @@ TEST_F(WorkspaceTest, RoundTripKeepsFilesDirectoriesSymlinksModesAndTimes) {
   // all_bytes and random do not shrink; the rest do, and the empty file is one blob.
   EXPECT_EQ(snap.stats.blobs_new, 12);
 
-  auto restored = RestoreBlocking(snap.manifest_hash, *store_, (dir_ / "out").string());
+  auto restored = RestoreBlocking(snap.manifest_hash, *store_, kTenant, (dir_ / "out").string());
   ASSERT_TRUE(restored.ok()) << restored.status().ToString();
   fs::remove(Ws() / "fifo");
   EXPECT_EQ(Describe(dir_ / "out"), Describe(Ws()));
@@ -217,7 +220,7 @@ TEST_F(WorkspaceTest, UnchangedTreeGivesTheSameHashWithoutReadingOrWriting) {
   EXPECT_EQ(first.stats.blobs_new, 21);
 
   store::WriteBatch batch;
-  auto again = Snapshot(Ws().string(), &first.manifest, *store_, batch, fast_);
+  auto again = Snapshot(Ws().string(), &first.manifest, *store_, kTenant, batch, fast_);
   ASSERT_TRUE(again.ok()) << again.status().ToString();
   EXPECT_EQ(again->manifest_hash, first.manifest_hash);
   EXPECT_TRUE(batch.empty());
@@ -226,7 +229,7 @@ TEST_F(WorkspaceTest, UnchangedTreeGivesTheSameHashWithoutReadingOrWriting) {
   EXPECT_EQ(again->stats.bytes_read, 0);
 
   // Without a previous manifest every file is read, and still nothing is written.
-  auto cold = Snapshot(Ws().string(), nullptr, *store_, batch, fast_);
+  auto cold = Snapshot(Ws().string(), nullptr, *store_, kTenant, batch, fast_);
   ASSERT_TRUE(cold.ok());
   EXPECT_EQ(cold->manifest_hash, first.manifest_hash);
   EXPECT_EQ(cold->stats.files_read, 20);
@@ -238,7 +241,7 @@ TEST_F(WorkspaceTest, OneChangedFileWritesOneContentBlobAndTheManifest) {
   auto first = SnapshotCommitted(Ws(), nullptr, fast_);
   Write(Ws() / "d" / "f7", Words(2100, 99));
   store::WriteBatch batch;
-  auto second = Snapshot(Ws().string(), &first.manifest, *store_, batch, fast_);
+  auto second = Snapshot(Ws().string(), &first.manifest, *store_, kTenant, batch, fast_);
   ASSERT_TRUE(second.ok());
   EXPECT_NE(second->manifest_hash, first.manifest_hash);
   EXPECT_EQ(second->stats.files_read, 1);
@@ -250,7 +253,7 @@ TEST_F(WorkspaceTest, OneChangedFileWritesOneContentBlobAndTheManifest) {
   // A new file whose content the store has (a copy) needs no blob.
   fs::copy_file(Ws() / "d" / "f1", Ws() / "copy");
   store::WriteBatch copy_batch;
-  auto third = Snapshot(Ws().string(), &second->manifest, *store_, copy_batch, fast_);
+  auto third = Snapshot(Ws().string(), &second->manifest, *store_, kTenant, copy_batch, fast_);
   ASSERT_TRUE(third.ok());
   ASSERT_EQ(copy_batch.blobs.size(), 1u);
   EXPECT_EQ(copy_batch.blobs[0].hash, third->manifest_hash);
@@ -278,15 +281,60 @@ TEST_F(WorkspaceTest, ReusedFilesWhoseBlobsAreMissingAreWrittenAnyway) {
   Write(Ws() / "a", Words(5000, 1));
   Write(Ws() / "b", Words(5000, 2));
   store::WriteBatch lost;
-  auto first = Snapshot(Ws().string(), nullptr, *store_, lost, fast_);
+  auto first = Snapshot(Ws().string(), nullptr, *store_, kTenant, lost, fast_);
   ASSERT_TRUE(first.ok());
   auto second = SnapshotCommitted(Ws(), &first->manifest, fast_);
   EXPECT_EQ(second.manifest_hash, first->manifest_hash);
   EXPECT_EQ(second.stats.files_reused, 2);
   EXPECT_EQ(second.stats.blobs_new, 3);
-  auto r = RestoreBlocking(second.manifest_hash, *store_, (dir_ / "out").string());
+  auto r = RestoreBlocking(second.manifest_hash, *store_, kTenant, (dir_ / "out").string());
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(Read(dir_ / "out" / "b"), Words(5000, 2));
+}
+
+// Blobs belong to a tenant: another tenant can neither restore nor read a snapshot of the
+// first one's, and its own snapshot of the same bytes writes its own copy of every blob, as
+// if the first tenant held none.
+TEST_F(WorkspaceTest, TenantsShareNoBlobsEvenForTheSameBytes) {
+  for (int i = 0; i < 5; ++i) Write(Ws() / ("f" + std::to_string(i)), Words(3000, i));
+  auto a = SnapshotCommitted(Ws(), nullptr, fast_);
+  ASSERT_EQ(a.stats.blobs_new, 6);
+
+  const fs::path out = dir_ / "out";
+  EXPECT_EQ(RestoreBlocking(a.manifest_hash, *store_, "ten_b", out.string()).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_EQ(LoadManifest(a.manifest_hash, *store_, "ten_b").status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(ReadSnapshotFile(a.manifest_hash, "f1", *store_, "ten_b", 1 << 20).status().code(),
+            StatusCode::kNotFound);
+
+  store::WriteBatch batch;
+  auto b = Snapshot(Ws().string(), nullptr, *store_, "ten_b", batch, fast_);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(b->manifest_hash, a.manifest_hash);
+  EXPECT_EQ(b->stats.blobs_new, 6);
+  ASSERT_EQ(batch.blobs.size(), 6u);
+  for (const auto& blob : batch.blobs) EXPECT_EQ(blob.tenant_id, "ten_b");
+  ASSERT_TRUE(store_->CommitBlocking(std::move(batch)).ok());
+  auto restored = RestoreBlocking(a.manifest_hash, *store_, "ten_b", out.string());
+  ASSERT_TRUE(restored.ok()) << restored.status().ToString();
+  EXPECT_EQ(Read(out / "f3"), Words(3000, 3));
+  auto f1 = ReadSnapshotFile(a.manifest_hash, "f1", *store_, "ten_b", 1 << 20);
+  ASSERT_TRUE(f1.ok()) << f1.status().ToString();
+  EXPECT_EQ(*f1, Words(3000, 1));
+
+  // Unread files taken from a previous manifest count only when the tenant holds their blobs.
+  store::WriteBatch c_batch;
+  auto c = Snapshot(Ws().string(), &a.manifest, *store_, "ten_c", c_batch, fast_);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->stats.files_reused, 5);
+  EXPECT_EQ(c->stats.blobs_new, 6);
+
+  store::WriteBatch no_tenant;
+  EXPECT_EQ(Snapshot(Ws().string(), nullptr, *store_, "", no_tenant, fast_).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_TRUE(no_tenant.empty());
 }
 
 // The snapshot's blobs commit with the caller's batch or not at all.
@@ -297,11 +345,13 @@ TEST_F(WorkspaceTest, ASnapshotCommitsAtomicallyWithTheCallersBatch) {
   ASSERT_TRUE(store_->CommitBlocking(std::move(first)).ok());
   store::WriteBatch batch;
   batch.events.push_back({"ses_1", 1, "test", "", 1, "{}"});  // a duplicate: fails
-  auto snap = Snapshot(Ws().string(), nullptr, *store_, batch, fast_);
+  auto snap = Snapshot(Ws().string(), nullptr, *store_, kTenant, batch, fast_);
   ASSERT_TRUE(snap.ok());
   EXPECT_EQ(batch.blobs.size(), 2u);
   EXPECT_FALSE(store_->CommitBlocking(std::move(batch)).ok());
-  EXPECT_EQ(RestoreBlocking(snap->manifest_hash, *store_, (dir_ / "out").string()).status().code(),
+  EXPECT_EQ(RestoreBlocking(snap->manifest_hash, *store_, kTenant, (dir_ / "out").string())
+                .status()
+                .code(),
             StatusCode::kNotFound);
   EXPECT_FALSE(fs::exists(dir_ / "out"));
 }
@@ -310,18 +360,18 @@ TEST_F(WorkspaceTest, RestoredFilesNeedNotBeReadByTheNextSnapshot) {
   for (int i = 0; i < 10; ++i) Write(Ws() / ("f" + std::to_string(i)), Words(3000, i));
   auto snap = SnapshotCommitted(Ws(), nullptr, fast_);
   auto restored =
-      RestoreBlocking(snap.manifest_hash, *store_, (dir_ / "out").string(), fast_restore_);
+      RestoreBlocking(snap.manifest_hash, *store_, kTenant, (dir_ / "out").string(), fast_restore_);
   ASSERT_TRUE(restored.ok());
   store::WriteBatch batch;
-  auto next = Snapshot((dir_ / "out").string(), &*restored, *store_, batch, fast_);
+  auto next = Snapshot((dir_ / "out").string(), &*restored, *store_, kTenant, batch, fast_);
   ASSERT_TRUE(next.ok());
   EXPECT_EQ(next->manifest_hash, snap.manifest_hash);
   EXPECT_EQ(next->stats.files_reused, 10);
   EXPECT_TRUE(batch.empty());
   // With the default racy window, just-written files are read once more instead.
-  auto cautious = RestoreBlocking(snap.manifest_hash, *store_, (dir_ / "out").string());
+  auto cautious = RestoreBlocking(snap.manifest_hash, *store_, kTenant, (dir_ / "out").string());
   ASSERT_TRUE(cautious.ok());
-  auto reread = Snapshot((dir_ / "out").string(), &*cautious, *store_, batch, fast_);
+  auto reread = Snapshot((dir_ / "out").string(), &*cautious, *store_, kTenant, batch, fast_);
   ASSERT_TRUE(reread.ok());
   EXPECT_EQ(reread->stats.files_read, 10);
   EXPECT_EQ(reread->manifest_hash, snap.manifest_hash);
@@ -343,7 +393,7 @@ TEST_F(WorkspaceTest, SymlinksLeadingOutsideAreKeptAsLinksAndNeverFollowed) {
   auto before = Describe(dir_ / "outside");
   fs::create_directories(dir_ / "out");
   fs::create_symlink(dir_ / "outside", dir_ / "out" / "d");
-  auto r = RestoreBlocking(snap.manifest_hash, *store_, (dir_ / "out").string());
+  auto r = RestoreBlocking(snap.manifest_hash, *store_, kTenant, (dir_ / "out").string());
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(fs::read_symlink(dir_ / "out" / "abs"), dir_ / "outside");
   EXPECT_EQ(fs::read_symlink(dir_ / "out" / "rel"), "../outside/secret");
@@ -352,7 +402,7 @@ TEST_F(WorkspaceTest, SymlinksLeadingOutsideAreKeptAsLinksAndNeverFollowed) {
   // A snapshot whose root is itself a symlink is refused rather than followed.
   fs::create_symlink(dir_ / "outside", dir_ / "root_link");
   store::WriteBatch batch;
-  EXPECT_FALSE(Snapshot((dir_ / "root_link").string(), nullptr, *store_, batch).ok());
+  EXPECT_FALSE(Snapshot((dir_ / "root_link").string(), nullptr, *store_, kTenant, batch).ok());
 }
 
 TEST_F(WorkspaceTest, RestoreReplacesANonEmptyTargetWhole) {
@@ -364,7 +414,7 @@ TEST_F(WorkspaceTest, RestoreReplacesANonEmptyTargetWhole) {
   ASSERT_EQ(::chmod((target / "ro").c_str(), 0500), 0);
   // A leftover of a restore that crashed half-way is cleaned up.
   Write(dir_ / ".target.restore-abcdef" / "half", "half");
-  auto r = RestoreBlocking(snap.manifest_hash, *store_, target.string() + "/");
+  auto r = RestoreBlocking(snap.manifest_hash, *store_, kTenant, target.string() + "/");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   auto d = Describe(target);
   EXPECT_EQ(d.size(), 2u);
@@ -372,7 +422,9 @@ TEST_F(WorkspaceTest, RestoreReplacesANonEmptyTargetWhole) {
   EXPECT_EQ(Names(dir_), (std::set<std::string>{"db", "db-shm", "db-wal", "target", "ws"}));
   // A target that is not a directory is refused.
   Write(dir_ / "file", "x");
-  EXPECT_EQ(RestoreBlocking(snap.manifest_hash, *store_, (dir_ / "file").string()).status().code(),
+  EXPECT_EQ(RestoreBlocking(snap.manifest_hash, *store_, kTenant, (dir_ / "file").string())
+                .status()
+                .code(),
             StatusCode::kFailedPrecondition);
 }
 
@@ -385,7 +437,8 @@ TEST_F(WorkspaceTest, RestoreGivesEverythingToTheSandboxUser) {
   RestoreOptions o;
   o.owner_uid = 4321;
   o.owner_gid = 4322;
-  ASSERT_TRUE(RestoreBlocking(snap.manifest_hash, *store_, (dir_ / "out").string(), o).ok());
+  ASSERT_TRUE(
+      RestoreBlocking(snap.manifest_hash, *store_, kTenant, (dir_ / "out").string(), o).ok());
   for (const char* p : {"", "d", "d/f", "d/l"}) {
     struct stat st {};
     ASSERT_EQ(::lstat((dir_ / "out" / p).c_str(), &st), 0);
@@ -400,7 +453,7 @@ TEST_F(WorkspaceTest, SnapshotLimitsFailClearlyAndAddNothing) {
     SnapshotOptions o = fast_;
     o.limits = limits;
     store::WriteBatch batch;
-    auto r = Snapshot(Ws().string(), nullptr, *store_, batch, o);
+    auto r = Snapshot(Ws().string(), nullptr, *store_, kTenant, batch, o);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().ToString();
     EXPECT_NE(r.status().message().find(words), std::string::npos) << r.status().ToString();
@@ -412,7 +465,7 @@ TEST_F(WorkspaceTest, SnapshotLimitsFailClearlyAndAddNothing) {
   Write(Ws() / "d" / "a" / "b" / "c", "deep");
   expect({.max_depth = 3}, "nested deeper than 3");
   store::WriteBatch batch;
-  EXPECT_EQ(Snapshot((dir_ / "missing").string(), nullptr, *store_, batch).status().code(),
+  EXPECT_EQ(Snapshot((dir_ / "missing").string(), nullptr, *store_, kTenant, batch).status().code(),
             StatusCode::kNotFound);
 }
 
@@ -531,13 +584,15 @@ TEST_F(WorkspaceTest, TenMegabytesInAThousandFiles) {
   double snapshot_ms = ms(t0);
   EXPECT_EQ(first.stats.files, 1000);
   t0 = std::chrono::steady_clock::now();
-  auto restored = RestoreBlocking(first.manifest_hash, *store_, (dir_ / "out").string());
+  auto restored = RestoreBlocking(first.manifest_hash, *store_, kTenant, (dir_ / "out").string());
   double restore_ms = ms(t0);
   ASSERT_TRUE(restored.ok());
   RestoreOptions no_sync;
   no_sync.sync = false;
   t0 = std::chrono::steady_clock::now();
-  ASSERT_TRUE(RestoreBlocking(first.manifest_hash, *store_, (dir_ / "out").string(), no_sync).ok());
+  ASSERT_TRUE(
+      RestoreBlocking(first.manifest_hash, *store_, kTenant, (dir_ / "out").string(), no_sync)
+          .ok());
   double restore_no_sync_ms = ms(t0);
   Write(Ws() / "dir3" / "file3", Words(10 * 1024 + 1, 7));
   t0 = std::chrono::steady_clock::now();
