@@ -9,7 +9,7 @@
 #   BENCH_PEER_N=1000   steps per peer session (run_all.sh N; the 8-session shape runs N/4 each)
 #   BENCH_ONLY=         passed as agentd_bench --only (seq|conc|latency|resume|history|idle);
 #                       "sandbox" runs only sandbox_bench; "identity" only policy_bench and
-#                       identity_bench (policy decisions, token minting and verification);
+#                       identity_bench (policy decisions, tokens, the gate per request);
 #                       "audit" only audit_bench (audit append cost, verify speed)
 #   BENCH_ARGS=         extra agentd_bench arguments, e.g. "--idle-sessions 20000"
 #   BENCH_PEERS=1       0 skips the peers

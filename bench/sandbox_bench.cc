@@ -257,6 +257,7 @@ int main(int argc, char** argv) {
     bool tmpfs = geteuid() == 0 && mount("tmpfs", fsdir.c_str(), "tmpfs", 0, "size=512m") == 0;
     std::mt19937 rng(42);
     std::vector<double> first, one_change, unchanged, restore;
+    const std::string tenant = "ten_bench";
     for (int r = 0; r < runs; ++r) {
       std::string ws = fmt::format("{}/ws{}", fsdir, r);
       WriteTree(ws, 1000, 10 << 20, rng);  // new content every run: nothing is deduplicated
@@ -264,21 +265,23 @@ int main(int argc, char** argv) {
       // cannot yet prove them unchanged); measure the steady state of a workspace at rest.
       std::this_thread::sleep_for(std::chrono::milliseconds(3100));
       auto start = Clock::now();
-      auto snap = sandbox::workspace::SnapshotBlocking(ws, nullptr, **store);
+      auto snap = sandbox::workspace::SnapshotBlocking(ws, nullptr, **store, tenant);
       if (!snap.ok()) return 7;
       first.push_back(Ms(Clock::now() - start));
       std::ofstream(ws + "/d07/f0007.txt", std::ios::app) << "one more line\n";
       start = Clock::now();
-      auto snap2 = sandbox::workspace::SnapshotBlocking(ws, &snap->manifest, **store);
+      auto snap2 = sandbox::workspace::SnapshotBlocking(ws, &snap->manifest, **store, tenant);
       if (!snap2.ok()) return 8;
       one_change.push_back(Ms(Clock::now() - start));
       start = Clock::now();
-      auto snap3 = sandbox::workspace::SnapshotBlocking(ws, &snap2->manifest, **store);
+      auto snap3 = sandbox::workspace::SnapshotBlocking(ws, &snap2->manifest, **store, tenant);
       if (!snap3.ok()) return 9;
       unchanged.push_back(Ms(Clock::now() - start));
       std::string target = fmt::format("{}/restored{}", fsdir, r);
       start = Clock::now();
-      if (!sandbox::workspace::RestoreBlocking(snap2->manifest_hash, **store, target).ok()) return 10;
+      auto restored =
+          sandbox::workspace::RestoreBlocking(snap2->manifest_hash, **store, tenant, target);
+      if (!restored.ok()) return 10;
       restore.push_back(Ms(Clock::now() - start));
       fs::remove_all(ws);
       fs::remove_all(target);
