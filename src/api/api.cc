@@ -7,6 +7,7 @@
 
 #include "common/json.h"
 #include "common/clock.h"
+#include "common/ids.h"
 #include "journal/events.h"
 
 namespace agentd::api {
@@ -251,6 +252,7 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
   }
 
   RequestRecord record;
+  record.request_id = NewId("req_");
   record.method = m;
   record.path = req.path;
   RecordingExchange rec(ex, [&](int status) {
@@ -279,6 +281,13 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
       rec.Respond(ProblemResponse(allowed));
     } else {
       record.decision = gate.action.empty() ? "" : "allow";
+      if (audit_ && m != "GET" && m != "HEAD") {
+        // A request that may change something is on the record before it does: should
+        // agentd die between the change and the answer, the log still shows who started it.
+        RequestRecord started = record;
+        started.status = 0;
+        audit_(started);
+      }
       Route(req, rec, seg, p);
     }
   }

@@ -32,7 +32,9 @@ struct RequestRecord {
   std::string resource;      // "agentd:<tenant>:session/<id>", ...
   std::string decision;      // allow | deny
   std::string reason;        // the deciding statement's sid, or why it was refused
-  int status = 0;            // the HTTP status answered
+  int status = 0;            // the HTTP status answered; 0 for the entry made before a
+                             // request that may change something runs
+  std::string request_id;    // "req_...": pairs a request's two entries
   std::string method;
   std::string path;
 };
@@ -50,7 +52,8 @@ class Api {
   // Every request but /healthz, /readyz and /.well-known/ is authenticated by `directory`
   // and decided by policy; `audit` learns what was asked, decided and answered just before
   // the answer is sent (it blocks until the entry is durable, so no client sees an answer
-  // whose entry a crash could lose).
+  // whose entry a crash could lose). An allowed request other than GET is also recorded,
+  // with status 0, before its handler runs, so no change can precede its entry.
   // `audit_log` serves GET /v1/audit; `signing_key` is published at /.well-known/jwks.json.
   Api(ApiOptions options, engine::Engine* engine, identity::Directory* directory,
       audit::AuditLog* audit_log, const identity::SigningKey* signing_key,

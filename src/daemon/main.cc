@@ -147,8 +147,11 @@ int main(int argc, char** argv) {
     e.action = r.action;
     e.resource = r.resource;
     e.decision = r.decision;
-    e.result = std::to_string(r.status);
-    e.data = DumpJson(Json{{"method", r.method}, {"path", r.path}, {"reason", r.reason}});
+    e.result = r.status == 0 ? "started" : std::to_string(r.status);
+    e.data = DumpJson(Json{{"method", r.method},
+                           {"path", r.path},
+                           {"reason", r.reason},
+                           {"request_id", r.request_id}});
     if (Status st = audit_log.AppendBlocking(std::move(e)); !st.ok()) {
       spdlog::error("audit append failed: {}", st.ToString());
     }

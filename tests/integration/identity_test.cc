@@ -523,11 +523,19 @@ TEST_F(IdentityTest, EveryRequestIsAuditedAndTheChainsVerifyLiveAndOffline) {
     seen.emplace_back(e["action"], e["decision"], e["result"]);
   }
   std::vector<std::tuple<std::string, std::string, std::string>> want = {
+      {"agents:Create", "allow", "started"},  // durable before the agent is created
       {"agents:Create", "allow", "201"},
       {"sessions:Delete", "deny", "404"},  // no such session: refused before any effect
       {"audit:Read", "deny", "403"},
   };
   EXPECT_EQ(seen, want) << log.raw;
+  // The two entries of one request share its id; another request has another.
+  auto request_of = [&](int i) {
+    return log.body["data"][i]["data"].value("request_id", "");
+  };
+  EXPECT_EQ(request_of(0).rfind("req_", 0), 0u);
+  EXPECT_EQ(request_of(0), request_of(1));
+  EXPECT_NE(request_of(1), request_of(2));
   EXPECT_EQ(log.body["data"][0]["seq"], 1);
   EXPECT_EQ(log.body["data"][1]["prev_hash"], log.body["data"][0]["hash"]);
   // The failed sign-in is in the system chain, without the credential.
