@@ -16,9 +16,6 @@
 // Besides Google Benchmark's mean time per operation, each benchmark reports p50_ns and
 // p99_ns: percentiles of 5,000 operations timed one by one (the clock reads included).
 #include <benchmark/benchmark.h>
-#include <openssl/core_names.h>
-#include <openssl/ec.h>
-#include <openssl/evp.h>
 
 #include <unistd.h>
 
@@ -32,15 +29,13 @@
 #include <memory>
 #include <vector>
 
-#include "common/base64.h"
 #include "common/clock.h"
 #include "identity/directory.h"
 #include "identity/jwt.h"
 #include "identity/signing_key.h"
 #include "store/sqlite/sqlite_store.h"
+#include "tests/support/jwt_signer.h"
 
-using agentd::Base64Encode;
-using agentd::Base64Variant;
 using agentd::Json;
 using agentd::Result;
 namespace id = agentd::identity;
@@ -54,75 +49,24 @@ void Die(const std::string& what) {
   std::abort();
 }
 
-std::string B64(std::string_view b) { return Base64Encode(b, Base64Variant::kUrlNoPadding); }
-
-std::string BnParam(EVP_PKEY* k, const char* name, int pad = 0) {
-  BIGNUM* bn = nullptr;
-  if (EVP_PKEY_get_bn_param(k, name, &bn) != 1) Die(name);
-  std::string out(pad > 0 ? pad : BN_num_bytes(bn), '\0');
-  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size()));
-  BN_free(bn);
-  return out;
-}
-
-// An identity provider: one key, its JWK, and tokens signed with it.
+// An identity provider: one key, its JWK, and tokens signed with it
+// (tests/support/jwt_signer.h).
 struct Provider {
-  EVP_PKEY* key = nullptr;
+  agentd::testing::Pkey key;
   const char* alg = nullptr;
   const char* kid = nullptr;
 
-  Json Jwk() const {
-    Json j = {{"kid", kid}};
-    if (std::string_view(alg) == "RS256") {
-      j.update({{"kty", "RSA"},
-                {"n", B64(BnParam(key, OSSL_PKEY_PARAM_RSA_N))},
-                {"e", B64(BnParam(key, OSSL_PKEY_PARAM_RSA_E))}});
-    } else if (std::string_view(alg) == "ES256") {
-      j.update({{"kty", "EC"},
-                {"crv", "P-256"},
-                {"x", B64(BnParam(key, OSSL_PKEY_PARAM_EC_PUB_X, 32))},
-                {"y", B64(BnParam(key, OSSL_PKEY_PARAM_EC_PUB_Y, 32))}});
-    } else {
-      std::string raw(32, '\0');
-      size_t len = raw.size();
-      EVP_PKEY_get_raw_public_key(key, reinterpret_cast<unsigned char*>(raw.data()), &len);
-      j.update({{"kty", "OKP"}, {"crv", "Ed25519"}, {"x", B64(raw)}});
-    }
-    return j;
-  }
-
+  Json Jwk() const { return agentd::testing::JwkOf(key.get(), kid); }
   std::string Token(const Json& claims) const {
-    std::string input =
-        B64(Json{{"alg", alg}, {"typ", "JWT"}, {"kid", kid}}.dump()) + "." + B64(claims.dump());
-    const bool ed = std::string_view(alg) == "EdDSA";
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    size_t len = 0;
-    const auto* in = reinterpret_cast<const unsigned char*>(input.data());
-    if (EVP_DigestSignInit(ctx, nullptr, ed ? nullptr : EVP_sha256(), nullptr, key) != 1 ||
-        EVP_DigestSign(ctx, nullptr, &len, in, input.size()) != 1) {
-      Die("sign");
-    }
-    std::string sig(len, '\0');
-    EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len, in, input.size());
-    sig.resize(len);
-    EVP_MD_CTX_free(ctx);
-    if (std::string_view(alg) == "ES256") {  // DER to JOSE's r || s
-      const auto* p = reinterpret_cast<const unsigned char*>(sig.data());
-      ECDSA_SIG* es = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size()));
-      std::string raw(64, '\0');
-      BN_bn2binpad(ECDSA_SIG_get0_r(es), reinterpret_cast<unsigned char*>(raw.data()), 32);
-      BN_bn2binpad(ECDSA_SIG_get0_s(es), reinterpret_cast<unsigned char*>(raw.data()) + 32, 32);
-      ECDSA_SIG_free(es);
-      sig = raw;
-    }
-    return input + "." + B64(sig);
+    return agentd::testing::SignToken(key.get(), {{"alg", alg}, {"typ", "JWT"}, {"kid", kid}},
+                                      claims);
   }
 };
 
 struct Setup {
-  Provider rsa{EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048}), "RS256", "idp-rsa"};
-  Provider ec{EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256"), "ES256", "idp-ec"};
-  Provider ed{EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"), "EdDSA", "idp-ed"};
+  Provider rsa{agentd::testing::GenRsa(2048), "RS256", "idp-rsa"};
+  Provider ec{agentd::testing::GenP256(), "ES256", "idp-ec"};
+  Provider ed{agentd::testing::GenEd25519(), "EdDSA", "idp-ed"};
   id::Jwks jwks;
 
   Setup() {

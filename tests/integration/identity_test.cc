@@ -18,6 +18,7 @@
 #include "identity/jwt.h"
 #include "identity/signing_key.h"
 #include "tests/integration/fixture.h"
+#include "tests/support/jwt_signer.h"
 
 namespace agentd::testing {
 namespace {
@@ -856,112 +857,20 @@ TEST_F(IdentityTest, McpStdioServersCannotTakeSecretEnvironment) {
 // ---- Sign-in with JWTs from an identity provider ----------------------------------------------
 // Keys are generated with OpenSSL and tokens signed here, independently of agentd's verifier.
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
+// The keys and tokens come from the signer of tests/support/jwt_signer.h.
 
 constexpr const char* kIdp = "https://idp.example.com";
 constexpr const char* kAud = "agentd-api";
 
-Pkey GenRsa() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", size_t{2048})); }
-Pkey GenP256() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")); }
-Pkey GenEd25519() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")); }
-
-std::string B64(std::string_view bytes) {
-  return Base64Encode(bytes, Base64Variant::kUrlNoPadding);
-}
-
-std::string BnParam(EVP_PKEY* k, const char* name, int pad = 0) {
-  BIGNUM* bn = nullptr;
-  EXPECT_EQ(EVP_PKEY_get_bn_param(k, name, &bn), 1) << name;
-  std::string out(pad > 0 ? pad : BN_num_bytes(bn), '\0');
-  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size()));
-  BN_free(bn);
-  return out;
-}
-
-// The public JWK of a key.
-Json JwkOf(EVP_PKEY* k, const std::string& kid) {
-  Json j = {{"kid", kid}, {"use", "sig"}};
-  switch (EVP_PKEY_get_base_id(k)) {
-    case EVP_PKEY_RSA:
-      j["kty"] = "RSA";
-      j["n"] = B64(BnParam(k, OSSL_PKEY_PARAM_RSA_N));
-      j["e"] = B64(BnParam(k, OSSL_PKEY_PARAM_RSA_E));
-      break;
-    case EVP_PKEY_EC:
-      j["kty"] = "EC";
-      j["crv"] = "P-256";
-      j["x"] = B64(BnParam(k, OSSL_PKEY_PARAM_EC_PUB_X, 32));
-      j["y"] = B64(BnParam(k, OSSL_PKEY_PARAM_EC_PUB_Y, 32));
-      break;
-    default: {
-      std::string raw(32, '\0');
-      size_t len = raw.size();
-      EXPECT_EQ(EVP_PKEY_get_raw_public_key(k, reinterpret_cast<unsigned char*>(raw.data()), &len),
-                1);
-      j["kty"] = "OKP";
-      j["crv"] = "Ed25519";
-      j["x"] = B64(raw);
-    }
-  }
+// The public JWK of a key, as a provider publishes it.
+Json PublishedJwk(EVP_PKEY* k, const std::string& kid) {
+  Json j = JwkOf(k, kid);
+  j["use"] = "sig";
   return j;
-}
-
-// The JWS signature of `input`: RS256, ES256 (as r || s) or EdDSA, by the key's type.
-std::string SignRaw(EVP_PKEY* k, std::string_view input) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  const bool ed = EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519;
-  EXPECT_EQ(EVP_DigestSignInit(ctx, nullptr, ed ? nullptr : EVP_sha256(), nullptr, k), 1);
-  size_t len = 0;
-  const auto* in = reinterpret_cast<const unsigned char*>(input.data());
-  EXPECT_EQ(EVP_DigestSign(ctx, nullptr, &len, in, input.size()), 1);
-  std::string sig(len, '\0');
-  EXPECT_EQ(
-      EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len, in, input.size()), 1);
-  sig.resize(len);
-  EVP_MD_CTX_free(ctx);
-  if (EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
-    const auto* p = reinterpret_cast<const unsigned char*>(sig.data());
-    ECDSA_SIG* es = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size()));
-    std::string raw(64, '\0');
-    BN_bn2binpad(ECDSA_SIG_get0_r(es), reinterpret_cast<unsigned char*>(raw.data()), 32);
-    BN_bn2binpad(ECDSA_SIG_get0_s(es), reinterpret_cast<unsigned char*>(raw.data()) + 32, 32);
-    ECDSA_SIG_free(es);
-    return raw;
-  }
-  return sig;
 }
 
 Json JwsHeader(const std::string& alg, const std::string& kid) {
   return {{"alg", alg}, {"typ", "JWT"}, {"kid", kid}};
-}
-
-std::string SignToken(EVP_PKEY* k, const Json& header, const Json& claims) {
-  std::string input = B64(header.dump()) + "." + B64(claims.dump());
-  return input + "." + B64(SignRaw(k, input));
-}
-
-std::string Hs256Token(std::string_view secret, const Json& header, const Json& claims) {
-  std::string input = B64(header.dump()) + "." + B64(claims.dump());
-  unsigned char mac[32];
-  size_t len = 0;
-  EXPECT_NE(EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, secret.data(), secret.size(),
-                      reinterpret_cast<const unsigned char*>(input.data()), input.size(), mac,
-                      sizeof mac, &len),
-            nullptr);
-  return input + "." + B64(std::string_view(reinterpret_cast<char*>(mac), len));
-}
-
-std::string PublicPem(EVP_PKEY* k) {
-  BIO* bio = BIO_new(BIO_s_mem());
-  EXPECT_EQ(PEM_write_bio_PUBKEY(bio, k), 1);
-  char* data = nullptr;
-  long n = BIO_get_mem_data(bio, &data);
-  std::string out(data, static_cast<size_t>(n));
-  BIO_free(bio);
-  return out;
 }
 
 int64_t Now() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -1035,7 +944,7 @@ class JwtSignInTest : public IdentityTest {
 
 TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
   Pkey ec = GenP256(), ec_other = GenP256(), ed = GenEd25519(), rotated = GenEd25519();
-  WriteJwks(Json::array({JwkOf(ec.get(), "k-ec"), JwkOf(ed.get(), "k-ed")}));
+  WriteJwks(Json::array({PublishedJwk(ec.get(), "k-ec"), PublishedJwk(ed.get(), "k-ed")}));
   RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
                   fmt::format("jwks_file: \"{}\"", JwksPath())});
   EXPECT_NE(agentd_.proc->Output().find(
@@ -1074,8 +983,8 @@ TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
   EXPECT_EQ(Call("GET", Url("/v1/agents")).status, 200);
 
   // The provider rotates in a new key: a token with its kid reloads the set.
-  WriteJwks(Json::array({JwkOf(ec.get(), "k-ec"), JwkOf(ed.get(), "k-ed"),
-                         JwkOf(rotated.get(), "k-new")}));
+  WriteJwks(Json::array({PublishedJwk(ec.get(), "k-ec"), PublishedJwk(ed.get(), "k-ed"),
+                         PublishedJwk(rotated.get(), "k-new")}));
   Reply fresh = Call("GET", Url("/v1/agents"), Json(),
                      Bearer(SignToken(rotated.get(), JwsHeader("EdDSA", "k-new"), claims())));
   EXPECT_EQ(fresh.status, 200) << fresh.raw;
@@ -1126,7 +1035,7 @@ TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
 
 TEST_F(JwtSignInTest, TheTokensGroupsJoinThePrincipalsForConditions) {
   Pkey ed = GenEd25519();
-  WriteJwks(Json::array({JwkOf(ed.get(), "k-ed")}));
+  WriteJwks(Json::array({PublishedJwk(ed.get(), "k-ed")}));
   RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
                   fmt::format("jwks_file: \"{}\"", JwksPath())});
   std::string t = NewTenant("acme");
@@ -1171,7 +1080,7 @@ TEST_F(JwtSignInTest, TheTokensGroupsJoinThePrincipalsForConditions) {
 
 TEST_F(JwtSignInTest, RsaKeysAFixedTenantAndClaimsNamedByTheConfig) {
   Pkey rsa = GenRsa(), ec = GenP256();
-  WriteJwks(Json::array({JwkOf(rsa.get(), "k-rsa"), JwkOf(ec.get(), "k-ec")}));
+  WriteJwks(Json::array({PublishedJwk(rsa.get(), "k-rsa"), PublishedJwk(ec.get(), "k-ec")}));
   std::string acme = NewTenant("acme"), beta = NewTenant("beta");
   NewPrincipal(acme, "alice@example.com",
                Json::array({OwnTenant({"agents:Read"}),
@@ -1246,7 +1155,7 @@ TEST_F(JwtSignInTest, KeysFromAUrlAreFetchedAndKeptWhenTheProviderIsDown) {
 }
 
 TEST_F(JwtSignInTest, BadJwtConfigIsRefusedByName) {
-  WriteJwks(Json::array({JwkOf(GenEd25519().get(), "k-ed")}));
+  WriteJwks(Json::array({PublishedJwk(GenEd25519().get(), "k-ed")}));
   const std::string head = "auth:\n  jwt:\n";
   const std::string good =
       fmt::format("    issuer: x\n    audience: y\n    jwks_file: {}\n", JwksPath());

@@ -2,8 +2,8 @@
 // check refusing what it should, with a reason and without echoing the token), JWKS parsing,
 // the cached JWKS source, agentd's signing key file and the tokens it mints.
 //
-// Keys are generated at test time with OpenSSL and tokens are signed by a small signer
-// written here, independent of the code under test.
+// Keys are generated at test time with OpenSSL and tokens are signed by the test signer
+// (tests/support/jwt_signer.h), independent of the code under test.
 #include "identity/jwt.h"
 
 #include <gtest/gtest.h>
@@ -20,6 +20,7 @@
 
 #include "common/base64.h"
 #include "identity/signing_key.h"
+#include "tests/support/jwt_signer.h"
 
 namespace agentd::identity {
 namespace {
@@ -30,16 +31,17 @@ constexpr int64_t kNow = 1'790'000'000;
 constexpr const char* kIssuer = "https://idp.example.com";
 constexpr const char* kAudience = "agentd";
 
-// ---- a test-side signer on OpenSSL ------------------------------------------------------------
+// ---- a test-side signer on OpenSSL (tests/support/jwt_signer.h) -------------------------------
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* p) const { EVP_PKEY_free(p); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-
-std::string B64(std::string_view bytes) {
-  return Base64Encode(bytes, Base64Variant::kUrlNoPadding);
-}
+using agentd::testing::B64;
+using agentd::testing::GenEd25519;
+using agentd::testing::GenP256;
+using agentd::testing::GenRsa;
+using agentd::testing::Hs256Token;
+using agentd::testing::JwkOf;
+using agentd::testing::Pkey;
+using agentd::testing::PublicPem;
+using agentd::testing::SignRaw;
 
 std::string Unb64(std::string_view text) {
   Result<std::string> r = Base64Decode(text, Base64Variant::kUrlNoPadding);
@@ -47,99 +49,8 @@ std::string Unb64(std::string_view text) {
   return r.ok() ? *r : std::string();
 }
 
-Pkey GenRsa(size_t bits) { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", bits)); }
-Pkey GenP256() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")); }
-Pkey GenEd25519() { return Pkey(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519")); }
-
-std::string BnParam(EVP_PKEY* k, const char* name, int pad = 0) {
-  BIGNUM* bn = nullptr;
-  EXPECT_EQ(EVP_PKEY_get_bn_param(k, name, &bn), 1) << name;
-  std::string out(pad > 0 ? pad : BN_num_bytes(bn), '\0');
-  BN_bn2binpad(bn, reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size()));
-  BN_free(bn);
-  return out;
-}
-
-// The public JWK of a key, without alg or use.
-Json JwkOf(EVP_PKEY* k, const std::string& kid) {
-  Json j = {{"kid", kid}};
-  switch (EVP_PKEY_get_base_id(k)) {
-    case EVP_PKEY_RSA:
-      j["kty"] = "RSA";
-      j["n"] = B64(BnParam(k, OSSL_PKEY_PARAM_RSA_N));
-      j["e"] = B64(BnParam(k, OSSL_PKEY_PARAM_RSA_E));
-      break;
-    case EVP_PKEY_EC:
-      j["kty"] = "EC";
-      j["crv"] = "P-256";
-      j["x"] = B64(BnParam(k, OSSL_PKEY_PARAM_EC_PUB_X, 32));
-      j["y"] = B64(BnParam(k, OSSL_PKEY_PARAM_EC_PUB_Y, 32));
-      break;
-    case EVP_PKEY_ED25519: {
-      std::string raw(32, '\0');
-      size_t len = raw.size();
-      EXPECT_EQ(EVP_PKEY_get_raw_public_key(k, reinterpret_cast<unsigned char*>(raw.data()), &len),
-                1);
-      j["kty"] = "OKP";
-      j["crv"] = "Ed25519";
-      j["x"] = B64(raw);
-      break;
-    }
-    default:
-      ADD_FAILURE() << "unexpected key type";
-  }
-  return j;
-}
-
-// The JWS signature of `input` with `k`: RS256, ES256 (as r || s) or EdDSA by key type.
-std::string SignRaw(EVP_PKEY* k, std::string_view input) {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  const bool ed = EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519;
-  EXPECT_EQ(EVP_DigestSignInit(ctx, nullptr, ed ? nullptr : EVP_sha256(), nullptr, k), 1);
-  size_t len = 0;
-  const auto* in = reinterpret_cast<const unsigned char*>(input.data());
-  EXPECT_EQ(EVP_DigestSign(ctx, nullptr, &len, in, input.size()), 1);
-  std::string sig(len, '\0');
-  EXPECT_EQ(
-      EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len, in, input.size()), 1);
-  sig.resize(len);
-  EVP_MD_CTX_free(ctx);
-  if (EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
-    const auto* p = reinterpret_cast<const unsigned char*>(sig.data());
-    ECDSA_SIG* es = d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(sig.size()));
-    std::string raw(64, '\0');
-    BN_bn2binpad(ECDSA_SIG_get0_r(es), reinterpret_cast<unsigned char*>(raw.data()), 32);
-    BN_bn2binpad(ECDSA_SIG_get0_s(es), reinterpret_cast<unsigned char*>(raw.data()) + 32, 32);
-    ECDSA_SIG_free(es);
-    return raw;
-  }
-  return sig;
-}
-
 std::string Token(EVP_PKEY* k, const Json& header, const Json& payload) {
-  std::string input = B64(header.dump()) + "." + B64(payload.dump());
-  return input + "." + B64(SignRaw(k, input));
-}
-
-std::string Hs256Token(std::string_view secret, const Json& header, const Json& payload) {
-  std::string input = B64(header.dump()) + "." + B64(payload.dump());
-  unsigned char mac[32];
-  size_t len = 0;
-  EXPECT_NE(EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, secret.data(), secret.size(),
-                      reinterpret_cast<const unsigned char*>(input.data()), input.size(), mac,
-                      sizeof mac, &len),
-            nullptr);
-  return input + "." + B64(std::string_view(reinterpret_cast<char*>(mac), len));
-}
-
-std::string PublicPem(EVP_PKEY* k) {
-  BIO* bio = BIO_new(BIO_s_mem());
-  EXPECT_EQ(PEM_write_bio_PUBKEY(bio, k), 1);
-  char* data = nullptr;
-  long n = BIO_get_mem_data(bio, &data);
-  std::string out(data, static_cast<size_t>(n));
-  BIO_free(bio);
-  return out;
+  return agentd::testing::SignToken(k, header, payload);
 }
 
 Json Claims() {
