@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <regex>
 
@@ -28,6 +29,10 @@ constexpr size_t kMaxGroups = 100;
 constexpr size_t kMaxPolicies = 20;
 constexpr size_t kMaxAttributesBytes = 16 * 1024;
 constexpr size_t kMaxCredentialBytes = 8 * 1024;
+// How long a verified JWT is trusted without checking its signature again, and how many
+// are remembered.
+constexpr int64_t kVerifiedTokenSeconds = 60;
+constexpr size_t kMaxVerifiedTokens = 10000;
 
 Result<std::vector<std::string>> StringList(const Json* v, const std::string& field,
                                             size_t max_items, size_t max_len) {
@@ -307,14 +312,45 @@ Result<std::shared_ptr<const Principal>> Directory::AuthenticateJwt(std::string_
   vo.audience = cfg.audience;
   vo.leeway_seconds = cfg.leeway_seconds;
   vo.now = clock_->NowMillis() / 1000;
-  Result<Json> verified = jwks_->VerifyBlocking(token, vo);
-  if (!verified.ok()) {
-    if (verified.status().code() == StatusCode::kUnauthenticated) return verified.status();
-    // The location of the key set and why it failed are for the operator, not the caller.
-    spdlog::warn("JWT sign-in: the key set cannot be loaded: {}", verified.status().message());
-    return Unavailable("the identity provider's key set cannot be loaded; try again later");
+  // A token verified lately is not verified again (its signature check is most of a
+  // sign-in's cost), but never past its expiry, nor for longer than a minute: a key the
+  // provider withdraws stops working within that time.
+  unsigned char digest[crypto_generichash_BYTES];
+  crypto_generichash(digest, sizeof digest, reinterpret_cast<const unsigned char*>(token.data()),
+                     token.size(), nullptr, 0);
+  const std::string token_key(reinterpret_cast<const char*>(digest), sizeof digest);
+  std::shared_ptr<const Json> cached;
+  {
+    std::lock_guard lock(mu_);
+    auto it = verified_tokens_.find(token_key);
+    if (it != verified_tokens_.end()) {
+      if (vo.now < it->second.valid_until) {
+        cached = it->second.claims;
+      } else {
+        verified_tokens_.erase(it);
+      }
+    }
   }
-  const Json& claims = *verified;
+  if (!cached) {
+    Result<Json> verified = jwks_->VerifyBlocking(token, vo);
+    if (!verified.ok()) {
+      if (verified.status().code() == StatusCode::kUnauthenticated) return verified.status();
+      // The location of the key set and why it failed are for the operator, not the caller.
+      spdlog::warn("JWT sign-in: the key set cannot be loaded: {}", verified.status().message());
+      return Unavailable("the identity provider's key set cannot be loaded; try again later");
+    }
+    cached = std::make_shared<const Json>(std::move(verified).value());
+    int64_t valid_until = vo.now + kVerifiedTokenSeconds;
+    if (auto exp = cached->find("exp"); exp != cached->end() && exp->is_number()) {
+      // Expired at exp + leeway, as VerifyJwt decides (compared as doubles: no overflow).
+      const double ends = std::floor(exp->get<double>()) + static_cast<double>(cfg.leeway_seconds);
+      if (ends < static_cast<double>(valid_until)) valid_until = static_cast<int64_t>(ends);
+    }
+    std::lock_guard lock(mu_);
+    if (verified_tokens_.size() >= kMaxVerifiedTokens) verified_tokens_.clear();
+    verified_tokens_[token_key] = {cached, valid_until};
+  }
+  const Json& claims = *cached;
 
   // The signature holds, so the claims are the provider's; their values may be quoted back,
   // but only when short and printable.

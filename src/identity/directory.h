@@ -175,6 +175,12 @@ class Directory {
   std::unordered_map<std::string, std::shared_ptr<const Principal>> principals_;  // by id
   // Principal ids by "<tenant id>/<name>", for tokens; guarded by mu_.
   std::unordered_map<std::string, std::string> principal_ids_;
+  // Claims of JWTs verified lately, by the BLAKE2b of the token; guarded by mu_.
+  struct VerifiedToken {
+    std::shared_ptr<const Json> claims;
+    int64_t valid_until = 0;  // Unix seconds: the earlier of exp + leeway and a minute on
+  };
+  std::unordered_map<std::string, VerifiedToken> verified_tokens_;
   // Groups' and roles' policies by "<tenant id>/<kind>/<name>", null for none; guarded by
   // mu_. Every write goes through this directory, which forgets what it changes.
   std::unordered_map<std::string, std::shared_ptr<const PolicySet>> policy_sets_;

@@ -1116,6 +1116,12 @@ TEST_F(JwtSignInTest, RsaKeysAFixedTenantAndClaimsNamedByTheConfig) {
                 "no principal 'bob@example.com' in the tenant");
   // No leeway: a token that expired two seconds ago is refused.
   ExpectRefused("just expired", rs256({{"exp", Now() - 2}}), "token expired");
+  // A token verified a moment ago is remembered, but not past its expiry.
+  std::string brief = rs256({{"exp", Now() + 2}});
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), Bearer(brief)).status, 200);
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), Bearer(brief)).status, 200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3100));
+  ExpectRefused("expired after use", brief, "token expired");
   // The classic confusions with an RSA key: HS256 keyed with its public key, and a token
   // naming another algorithm than its key's.
   ExpectRefused("HS256 keyed with the RSA public key",
