@@ -87,6 +87,18 @@ int OnProgress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 
 }  // namespace
 
+void SetHeader(std::vector<std::pair<std::string, std::string>>& headers, const std::string& name,
+               std::string value) {
+  std::erase_if(headers, [&](const auto& h) {
+    return h.first.size() == name.size() &&
+           std::equal(name.begin(), name.end(), h.first.begin(), [](char a, char b) {
+             return std::tolower(static_cast<unsigned char>(a)) ==
+                    std::tolower(static_cast<unsigned char>(b));
+           });
+  });
+  headers.emplace_back(name, std::move(value));
+}
+
 Result<HttpResponse> HttpDoBlocking(const HttpRequest& req) {
   CURL* c = ThreadHandle();
   if (c == nullptr) return Internal("curl_easy_init failed");

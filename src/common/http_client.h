@@ -55,6 +55,10 @@ struct HttpResponse {
 // Performs one request on the calling thread's connection cache. Blocking.
 Result<HttpResponse> HttpDoBlocking(const HttpRequest& req);
 
+// Sets header `name` to `value`, replacing any header of that name in any case.
+void SetHeader(std::vector<std::pair<std::string, std::string>>& headers, const std::string& name,
+               std::string value);
+
 // Parses a Retry-After value (delta-seconds or an HTTP-date) into a delay.
 std::optional<std::chrono::milliseconds> ParseRetryAfter(std::string_view value);
 

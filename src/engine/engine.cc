@@ -1,7 +1,6 @@
 #include "engine/engine.h"
 
 #include <sodium.h>
-#include <strings.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -16,6 +15,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/http_client.h"
 #include "common/ids.h"
 #include "journal/events.h"
 #include "journal/state.h"
@@ -848,15 +848,30 @@ void Engine::RedactSecrets(std::string* text, const std::vector<ToolSecret>& sec
   }
 }
 
-std::string Engine::ToolToken(const Actor& a, const std::string& principal_id,
-                              const std::string& audience) const {
+identity::ToolTokenClaims Engine::ToolClaims(const Actor& a, const std::string& principal_id,
+                                             const std::string& audience) const {
   identity::ToolTokenClaims c;
   c.tenant = a.tenant_id;
   c.subject = principal_id;
   c.actor = a.agent.id;
   c.session_id = a.id;
   c.audience = audience;
-  return MintBearer(std::move(c));
+  return c;
+}
+
+std::vector<std::pair<std::string, std::string>> Engine::CallHeaders(
+    const Actor& a, const std::string& principal_id, const std::string& audience,
+    const std::vector<ToolSecret>& secrets) const {
+  std::vector<std::pair<std::string, std::string>> headers;
+  // Who the call is for, in a token minted for this call and this tool alone; the caller's
+  // own credential never leaves agentd.
+  if (std::string token = MintBearer(ToolClaims(a, principal_id, audience)); !token.empty()) {
+    headers.emplace_back("Authorization", std::move(token));
+  }
+  for (const auto& secret : secrets) {
+    if (!secret.env) SetHeader(headers, secret.target, secret.value);
+  }
+  return headers;
 }
 
 std::string Engine::MintBearer(identity::ToolTokenClaims c) const {
@@ -1691,33 +1706,13 @@ void Engine::RunToolLocked(const std::shared_ptr<Actor>& a, std::unique_lock<std
     std::string manifest = s.workspace_manifest;
     const ToolDef server = *tool;
     std::vector<std::pair<std::string, std::string>> headers;
-    if (!server.url.empty()) {
-      // As for an http tool: a token for this call, the secrets for this call.
-      if (std::string token = ToolToken(*a, t->principal_id, server.url); !token.empty()) {
-        headers.emplace_back("Authorization", std::move(token));
-      }
-      for (const auto& secret : secrets) {
-        if (!secret.env) headers.emplace_back(secret.target, secret.value);
-      }
-    }
+    if (!server.url.empty()) headers = CallHeaders(*a, t->principal_id, server.url, secrets);
     lock.unlock();
     out = RunMcp(a, server, mcp_tool, args, manifest, turn_id, call_id, std::move(headers));
     lock.lock();
   } else {
-    tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent, {}};
-    // Who the call is for, in a token minted for this call and this tool alone; the caller's
-    // own credential never leaves agentd.
-    if (std::string token = ToolToken(*a, t->principal_id, tool->url); !token.empty()) {
-      spec.headers.emplace_back("Authorization", std::move(token));
-    }
-    for (const auto& secret : secrets) {
-      if (secret.env) continue;
-      // A secret named for a header agentd sets (Authorization) takes its place.
-      std::erase_if(spec.headers, [&](const auto& h) {
-        return strcasecmp(h.first.c_str(), secret.target.c_str()) == 0;
-      });
-      spec.headers.emplace_back(secret.target, secret.value);
-    }
+    tools::HttpToolSpec spec{tool->name, tool->url, tool->timeout_ms, tool->idempotent,
+                             CallHeaders(*a, t->principal_id, tool->url, secrets)};
     lock.unlock();
     out = tools::CallHttpToolBlocking(spec, arguments, key,
                                       [this, raw] { return ShouldAbort(*raw); });
@@ -2205,20 +2200,10 @@ Result<tools::mcp::McpClient*> Engine::McpClientFor(const std::shared_ptr<Actor>
       }
       if (!secrets.empty()) RETURN_IF_ERROR(FlushLocked(*a));  // audited before used
     }
-    for (const auto& secret : secrets) {
-      std::erase_if(target.headers, [&](const auto& h) {
-        return strcasecmp(h.first.c_str(), secret.target.c_str()) == 0;
-      });
-      target.headers.emplace_back(secret.target, secret.value);
-    }
+    for (const auto& secret : secrets) SetHeader(target.headers, secret.target, secret.value);
     if (options_.signing_key != nullptr) {
-      identity::ToolTokenClaims claims;
-      claims.tenant = a->tenant_id;
-      claims.subject = principal_id;
-      claims.actor = a->agent.id;
-      claims.session_id = a->id;
-      claims.audience = def.url;
-      target.fresh_headers = [this, claims]() -> std::vector<std::pair<std::string, std::string>> {
+      target.fresh_headers = [this, claims = ToolClaims(*a, principal_id, def.url)]()
+          -> std::vector<std::pair<std::string, std::string>> {
         return {{"Authorization", MintBearer(claims)}};
       };
     }

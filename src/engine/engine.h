@@ -248,12 +248,17 @@ class Engine {
   // inside a JSON string) by "[secret:NAME]", so that what a tool echoes back of a secret
   // reaches neither the journal nor the model.
   static void RedactSecrets(std::string* text, const std::vector<ToolSecret>& secrets);
-  // The Authorization header value for one call to `audience` on behalf of `principal_id`
-  // ("" without a key).
-  std::string ToolToken(const Actor& a, const std::string& principal_id,
-                        const std::string& audience) const;
+  // The claims of a token for a call to `audience` by the session's agent on behalf of
+  // `principal_id`.
+  identity::ToolTokenClaims ToolClaims(const Actor& a, const std::string& principal_id,
+                                       const std::string& audience) const;
   // "Bearer <token>" for `claims` issued now by this agentd ("" without a key).
   std::string MintBearer(identity::ToolTokenClaims claims) const;
+  // The headers of one call to a tool or MCP server at `audience`: a token minted for it,
+  // then the call's secret headers (one named Authorization takes the token's place).
+  std::vector<std::pair<std::string, std::string>> CallHeaders(
+      const Actor& a, const std::string& principal_id, const std::string& audience,
+      const std::vector<ToolSecret>& secrets) const;
   // The limits that apply to the session's turns: its agent's budget (or the daemon's
   // defaults) tightened by the session's own. a.mu held.
   Budget EffectiveBudget(const Actor& a) const;

@@ -12,8 +12,6 @@
 // Cancellation: a stateless request is cancelled by closing its stream; a handshake-era
 // one also gets notifications/cancelled. Server requests on a handshake-era stream (ping)
 // are answered by a POST from a helper thread, since the stream's thread is inside curl.
-#include <strings.h>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -309,12 +307,6 @@ class HttpConnection final : public Connection {
     if (!version_.empty()) h.emplace_back("MCP-Protocol-Version", version_);
     if (!session_id_.empty()) h.emplace_back("Mcp-Session-Id", session_id_);
     return h;
-  }
-
-  static void SetHeader(std::vector<std::pair<std::string, std::string>>& headers,
-                        const std::string& name, const std::string& value) {
-    std::erase_if(headers, [&](const auto& h) { return strcasecmp(h.first.c_str(), name.c_str()) == 0; });
-    headers.emplace_back(name, value);
   }
 
   Status Oversized() const {
