@@ -588,8 +588,12 @@ if S:
     c = S.get("sandbox_cold_start", {})
     if c:
         t, b = c.get("to_first_command", {}), c.get("bare_bwrap_true", {})
-        P("| bwrap sandbox: cold start to first command (`true`), a spare launcher ready | %s | %s | bare `bwrap ... true` in the same run: p50 %s, ratio %s (aim 1.5) |" % (
+        P("| bwrap sandbox: cold start to first command (`true`), a warm spare ready | %s | %s | bare `bwrap ... true` in the same run: p50 %s, ratio %s (aim 1.5) |" % (
             num(t.get("p50_ms"), " ms"), num(t.get("p99_ms"), " ms"), num(b.get("p50_ms"), " ms"), num(c.get("ratio_p50"))))
+        n = c.get("to_first_command_launcher", {})
+        if n:
+            P("| the same with a spare launcher only (agentd not root) | %s | %s | ratio %s |" % (
+                num(n.get("p50_ms"), " ms"), num(n.get("p99_ms"), " ms"), num(c.get("ratio_p50_launcher"))))
         n = c.get("to_first_command_no_spare", {})
         if n:
             P("| the same with no spare ready | %s | %s | ratio %s |" % (

@@ -1,8 +1,8 @@
-// Sandbox benchmarks (`make bench`): cold start to the first command (with a spare launcher
-// ready, as the driver's background refill leaves it, and without one) and warm exec round
-// trip, beside bare `bwrap ... true` measured in the same run; workspace snapshot and restore
-// of 10 MB in 1,000 files and of a one-file change; memory per idle sandbox and per spare
-// launcher. One JSON line per measurement. Needs root for the per-sandbox uid, tmpfs and
+// Sandbox benchmarks (`make bench`): cold start to the first command (with a warm spare
+// ready, as the driver's background refill leaves it; with a spare launcher only; and with
+// no spare) and warm exec round trip, beside bare `bwrap ... true` measured in the same run;
+// workspace snapshot and restore of 10 MB in 1,000 files and of a one-file change; memory
+// per idle sandbox and per spare. One JSON line per measurement. Needs root for the per-sandbox uid, tmpfs and
 // cgroups, as agentd does.
 #include <poll.h>
 #include <spawn.h>
@@ -128,12 +128,17 @@ int main(int argc, char** argv) {
   sandbox::BwrapOptions o;
   o.state_dir = work + "/state";
   auto driver = sandbox::BwrapDriver::Open(o);
-  // The same driver without spare launchers: the start a sandbox gets when none is ready.
+  // The same driver with spares that are launchers only (what agentd has when not root).
+  sandbox::BwrapOptions launchers = o;
+  launchers.state_dir = work + "/state-launchers";
+  launchers.warm_spares = false;
+  auto launched = sandbox::BwrapDriver::Open(launchers);
+  // And without spares: the start a sandbox gets when none is ready.
   sandbox::BwrapOptions no_spares = o;
   no_spares.state_dir = work + "/state-no-spares";
   no_spares.spares = 0;
   auto direct = sandbox::BwrapDriver::Open(no_spares);
-  for (const auto* d : {driver.get(), direct.get()}) {
+  for (const auto* d : {driver.get(), launched.get(), direct.get()}) {
     if (!d->capabilities().available) {
       std::fprintf(stderr, "bwrap driver unavailable: %s\n",
                    d->capabilities().unavailable_reason.c_str());
@@ -144,7 +149,7 @@ int main(int argc, char** argv) {
 
   // Cold start: create a sandbox, run `true`, destroy it; alternated with bare bwrap and
   // with a start without a spare.
-  std::vector<double> bare, cold_ms, no_spare_ms;
+  std::vector<double> bare, cold_ms, launcher_ms, no_spare_ms;
   int n = 0;
   auto make = [&](sandbox::BwrapDriver& d, sandbox::Limits limits = {}) {
     std::string root = fmt::format("{}/box{}", work, n++);
@@ -162,7 +167,10 @@ int main(int argc, char** argv) {
   // refill's too, leave moving a process into a cgroup cheap for a few milliseconds, which
   // would flatter the start without a spare).
   auto rest = [&] {
-    if (!driver->WaitForSparesBlocking(std::chrono::seconds(10))) return false;
+    if (!driver->WaitForSparesBlocking(std::chrono::seconds(10)) ||
+        !launched->WaitForSparesBlocking(std::chrono::seconds(10))) {
+      return false;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     return true;
   };
@@ -180,20 +188,25 @@ int main(int argc, char** argv) {
     if (!rest()) return 2;
     bare.push_back(BareBwrapMs(bwrap));
     cold_ms.push_back(cold_start(*driver));
+    launcher_ms.push_back(cold_start(*launched));
     no_spare_ms.push_back(cold_start(*direct));
-    if (cold_ms.back() < 0 || no_spare_ms.back() < 0) return 2;
+    if (cold_ms.back() < 0 || launcher_ms.back() < 0 || no_spare_ms.back() < 0) return 2;
   }
-  Json bare_stats = Stats(bare), cold_stats = Stats(cold_ms), no_spare_stats = Stats(no_spare_ms);
+  Json bare_stats = Stats(bare), cold_stats = Stats(cold_ms), launcher_stats = Stats(launcher_ms),
+       no_spare_stats = Stats(no_spare_ms);
   const double bare_p50 = bare_stats["p50_ms"].get<double>();
   Emit({{"bench", "sandbox_cold_start"}, {"driver", "bwrap"},
-        {"to_first_command", cold_stats}, {"to_first_command_no_spare", no_spare_stats},
+        {"to_first_command", cold_stats}, {"to_first_command_launcher", launcher_stats},
+        {"to_first_command_no_spare", no_spare_stats},
         {"bare_bwrap_true", bare_stats},
         {"ratio_p50", cold_stats["p50_ms"].get<double>() / bare_p50},
+        {"ratio_p50_launcher", launcher_stats["p50_ms"].get<double>() / bare_p50},
         {"ratio_p50_no_spare", no_spare_stats["p50_ms"].get<double>() / bare_p50},
-        {"note", "to_first_command: a spare launcher was ready (the pool refilled between "
-                 "starts, as it does in the background); to_first_command_no_spare: none was "
-                 "(a driver with spares = 0, the path taken when the pool is empty)"}});
+        {"note", "to_first_command: a warm spare (a sandbox started ahead) was ready, as the "
+                 "driver's background refill leaves it; _launcher: a spare launcher only (agentd "
+                 "not root); _no_spare: none (spares = 0, the path taken when the pool is empty)"}});
   direct.reset();
+  launched.reset();
 
   // Warm exec round trip.
   {

@@ -168,6 +168,7 @@ int main(int argc, char** argv) {
   bo.state_dir = cfg.data_dir + "/sandbox";
   bo.uid_base = static_cast<uid_t>(cfg.sandbox_uid_base);
   bo.spares = static_cast<int>(cfg.sandbox_spares);
+  bo.read_only_paths = cfg.sandbox_read_only_paths;
   std::unique_ptr<sandbox::BwrapDriver> bwrap = sandbox::BwrapDriver::Open(bo);
   sandbox::DeferredDriver gvisor([&cfg] {
     sandbox::GvisorOptions go;

@@ -6,8 +6,13 @@
 //   {"op":"spawn","id":N,"argv":[...],"env":{...}}  -> {"op":"spawned","id":N} + fds
 //        [stdin (write end), stdout (read end), stderr (read end)], or {"op":"error",...}
 //   {"op":"kill","id":N}   stops the process and everything it started
+//   {"op":"attach","id":N,"proxy"?:PORT}    first and only once, to a supervisor started
+//        with --attach, after the workspace is mounted -> {"op":"attached","id":N,
+//        "landlock":ABI}, or "fatal"
 // supervisor -> driver
 //   {"op":"ready","landlock":ABI}           once, after start-up (ABI 0: not enforced)
+//   {"op":"ready","attach":true} + fd       instead, with --attach: the fd is the sandbox's
+//        mount namespace, where the driver mounts the workspace before "attach"
 //   {"op":"exit","id":N,"code":C}           C = exit status, or 128 + signal
 //   {"op":"connection","id":0} + fd         a program connected to the egress proxy address
 //

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,8 +26,11 @@
 #include <set>
 #include <thread>
 
+#include <spdlog/spdlog.h>
+
 #include "common/json.h"
 #include "sandbox/bwrap/launch.h"
+#include "sandbox/bwrap/namespace_mounter.h"
 #include "sandbox/bwrap/seccomp_filter.h"
 #include "sandbox/bwrap/spare_pool.h"
 #include "sandbox/cgroup.h"
@@ -41,19 +45,45 @@ using namespace host;
 using Clock = std::chrono::steady_clock;
 
 constexpr const char* kInitInside = "/.agentd/init";
+constexpr const char* kInsidePath = Sandbox::kInsidePath;
 constexpr int kSandboxUid = 1000;  // the uid tools see inside
 constexpr std::chrono::seconds kStartTimeout{10};
 constexpr std::chrono::seconds kKillGrace{5};
 constexpr size_t kStderrTail = 8192;
 constexpr int64_t kTmpMb = 64;  // private /tmp
 
-// One process the supervisor started, as agentd sees it.
+#ifndef OPEN_TREE_CLONE
+constexpr unsigned kOpenTreeClone = 1;
+#else
+constexpr unsigned kOpenTreeClone = OPEN_TREE_CLONE;
+#endif
+
+// One request to the supervisor (a process it started, or the attach), as agentd sees it.
 struct Pending {
   bool replied = false;  // "spawned" or "error" arrived
   std::string error;
   int fds[3] = {-1, -1, -1};  // stdin (write), stdout (read), stderr (read)
   bool exited = false;
   int code = -1;
+};
+
+// The descriptors of one start of bwrap: the child's (in BwrapFd order) and agentd's ends.
+struct StartFds {
+  int child[kBwrapFds] = {-1, -1, -1, -1, -1, -1};
+  int supervisor = -1;    // agentd's end of the supervisor socket
+  int bwrap_stderr = -1;  // read end of bwrap's stderr
+
+  StartFds() = default;
+  StartFds(const StartFds&) = delete;
+  StartFds& operator=(const StartFds&) = delete;
+  ~StartFds() {
+    CloseChild();
+    CloseFd(supervisor);
+    CloseFd(bwrap_stderr);
+  }
+  void CloseChild() {
+    for (int& fd : child) CloseFd(fd);
+  }
 };
 
 }  // namespace
@@ -63,7 +93,10 @@ struct BwrapDriver::Impl {
   Capabilities caps;
   std::string seccomp_bpf;
   Cgroups cgroups;
-  std::unique_ptr<SparePool> pool;  // after cgroups, which it uses: destroyed first
+  // Warm spares (agentd as root): whole sandboxes started ahead, given their workspace by
+  // the mounter when taken. Otherwise spares are launchers only.
+  bool warm = false;
+  std::unique_ptr<NamespaceMounter> mounter;
   bool root = false;
   std::string etc_dir;
   std::vector<std::string> layout;  // bwrap arguments shared by every sandbox
@@ -72,6 +105,9 @@ struct BwrapDriver::Impl {
 
   std::mutex mu;
   std::set<uid_t> uids_in_use;  // guarded by mu
+
+  // Last, so destroyed first: its thread and its spares use everything above.
+  std::unique_ptr<SparePool> pool;
 
   Result<uid_t> TakeUid() {
     std::lock_guard<std::mutex> lock(mu);
@@ -84,6 +120,108 @@ struct BwrapDriver::Impl {
   void ReturnUid(uid_t uid) {
     std::lock_guard<std::mutex> lock(mu);
     uids_in_use.erase(uid);
+  }
+
+  // bwrap's argv for a sandbox with `read_only_paths`. The workspace comes in as descriptor
+  // 5, or, for a warm spare, is an empty folder that the workspace is mounted on later
+  // (the supervisor then waits for it: --attach).
+  std::vector<std::string> Args(const std::vector<std::string>& read_only_paths, bool warm_spare,
+                                bool egress_proxy) const {
+    std::vector<std::string> a = {
+        options.bwrap_path, "--unshare-user", "--unshare-pid", "--unshare-net",
+        "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--disable-userns",
+        "--uid", std::to_string(kSandboxUid), "--gid", std::to_string(kSandboxUid),
+        "--hostname", "sandbox", "--new-session", "--die-with-parent", "--clearenv",
+        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+        "--setenv", "HOME", kInsidePath, "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "TMPDIR", "/tmp"};
+    a.insert(a.end(), layout.begin(), layout.end());
+    for (const auto& p : read_only_paths) {
+      a.insert(a.end(), {"--ro-bind", p, p});
+    }
+    if (warm_spare) {
+      a.insert(a.end(), {"--dir", kInsidePath});
+    } else {
+      a.insert(a.end(), {"--bind-fd", "5", kInsidePath});
+    }
+    a.insert(a.end(), {"--chdir", kInsidePath, "--remount-ro", "/", "--seccomp", "4", "--",
+                       kInitInside, "3"});
+    if (warm_spare) {
+      a.push_back("--attach");
+    } else if (egress_proxy) {
+      a.insert(a.end(), {"--proxy", std::to_string(kEgressProxyPort)});
+    }
+    a.insert(a.end(), {kInsidePath, "/tmp"});
+    return a;
+  }
+
+  // Opens what a start of bwrap needs, with `workspace` (an O_PATH descriptor, taken) as its
+  // workspace.
+  Status OpenStart(int workspace, StartFds* f) const {
+    f->child[kWorkspaceFd] = workspace;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+      return Internal(Errno("socketpair"));
+    }
+    f->supervisor = sv[0];
+    f->child[kSupervisorFd] = sv[1];
+    f->child[kInitFd] = open(options.init_path.c_str(), O_PATH | O_CLOEXEC);
+    f->child[kEtcFd] = open(etc_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    f->child[kSeccompFd] = memfd_create("agentd-seccomp", MFD_CLOEXEC);
+    int errpipe[2];
+    if (workspace < 0 || f->child[kInitFd] < 0 || f->child[kEtcFd] < 0 ||
+        f->child[kSeccompFd] < 0 || pipe2(errpipe, O_CLOEXEC) != 0) {
+      return Internal(Errno("sandbox descriptors"));
+    }
+    f->bwrap_stderr = errpipe[0];
+    f->child[kStderrFd] = errpipe[1];
+    int bpf = f->child[kSeccompFd];
+    if (write(bpf, seccomp_bpf.data(), seccomp_bpf.size()) !=
+            static_cast<ssize_t>(seccomp_bpf.size()) ||
+        lseek(bpf, 0, SEEK_SET) != 0) {
+      return Internal(Errno("seccomp memfd"));
+    }
+    return Status::OK();
+  }
+
+  // SparePool::WarmUp: the launcher becomes bwrap on an empty /workspace, as a uid of its
+  // own, and its supervisor says it is ready with its mount namespace.
+  bool WarmUp(Spare* spare) {
+    auto uid = TakeUid();
+    if (!uid.ok()) return false;
+    StartFds f;
+    int stand_in = open(etc_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);  // unused by bwrap
+    pid_t pid = -1;
+    if (OpenStart(stand_in, &f).ok()) {
+      pid = spare->Launch(EncodeOrder(*uid, Args(options.read_only_paths, true, false), environ),
+                          f.child);
+    }
+    f.CloseChild();
+    StartedSandbox s{pid, f.supervisor, f.bwrap_stderr, -1};
+    std::string text;
+    std::vector<int> fds;
+    pollfd p{f.supervisor, POLLIN, 0};
+    bool ready = pid > 0 &&
+                 poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kStartTimeout).count())) == 1 &&
+                 ReceiveMessage(f.supervisor, &text, &fds);
+    if (ready) {
+      Json m = Json::parse(text, nullptr, false);
+      ready = m.is_object() && m.value("op", "") == "ready" && m.value("attach", false) &&
+              fds.size() == 1;
+    }
+    if (!ready) {
+      for (int fd : fds) close(fd);
+      if (pid > 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+      ReturnUid(*uid);
+      return false;
+    }
+    s.mount_ns = fds[0];
+    f.supervisor = f.bwrap_stderr = -1;  // the spare's now
+    spare->BecomeSandbox(s, *uid, [this](uid_t u) { ReturnUid(u); });
+    return true;
   }
 };
 
@@ -128,7 +266,8 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     if (d_->root) d_->ReturnUid(uid_);
   }
 
-  Status Prepare() {
+  // `spare`, when there is one, was taken for this sandbox (and a warm one's uid is uid_).
+  Status Prepare(std::unique_ptr<Spare> spare) {
     if (d_->root) {
       RETURN_IF_ERROR(MountWorkspaceFs(spec_.root, spec_.limits.disk_mb, uid_));
     }
@@ -136,8 +275,8 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       return Internal(Errno("mkdir " + workspace_));
     }
     // A spare's groups become the sandbox's, with the spare in them, ready to become bwrap
-    // at the first command.
-    if (std::unique_ptr<Spare> spare = d_->pool ? d_->pool->Take() : nullptr) {
+    // (or, warm, to take the workspace) at the first command.
+    if (spare) {
       auto cg = spare->Adopt(spec_.id, spec_.limits);
       if (cg.ok()) {
         cgroup_ = std::move(cg).value();
@@ -224,97 +363,52 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
   }
 
  private:
-  std::vector<std::string> Args() const {
-    std::vector<std::string> a = {
-        d_->options.bwrap_path, "--unshare-user", "--unshare-pid", "--unshare-net",
-        "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--disable-userns",
-        "--uid", std::to_string(kSandboxUid), "--gid", std::to_string(kSandboxUid),
-        "--hostname", "sandbox", "--new-session", "--clearenv",
-        "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-        "--setenv", "HOME", kInsidePath, "--setenv", "LANG", "C.UTF-8",
-        "--setenv", "TMPDIR", "/tmp"};
-    a.insert(a.end(), d_->layout.begin(), d_->layout.end());
-    for (const auto& p : spec_.read_only_paths) {
-      a.insert(a.end(), {"--ro-bind", p, p});
-    }
-    a.insert(a.end(), {"--bind-fd", "5", kInsidePath, "--chdir", kInsidePath,
-                       "--remount-ro", "/", "--seccomp", "4", "--", kInitInside, "3"});
-    if (spec_.on_egress_connection) {
-      a.insert(a.end(), {"--proxy", std::to_string(kEgressProxyPort)});
-    }
-    a.insert(a.end(), {kInsidePath, "/tmp"});
-    return a;
-  }
-
   Status Start() {
     // Files put in the workspace from the host (a restore, an earlier run's uid) become the
     // sandbox user's.
     if (d_->root) RETURN_IF_ERROR(ChownTree(spec_.root, uid_));
-    std::vector<std::string> args = Args();
-    std::vector<char*> argv;
-    for (auto& s : args) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    std::vector<std::string> procs = cgroup_->procs_files();
     std::unique_ptr<Spare> spare;
     {
       std::lock_guard<std::mutex> lock(mu_);
       spare = std::move(spare_);
     }
+    if (spare && spare->started()) {
+      Status warm = StartWarm(spare->TakeSandbox());
+      spare.reset();  // the start is over: the pool may refill now
+      if (warm.ok()) return warm;
+      spdlog::warn("sandbox {}: the spare could not take the workspace, starting one directly: {}",
+                   spec_.id, warm.ToString());
+      cgroup_->KillAll();  // what the spare's sandbox left; the direct start uses its groups
+    }
+    std::vector<std::string> args =
+        d_->Args(spec_.read_only_paths, false, static_cast<bool>(spec_.on_egress_connection));
+    std::vector<char*> argv;
+    for (auto& s : args) argv.push_back(s.data());
+    argv.push_back(nullptr);
+    std::vector<std::string> procs = cgroup_->procs_files();
 
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-      return Internal(Errno("socketpair"));
-    }
     // Descriptors bwrap binds (fds 5, 6, 7 in the child).
-    int ws = open(workspace_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    int init = open(d_->options.init_path.c_str(), O_PATH | O_CLOEXEC);
-    int etc = open(d_->etc_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    int bpf = memfd_create("agentd-seccomp", MFD_CLOEXEC);
-    int errpipe[2] = {-1, -1};
-    auto close_all = [&] {
-      for (int fd : {sv[0], sv[1], ws, init, etc, bpf, errpipe[0], errpipe[1]}) {
-        if (fd >= 0) close(fd);
-      }
-    };
-    if (ws < 0 || init < 0 || etc < 0 || bpf < 0 || pipe2(errpipe, O_CLOEXEC) != 0) {
-      Status st = Internal(Errno("sandbox descriptors (" + workspace_ + ")"));
-      close_all();
-      return st;
-    }
-    if (write(bpf, d_->seccomp_bpf.data(), d_->seccomp_bpf.size()) !=
-            static_cast<ssize_t>(d_->seccomp_bpf.size()) ||
-        lseek(bpf, 0, SEEK_SET) != 0) {
-      Status st = Internal(Errno("seccomp memfd"));
-      close_all();
-      return st;
-    }
-    const int fds[kBwrapFds] = {sv[1], bpf, ws, init, etc, errpipe[1]};
+    StartFds f;
+    Status opened = d_->OpenStart(
+        open(workspace_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), &f);
+    if (!opened.ok()) return Internal(opened.message() + " (" + workspace_ + ")");
     const long uid = d_->root ? static_cast<long>(uid_) : -1;
     // The spare is in the sandbox's groups already; one that has ended since it was taken
     // leaves the start to the direct way.
-    pid_t pid = spare ? spare->Launch(EncodeOrder(uid, args, environ), fds) : -1;
+    pid_t pid = spare ? spare->Launch(EncodeOrder(uid, args, environ), f.child) : -1;
     if (pid < 0) {
       pid = fork();
       if (pid == 0) {
         // Only async-signal-safe calls from here to exec.
         if (!JoinCgroups(procs)) _exit(kExitCgroup);
-        ExecBwrap(fds, uid, argv.data(), environ);
+        ExecBwrap(f.child, uid, argv.data(), environ);
       }
     }
-    for (int fd : {sv[1], bpf, ws, init, etc, errpipe[1]}) close(fd);
-    if (pid < 0) {
-      close(sv[0]), close(errpipe[0]);
-      return Internal(Errno("fork"));
-    }
+    f.CloseChild();
+    if (pid < 0) return Internal(Errno("fork"));
     std::unique_lock<std::mutex> lock(mu_);
-    bwrap_pid_ = pid;
-    sock_ = sv[0];
-    err_fd_ = errpipe[0];
-    dead_ = false;
-    ready_ = false;
-    start_error_.clear();
-    bwrap_stderr_.clear();
-    reader_ = std::thread([this, sock = sv[0], err = errpipe[0]] { ReadLoop(sock, err); });
+    Track(lock, pid, f.supervisor, f.bwrap_stderr, /*ready=*/false);
+    f.supervisor = f.bwrap_stderr = -1;  // the reader's now
     if (!cv_.wait_for(lock, kStartTimeout, [&] { return ready_ || dead_; })) {
       start_error_ = "the sandbox did not start within " + std::to_string(kStartTimeout.count()) + " s";
     }
@@ -328,6 +422,42 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       return Unavailable(why);
     }
     return Status::OK();
+  }
+
+  // Takes over a warm spare's sandbox: mounts the workspace in it, then tells its supervisor
+  // to go on (enter the workspace, open the egress proxy, restrict itself with Landlock).
+  Status StartWarm(StartedSandbox s) {
+    int tree = static_cast<int>(syscall(SYS_open_tree, AT_FDCWD, workspace_.c_str(),
+                                        kOpenTreeClone | O_CLOEXEC));
+    Status mounted = tree < 0 ? Internal(Errno("open_tree " + workspace_))
+                              : d_->mounter->MoveMountBlocking(s.mount_ns, tree, kInsidePath);
+    if (tree >= 0) close(tree);
+    close(s.mount_ns);
+    std::unique_lock<std::mutex> lock(mu_);
+    Track(lock, s.bwrap, s.supervisor, s.bwrap_stderr, /*ready=*/true);
+    Json attach = {{"op", "attach"}};
+    if (spec_.on_egress_connection) attach["proxy"] = kEgressProxyPort;
+    auto id = mounted.ok() ? RoundTripLocked(lock, std::move(attach), "take its workspace")
+                           : Result<int64_t>(mounted);
+    if (!id.ok()) {
+      StopLocked(lock);
+      return id.status();
+    }
+    pending_.erase(*id);
+    return Status::OK();
+  }
+
+  // Records a started bwrap (`pid`) and its descriptors, and starts reading its supervisor.
+  void Track(std::unique_lock<std::mutex>& lock, pid_t pid, int sock, int err, bool ready) {
+    (void)lock;
+    bwrap_pid_ = pid;
+    sock_ = sock;
+    err_fd_ = err;
+    dead_ = false;
+    ready_ = ready;
+    start_error_.clear();
+    bwrap_stderr_.clear();
+    reader_ = std::thread([this, sock, err] { ReadLoop(sock, err); });
   }
 
   std::string BwrapErrorLocked() const {
@@ -374,11 +504,14 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
         d_->landlock_abi = m.value("landlock", 0);
       } else if (op == "fatal") {
         start_error_ = m.value("message", "the supervisor failed");
-      } else if (op == "spawned" || op == "error" || op == "exit") {
+      } else if (op == "spawned" || op == "error" || op == "exit" || op == "attached") {
         auto it = pending_.find(m.value("id", int64_t{-1}));
         if (it == pending_.end()) {
           for (int fd : fds) close(fd);
           fds.clear();
+        } else if (op == "attached") {
+          it->second.replied = true;
+          d_->landlock_abi = m.value("landlock", 0);
         } else if (op == "exit") {
           it->second.exited = true;
           it->second.code = m.value("code", -1);
@@ -410,7 +543,6 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       RETURN_IF_ERROR(Start());
       lock.lock();
     }
-    int64_t id = next_id_++;
     Json env = {{"PATH", "/usr/local/bin:/usr/bin:/bin"}, {"HOME", kInsidePath},
                 {"LANG", "C.UTF-8"}, {"TMPDIR", "/tmp"}};
     if (spec_.on_egress_connection) {
@@ -423,7 +555,21 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1,::1";
     }
     for (const auto& [k, v] : req.env) env[k] = v;
-    Json msg = {{"op", "spawn"}, {"id", id}, {"argv", req.argv}, {"env", env}};
+    auto id = RoundTripLocked(lock, Json{{"op", "spawn"}, {"argv", req.argv}, {"env", env}},
+                              "start the command");
+    if (!id.ok()) return id.status();
+    Pending& p = pending_[*id];
+    *id_out = *id;
+    std::copy(p.fds, p.fds + 3, fds_out);
+    return Status::OK();
+  }
+
+  // Sends `msg` with the next id and waits for its answer; what = what the sandbox was asked
+  // to do, for the errors. The entry in pending_ stays for the caller on success.
+  Result<int64_t> RoundTripLocked(std::unique_lock<std::mutex>& lock, Json msg,
+                                  const std::string& what) {
+    int64_t id = next_id_++;
+    msg["id"] = id;
     pending_[id];
     if (!SendMessage(sock_, msg.dump(), {})) {
       pending_.erase(id);
@@ -433,16 +579,15 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     Pending& p = pending_[id];
     if (!p.replied) {
       pending_.erase(id);
-      return Unavailable("the sandbox did not start the command" + BwrapErrorLocked());
+      std::string why = start_error_.empty() ? "" : ": " + start_error_;
+      return Unavailable("the sandbox did not " + what + why + BwrapErrorLocked());
     }
     if (!p.error.empty()) {
       std::string e = p.error;
       pending_.erase(id);
-      return Internal("the sandbox could not start the command: " + e);
+      return Internal("the sandbox could not " + what + ": " + e);
     }
-    *id_out = id;
-    std::copy(p.fds, p.fds + 3, fds_out);
-    return Status::OK();
+    return id;
   }
 
   // Feeds stdin and collects stdout/stderr until both end; kills the command at `deadline`.
@@ -732,28 +877,48 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   } else {
     d.caps.not_enforced["landlock"] = "the kernel has no Landlock";
   }
-  d.pool = std::make_unique<SparePool>(&d.cgroups, d.options.init_path, d.options.spares);
+  // As root, spares are whole sandboxes waiting for a workspace; otherwise launchers only
+  // (moving a mount into a sandbox needs CAP_SYS_ADMIN over it).
+  SparePool::WarmUp warm_up;
+  errno = 0;
+  bool can_move_mounts = syscall(SYS_open_tree, -1, "", 0) < 0 && errno != ENOSYS;
+  if (d.root && d.options.spares > 0 && d.options.warm_spares && can_move_mounts) {
+    d.warm = true;
+    d.mounter = std::make_unique<NamespaceMounter>();
+    warm_up = [&d](Spare* spare) { return d.WarmUp(spare); };
+  }
+  d.pool = std::make_unique<SparePool>(&d.cgroups, d.options.init_path, d.options.spares,
+                                       std::move(warm_up));
   return driver;
 }
 
 Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
   if (!impl_->caps.available) return Unavailable("bwrap driver: " + impl_->caps.unavailable_reason);
+  Impl& d = *impl_;
+  // Warm spares were started with the daemon's read-only folders: a sandbox that asks for
+  // others starts without one.
+  std::unique_ptr<Spare> spare;
+  if (d.pool && (!d.warm || spec.read_only_paths == d.options.read_only_paths)) {
+    spare = d.pool->Take();
+  }
   uid_t uid = geteuid();
-  if (impl_->root) {
-    auto taken = impl_->TakeUid();
+  if (spare && spare->started()) {
+    uid = spare->ClaimUid();
+  } else if (d.root) {
+    auto taken = d.TakeUid();
     if (!taken.ok()) return taken.status();
     uid = *taken;
   }
-  if (impl_->root) {
+  if (d.root) {
     std::string blocked = FirstUntraversable(fs::path(spec.root).parent_path().string());
     if (!blocked.empty()) {
-      impl_->ReturnUid(uid);
+      d.ReturnUid(uid);
       return FailedPrecondition("sandbox root " + spec.root + ": its uid cannot pass through " +
                                 blocked + " (mode lacks o+x)");
     }
   }
-  auto box = std::make_shared<BwrapSandbox>(impl_.get(), spec, uid);
-  RETURN_IF_ERROR(box->Prepare());
+  auto box = std::make_shared<BwrapSandbox>(&d, spec, uid);
+  RETURN_IF_ERROR(box->Prepare(std::move(spare)));
   // Callers hold a unique_ptr; spawned processes share the sandbox, so the unique owner
   // is a thin handle that keeps the shared object alive.
   class Handle : public Sandbox {

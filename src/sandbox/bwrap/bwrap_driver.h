@@ -27,10 +27,17 @@ struct BwrapOptions {
   // Sandboxes run as host uids uid_base + slot (when agentd is root).
   uid_t uid_base = 1000000000;
   uid_t uid_slots = 65536;
-  // Spare launchers kept ready (spare_pool.h), each an idle process in its own cgroups, so
-  // that a sandbox's start does not wait for the kernel to move a process into its groups.
+  // Spares kept ready (spare_pool.h), each in its own cgroups, so that a sandbox's start
+  // does not wait for the kernel to move a process into its groups. As root a spare is a
+  // whole sandbox (bwrap and its supervisor) waiting for a workspace, which is mounted into
+  // it when a session takes it; otherwise it is an idle launcher that becomes bwrap then.
   // 0: none; every sandbox starts by forking and joining its groups itself.
   int spares = 1;
+  // False keeps spares as launchers even as root.
+  bool warm_spares = true;
+  // The folders a spare binds read-only (the SandboxSpec::read_only_paths the daemon gives
+  // every sandbox). A sandbox that asks for other folders starts without a spare.
+  std::vector<std::string> read_only_paths;
 };
 
 class BwrapDriver : public SandboxDriver {

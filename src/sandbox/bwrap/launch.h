@@ -8,7 +8,8 @@
 //   for an RCU grace period, ~15 ms, when cgroups have not been written to for a while), so
 //   a spare takes it off the path. The driver sends the spare one order (SendOrder): bwrap's
 //   argv and environment, the uid to become, and bwrap's descriptors; the spare then does
-//   the same ExecBwrap as the direct child.
+//   the same ExecBwrap as the direct child. A warm spare (as root) gets its order at once,
+//   for a sandbox with no workspace yet, and waits as a started sandbox instead.
 //
 // The order is one message: the text "<uid or ->\0<argc>\0<argv...>\0<env...>\0" and the
 // kBwrapFds descriptors (SCM_RIGHTS) in BwrapFd order. The spare answers nothing but one

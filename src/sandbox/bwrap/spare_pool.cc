@@ -39,13 +39,40 @@ void Reap(pid_t pid) {
 }  // namespace
 
 Spare::~Spare() {
-  if (sock_ >= 0) close(sock_);  // a waiting spare exits when its socket closes
+  // A waiting spare exits when its socket closes; so does a started sandbox's supervisor.
+  if (sock_ >= 0) close(sock_);
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
     Reap(pid_);
   }
   cgroup_.reset();  // if still ours: kills what is left in the groups and removes them
+  for (int fd : {bwrap_stderr_, mount_ns_}) {
+    if (fd >= 0) close(fd);
+  }
+  if (release_uid_) release_uid_(uid_);
   if (pool_ != nullptr) pool_->Settled();
+}
+
+void Spare::BecomeSandbox(StartedSandbox sandbox, uid_t uid, std::function<void(uid_t)> release_uid) {
+  started_ = true;
+  pid_ = sandbox.bwrap;
+  sock_ = sandbox.supervisor;
+  bwrap_stderr_ = sandbox.bwrap_stderr;
+  mount_ns_ = sandbox.mount_ns;
+  uid_ = uid;
+  release_uid_ = std::move(release_uid);
+}
+
+uid_t Spare::ClaimUid() {
+  release_uid_ = nullptr;
+  return uid_;
+}
+
+StartedSandbox Spare::TakeSandbox() {
+  StartedSandbox s{pid_, sock_, bwrap_stderr_, mount_ns_};
+  pid_ = -1;
+  sock_ = bwrap_stderr_ = mount_ns_ = -1;
+  return s;
 }
 
 bool Spare::Alive() const {
@@ -74,9 +101,9 @@ pid_t Spare::Launch(const std::string& order, const int fds[kBwrapFds]) {
   return pid;
 }
 
-SparePool::SparePool(const Cgroups* cgroups, std::string init_path, int size)
+SparePool::SparePool(const Cgroups* cgroups, std::string init_path, int size, WarmUp warm_up)
     : cgroups_(cgroups), init_path_(std::move(init_path)),
-      size_(static_cast<size_t>(std::max(size, 0))) {
+      size_(static_cast<size_t>(std::max(size, 0))), warm_up_(std::move(warm_up)) {
   if (size_ == 0) return;
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (wake_fd_ < 0) return;  // no pool: every sandbox starts the direct way
@@ -252,7 +279,9 @@ std::unique_ptr<Spare> SparePool::Make() {
     }
     if (p[0].revents != 0) {
       char c = 0;
-      return recv(sv[0], &c, 1, MSG_DONTWAIT) == 1 && c == 'r' ? std::move(spare) : nullptr;
+      if (recv(sv[0], &c, 1, MSG_DONTWAIT) != 1 || c != 'r') return nullptr;
+      if (warm_up_ && !warm_up_(spare.get())) return nullptr;
+      return spare;
     }
   }
 }

@@ -1,5 +1,7 @@
 // Spare launchers for the bwrap driver: processes already placed in a fresh set of cgroups,
-// waiting to become a sandbox's bwrap (launch.h says why and how).
+// waiting to become a sandbox's bwrap (launch.h says why and how). A warm spare (a pool
+// given a WarmUp) goes one step further: it is a whole sandbox, bwrap and supervisor,
+// started on no workspace, which the driver attaches when a session takes it.
 //
 // The pool owns a background thread that keeps `size` spares ready: it creates their groups
 // (no limits), forks each spare the way the driver forks bwrap, and waits for it to say it is
@@ -23,6 +25,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -36,6 +39,15 @@
 namespace agentd::sandbox {
 
 class SparePool;
+
+// A warm spare's sandbox: bwrap and its supervisor (started with --attach), running in the
+// spare's groups with no workspace yet.
+struct StartedSandbox {
+  pid_t bwrap = -1;
+  int supervisor = -1;    // agentd's end of the supervisor socket
+  int bwrap_stderr = -1;  // read end of bwrap's stderr
+  int mount_ns = -1;      // the sandbox's mount namespace, where its workspace goes
+};
 
 // One spare. Destroying it before Launch kills and reaps the process and removes its groups
 // (unless Adopt took them).
@@ -57,18 +69,37 @@ class Spare {
   // reap, or -1 when the spare is gone (errno set), which leaves the spare to be destroyed.
   pid_t Launch(const std::string& order, const int fds[kBwrapFds]);
 
+  // Warm spares: after Launch, the spare holds the sandbox that bwrap started, which runs
+  // as `uid`; `release_uid` gives the uid back if the spare goes unused.
+  void BecomeSandbox(StartedSandbox sandbox, uid_t uid, std::function<void(uid_t)> release_uid);
+  bool started() const { return started_; }
+  // The uid becomes the caller's to give back.
+  uid_t ClaimUid();
+  // Hands the sandbox over (after Adopt); the spare is then empty.
+  StartedSandbox TakeSandbox();
+
  private:
   friend class SparePool;  // polls sock_ to notice a spare's end; sets pool_ when taken
-  pid_t pid_;
-  int sock_;
+  pid_t pid_;  // the launcher, which becomes bwrap
+  int sock_;   // the launcher's socket, or a started sandbox's supervisor socket
   std::unique_ptr<Cgroup> cgroup_;
   SparePool* pool_ = nullptr;  // the pool it was taken from, told when it is gone
+  bool started_ = false;
+  int bwrap_stderr_ = -1;
+  int mount_ns_ = -1;
+  uid_t uid_ = 0;
+  std::function<void(uid_t)> release_uid_;  // empty once claimed
 };
 
 class SparePool {
  public:
-  // `init_path`: agentd-sandbox-init. Starts the thread when `size` > 0.
-  SparePool(const Cgroups* cgroups, std::string init_path, int size);
+  // Turns a ready launcher into a started sandbox (Launch, then BecomeSandbox), on the
+  // pool's thread. False when it could not; it then leaves nothing running.
+  using WarmUp = std::function<bool(Spare*)>;
+
+  // `init_path`: agentd-sandbox-init. Starts the thread when `size` > 0. With `warm_up`,
+  // every spare is started that far before it is handed out.
+  SparePool(const Cgroups* cgroups, std::string init_path, int size, WarmUp warm_up = nullptr);
   ~SparePool();
 
   // A ready spare, or nullptr when none is (the caller starts bwrap itself). Never blocks
@@ -89,6 +120,7 @@ class SparePool {
   const Cgroups* const cgroups_;
   const std::string init_path_;
   const size_t size_;
+  const WarmUp warm_up_;
   int wake_fd_ = -1;  // eventfd: Take and the destructor wake the thread
 
   mutable std::mutex mu_;

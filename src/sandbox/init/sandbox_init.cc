@@ -1,6 +1,6 @@
 // agentd-sandbox-init: the first process of every sandbox (after the driver's own init).
 //
-// Usage (by a driver only): agentd-sandbox-init FD [--proxy PORT] RW_DIR...
+// Usage (by a driver only): agentd-sandbox-init FD [--proxy PORT | --attach] RW_DIR...
 //                        or agentd-sandbox-init --stdio ... (below)
 //                        or agentd-sandbox-init --launch FD (a spare launcher of the bwrap
 //                           driver, outside any sandbox: src/sandbox/bwrap/launch.h)
@@ -8,6 +8,11 @@
 //   PORT    listen on 127.0.0.1:PORT and hand every connection to agentd, whose egress
 //           proxy serves it (the sandbox has no other way out)
 //   RW_DIR  directories that stay writable under Landlock; everything else is read-only
+//   --attach  started ahead of its session (a warm spare of the bwrap driver): it says
+//           "ready" with a descriptor of its mount namespace, then waits for "attach",
+//           which comes once agentd has mounted the workspace; only then does it enter the
+//           workspace, open the proxy listener the attach names, restrict itself with
+//           Landlock and answer "attached". Nothing runs before that.
 //
 // It restricts itself with Landlock (inherited by everything it starts), then serves spawn
 // and kill requests. Each spawned command gets a "runner" process that is a child
@@ -619,23 +624,22 @@ int main(int argc, char** argv) {
   }
   int sock = atoi(argv[1]);
   int first_dir = 2;
-  int proxy = -1;  // listening socket of the egress proxy, when enabled
+  int proxy_port = -1;
+  bool attach = false;
   if (argc > 3 && strcmp(argv[2], "--proxy") == 0) {
     first_dir = 4;
-    proxy = ListenOnLoopback(atoi(argv[3]));
-    if (proxy < 0) {
-      SendMessage(sock, json{{"op", "fatal"}, {"message", std::string("egress proxy listener: ") + strerror(errno)}}.dump(), {});
-      return 1;
-    }
+    proxy_port = atoi(argv[3]);
+  } else if (argc > 2 && strcmp(argv[2], "--attach") == 0) {
+    first_dir = 3;
+    attach = true;
   }
   std::vector<std::string> rw_dirs(argv + first_dir, argv + argc);
+  auto fatal = [&](const std::string& what) {
+    SendMessage(sock, json{{"op", "fatal"}, {"message", what + ": " + strerror(errno)}}.dump(), {});
+    return 1;
+  };
   // Orphans of a runner that died come here, to be swept (below) instead of living on.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  int abi = RestrictWithLandlock(rw_dirs);
-  if (abi < 0) {
-    SendMessage(sock, json{{"op", "fatal"}, {"message", std::string("landlock: ") + strerror(errno)}}.dump(), {});
-    return 1;
-  }
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGCHLD);
@@ -643,11 +647,40 @@ int main(int argc, char** argv) {
   sigprocmask(SIG_BLOCK, &mask, nullptr);
   int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
   if (sfd < 0) return 1;
-  if (!SendMessage(sock, json{{"op", "ready"}, {"landlock", abi}}.dump(), {})) return 1;
 
-  std::map<pid_t, long long> runners;  // runner pid -> request id
   std::string text;
   std::vector<int> fds;
+  json ready = {{"op", "ready"}};
+  if (attach) {
+    // Wait for the workspace: say where to mount it, then take the one order expected.
+    char cwd[4096];
+    int ns = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
+    if (getcwd(cwd, sizeof(cwd)) == nullptr || ns < 0) return fatal("waiting for a workspace");
+    if (!SendMessage(sock, json{{"op", "ready"}, {"attach", true}}.dump(), {ns})) return 1;
+    close(ns);
+    if (!ReceiveMessage(sock, &text, &fds)) return 0;  // agentd let the spare go
+    for (int fd : fds) close(fd);
+    json req = json::parse(text, nullptr, false);
+    if (!req.is_object() || req.value("op", "") != "attach" || !req.contains("id") ||
+        !req["id"].is_number_integer()) {
+      errno = EPROTO;
+      return fatal("expected an attach order");
+    }
+    // The folder bwrap started in now has the workspace mounted on it.
+    if (chdir(cwd) != 0) return fatal(std::string("entering ") + cwd);
+    if (req.contains("proxy") && req["proxy"].is_number_integer()) proxy_port = req["proxy"].get<int>();
+    ready = {{"op", "attached"}, {"id", req["id"]}};
+  }
+  int proxy = -1;  // listening socket of the egress proxy, when enabled
+  if (proxy_port >= 0 && (proxy = ListenOnLoopback(proxy_port)) < 0) {
+    return fatal("egress proxy listener");
+  }
+  int abi = RestrictWithLandlock(rw_dirs);
+  if (abi < 0) return fatal("landlock");
+  ready["landlock"] = abi;
+  if (!SendMessage(sock, ready.dump(), {})) return 1;
+
+  std::map<pid_t, long long> runners;  // runner pid -> request id
   for (;;) {
     pollfd p[3] = {{sock, POLLIN, 0}, {sfd, POLLIN, 0}, {proxy, POLLIN, 0}};
     if (poll(p, proxy >= 0 ? 3 : 2, -1) < 0) {

@@ -137,11 +137,14 @@ class BwrapSpares : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
-  BwrapDriver* Open(int spares) {
+  // warm: as root, spares are sandboxes started ahead; otherwise launchers only.
+  BwrapDriver* Open(int spares, bool warm = true, uid_t uid_slots = 65536) {
     BwrapOptions o;
+    o.uid_slots = uid_slots;
     o.init_path = AGENTD_SANDBOX_INIT;
     o.state_dir = dir_ + "/state" + std::to_string(drivers_.size());
     o.spares = spares;
+    o.warm_spares = warm;
     drivers_.push_back(BwrapDriver::Open(o));
     BwrapDriver* d = drivers_.back().get();
     EXPECT_TRUE(d->capabilities().available) << d->capabilities().unavailable_reason;
@@ -193,6 +196,7 @@ struct Makeup {
 
 TEST_F(BwrapSpares, ASandboxFromASpareIsTheSameAsOneStartedDirectly) {
   BwrapDriver* pooled = Open(1);
+  BwrapDriver* launched = Open(1, /*warm=*/false);
   BwrapDriver* direct = Open(0);
   Limits l;
   l.memory_mb = 96;
@@ -201,7 +205,9 @@ TEST_F(BwrapSpares, ASandboxFromASpareIsTheSameAsOneStartedDirectly) {
   const std::string look =
       "id; grep -E '^(Uid|Gid|Groups|Cap[A-Za-z]+|NoNewPrivs|Seccomp|SigIgn|SigBlk):' "
       "/proc/self/status; ls /proc/self/fd; hostname; cat /proc/self/uid_map /proc/self/gid_map; "
-      "readlink /proc/1/exe; cat /proc/1/cmdline | tr '\\0' ' '; echo; mount | wc -l";
+      "readlink /proc/1/exe; tr '\\0' '\\n' < /proc/1/cmdline | head -1; mount | wc -l; "
+      "awk '$2 == \"/workspace\" { split($4, o, \",\"); print $1, $3, o[1], o[2], o[3] }' "
+      "/proc/self/mounts; pwd; ls -a";
   auto makeup = [&](BwrapDriver* d, pid_t expect_bwrap) {
     Makeup m;
     Sandbox* b = NewSandbox(d, l);
@@ -227,11 +233,15 @@ TEST_F(BwrapSpares, ASandboxFromASpareIsTheSameAsOneStartedDirectly) {
   };
   pid_t spare = OnlySpare(pooled);
   Makeup from_spare = makeup(pooled, spare);
+  Makeup from_launcher = makeup(launched, OnlySpare(launched));
   Makeup started_directly = makeup(direct, -1);
   EXPECT_FALSE(from_spare.inside.empty());
   EXPECT_EQ(from_spare.inside, started_directly.inside);
   EXPECT_EQ(from_spare.host, started_directly.host);
   EXPECT_EQ(from_spare.limits, started_directly.limits);
+  EXPECT_EQ(from_launcher.inside, started_directly.inside);
+  EXPECT_EQ(from_launcher.host, started_directly.host);
+  EXPECT_EQ(from_launcher.limits, started_directly.limits);
   if (Enforced(pooled, "memory:cgroup_v1")) {
     EXPECT_NE(from_spare.limits.find("memory.limit_in_bytes=" + std::to_string(96 << 20)),
               std::string::npos)
@@ -242,6 +252,73 @@ TEST_F(BwrapSpares, ASandboxFromASpareIsTheSameAsOneStartedDirectly) {
     EXPECT_EQ(from_spare.host.find("Uid:\t0"), std::string::npos) << from_spare.host;
     EXPECT_EQ(from_spare.inside.rfind("uid=1000(agent)", 0), 0u) << from_spare.inside;
   }
+}
+
+TEST_F(BwrapSpares, AWarmSpareIsASandboxThatGetsItsWorkspaceWhenTaken) {
+  if (geteuid() != 0) GTEST_SKIP() << "warm spares need root (the workspace is mounted into them)";
+  BwrapDriver* d = Open(1);
+  pid_t spare = OnlySpare(d);
+  // Waiting, the spare is bwrap already, as a uid of its own.
+  EXPECT_NE(ReadText("/proc/" + std::to_string(spare) + "/stat").find("(bwrap)"), std::string::npos);
+  std::string uid_line = StatusLines(spare, {"Uid"});
+  EXPECT_EQ(uid_line.find("Uid:\t0\t"), std::string::npos) << uid_line;
+  Sandbox* b = NewSandbox(d);
+  ASSERT_NE(b, nullptr);
+  // Put there by the host before the first command, as a restore does.
+  { std::ofstream(b->workspace() + "/restored.txt") << "from the host\n"; }
+  ExecResult r = Run(b, "pwd; cat restored.txt; echo made > made.txt; stat -c %U made.txt restored.txt");
+  EXPECT_EQ(r.stdout_data, "/workspace\nfrom the host\nagent\nagent\n") << r.stderr_data;
+  EXPECT_EQ(ReadText(b->workspace() + "/made.txt"), "made\n");
+  struct stat st;
+  ASSERT_EQ(stat((b->workspace() + "/made.txt").c_str(), &st), 0);
+  EXPECT_NE(uid_line.find("\t" + std::to_string(st.st_uid) + "\t"), std::string::npos)
+      << "made by the spare's uid: " << uid_line << " file uid " << st.st_uid;
+  EXPECT_EQ(BwrapOf(ids_.back()), spare);
+  // Landlock holds from the attach on: /dev takes writes to its devices, no new files.
+  if (Enforced(d, "landlock:")) {
+    ExecResult planted = Run(b, "touch /dev/planted");
+    EXPECT_NE(planted.exit_code, 0);
+    EXPECT_NE(planted.stderr_data.find("Permission denied"), std::string::npos) << planted.stderr_data;
+  }
+}
+
+TEST_F(BwrapSpares, ASandboxThatAsksForOtherFoldersLeavesTheWarmSpare) {
+  if (geteuid() != 0) GTEST_SKIP() << "warm spares need root";
+  BwrapDriver* d = Open(1);
+  pid_t spare = OnlySpare(d);
+  std::string root = dir_ + "/other";
+  fs::create_directories(root);
+  roots_.emplace_back(root, d);
+  SandboxSpec spec;
+  spec.id = "spare-test-" + std::to_string(getpid()) + "-other";
+  spec.root = root;
+  spec.read_only_paths = {"/var/lib"};
+  ids_.push_back(spec.id);
+  Sandbox* b = CreateWithProbe(*d, spec, &boxes_);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(Run(b, "test -d /var/lib && echo bound").stdout_data, "bound\n");
+  pid_t bwrap = BwrapOf(spec.id);
+  EXPECT_GT(bwrap, 0);
+  EXPECT_NE(bwrap, spare);
+  EXPECT_EQ(d->SparePidsForTest(), std::vector<pid_t>{spare});
+}
+
+TEST_F(BwrapSpares, ASandboxTakesItsWarmSparesUidAndGivesItBack) {
+  if (geteuid() != 0) GTEST_SKIP() << "sandbox uids need root";
+  // One uid: the spare's, then its sandbox's, then (once that is gone) the next spare's. A
+  // uid kept by either would leave the next round none.
+  BwrapDriver* d = Open(1, /*warm=*/true, /*uid_slots=*/1);
+  std::set<std::string> uids;
+  for (int i = 0; i < 4; ++i) {
+    OnlySpare(d);
+    Sandbox* b = NewSandbox(d);
+    ASSERT_NE(b, nullptr) << "round " << i;
+    ExecResult r = Run(b, "echo ok");
+    EXPECT_EQ(r.stdout_data, "ok\n") << "round " << i;
+    uids.insert(StatusLines(BwrapOf(ids_.back()), {"Uid"}));
+    boxes_.back().reset();
+  }
+  EXPECT_EQ(uids.size(), 1u);
 }
 
 TEST_F(BwrapSpares, ASandboxFromASpareKillsAMemoryBombAndContainsAForkBomb) {
