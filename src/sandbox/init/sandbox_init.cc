@@ -233,6 +233,62 @@ void KillChildren(const std::map<pid_t, long long>& keep = {}) {
   _exit(code);
 }
 
+// Starts a runner for `req` (RunCommand in a child) with pipes for its command's stdin,
+// stdout and stderr. The child first closes `theirs` (descriptors of the supervisor and of
+// other commands: a copy of another command's pipe would hold it open past that command's
+// end), points its own stdin and stdout at /dev/null (a stray write must not reach the
+// supervisor's channel), and clears its signal mask. Returns the runner's pid and the
+// supervisor's ends in `ends` (stdin write, stdout read, stderr read), or -1 with errno set
+// and nothing left open.
+pid_t StartRunner(const json& req, const std::vector<int>& theirs, int ends[3]) {
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) != 0) return -1;
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    int e = errno;
+    close(in[0]), close(in[1]);
+    errno = e;
+    return -1;
+  }
+  if (pipe2(err, O_CLOEXEC) != 0) {
+    int e = errno;
+    close(in[0]), close(in[1]), close(out[0]), close(out[1]);
+    errno = e;
+    return -1;
+  }
+  pid_t runner = fork();
+  if (runner == 0) {
+    for (int fd : theirs) {
+      if (fd >= 0) close(fd);
+    }
+    close(in[1]);
+    close(out[0]);
+    close(err[0]);
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull >= 0) dup2(devnull, 0), dup2(devnull, 1);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    try {
+      RunCommand(req, in[0], out[1], err[1]);
+    } catch (...) {
+      _exit(127);
+    }
+  }
+  int e = errno;
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  if (runner < 0) {
+    close(in[1]), close(out[0]), close(err[0]);
+    errno = e;
+    return -1;
+  }
+  ends[0] = in[1];
+  ends[1] = out[0];
+  ends[2] = err[0];
+  return runner;
+}
+
 
 // ---- The stdio mode (supervisor_protocol.h) ----
 
@@ -433,54 +489,17 @@ class StdioSupervisor {
       proto::AppendFrame(&out_, proto::kError, id, "bad request");
       return;
     }
-    int in[2], out[2], err[2];
-    if (pipe2(in, O_CLOEXEC) != 0) return Error(id, "pipe");
-    if (pipe2(out, O_CLOEXEC) != 0) {
-      close(in[0]), close(in[1]);
-      return Error(id, "pipe");
-    }
-    if (pipe2(err, O_CLOEXEC) != 0) {
-      close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-      return Error(id, "pipe");
-    }
-    pid_t runner = fork();
-    if (runner == 0) {
-      // The runner keeps only its command's ends: a copy of another command's pipe would
-      // hold that pipe open past its command's end.
-      for (auto& [other, k] : kids_) {
-        for (int fd : {k.in_w, k.out_r, k.err_r}) {
-          if (fd >= 0) close(fd);
-        }
-      }
-      close(in[1]);
-      close(out[0]);
-      close(err[0]);
-      close(sfd_);
-      if (proxy_ >= 0) close(proxy_);
-      int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-      if (devnull >= 0) dup2(devnull, 0), dup2(devnull, 1);
-      sigset_t all;
-      sigemptyset(&all);
-      sigprocmask(SIG_SETMASK, &all, nullptr);
-      try {
-        RunCommand(req, in[0], out[1], err[1]);
-      } catch (...) {
-        _exit(127);
-      }
-    }
-    close(in[0]);
-    close(out[1]);
-    close(err[1]);
-    if (runner < 0) {
-      close(in[1]), close(out[0]), close(err[0]);
-      return Error(id, std::string("fork: ") + strerror(errno));
-    }
-    for (int fd : {in[1], out[0], err[0]}) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    std::vector<int> theirs = {sfd_, proxy_};
+    for (auto& [other, k] : kids_) theirs.insert(theirs.end(), {k.in_w, k.out_r, k.err_r});
+    int ends[3];
+    pid_t runner = StartRunner(req, theirs, ends);
+    if (runner < 0) return Error(id, std::string("starting the command: ") + strerror(errno));
+    for (int fd : ends) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     Child& c = kids_[id];
     c.runner = runner;
-    c.in_w = in[1];
-    c.out_r = out[0];
-    c.err_r = err[0];
+    c.in_w = ends[0];
+    c.out_r = ends[1];
+    c.err_r = ends[2];
     runners_[runner] = id;
     proto::AppendFrame(&out_, proto::kSpawned, id);
   }
@@ -730,43 +749,15 @@ int main(int argc, char** argv) {
       SendMessage(sock, json{{"op", "error"}, {"id", id}, {"message", "bad request"}}.dump(), {});
       continue;
     }
-    int in[2], out[2], err[2];
-    if (pipe2(in, O_CLOEXEC) != 0) continue;
-    if (pipe2(out, O_CLOEXEC) != 0) {
-      close(in[0]), close(in[1]);
-      continue;
-    }
-    if (pipe2(err, O_CLOEXEC) != 0) {
-      close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-      continue;
-    }
-    pid_t runner = fork();
-    if (runner == 0) {
-      close(sock);
-      close(sfd);
-      if (proxy >= 0) close(proxy);
-      sigprocmask(SIG_UNBLOCK, &mask, nullptr);
-      close(in[1]);
-      close(out[0]);
-      close(err[0]);
-      try {
-        RunCommand(req, in[0], out[1], err[1]);
-      } catch (...) {
-        _exit(127);
-      }
-    }
-    close(in[0]);
-    close(out[1]);
-    close(err[1]);
+    int ends[3];
+    pid_t runner = StartRunner(req, {sock, sfd, proxy}, ends);
     if (runner < 0) {
-      SendMessage(sock, json{{"op", "error"}, {"id", id}, {"message", std::string("fork: ") + strerror(errno)}}.dump(), {});
-    } else {
-      runners[runner] = id;
-      SendMessage(sock, json{{"op", "spawned"}, {"id", id}}.dump(), {in[1], out[0], err[0]});
+      SendMessage(sock, json{{"op", "error"}, {"id", id}, {"message", std::string("starting the command: ") + strerror(errno)}}.dump(), {});
+      continue;
     }
-    close(in[1]);
-    close(out[0]);
-    close(err[0]);
+    runners[runner] = id;
+    SendMessage(sock, json{{"op", "spawned"}, {"id", id}}.dump(), {ends[0], ends[1], ends[2]});
+    for (int fd : ends) close(fd);
   }
   for (const auto& [pid, rid] : runners) kill(pid, SIGTERM);
   while (wait(nullptr) > 0) {
