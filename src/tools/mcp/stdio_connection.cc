@@ -132,9 +132,13 @@ class StdioConnection final : public Connection {
     Status st = Write(msg, options.deadline);
     if (!st.ok()) {
       Forget(id, *pending);
-      return WithStderr(
-          fmt::format("MCP server '{}': cannot send {}: {}", server_, method, st.message()),
-          st.code());
+      std::string why = st.message();
+      if (st.code() == StatusCode::kUnavailable) {  // it closed its stdin: likely ending
+        std::string ended = AwaitEnd();
+        if (!ended.empty()) why += " (it " + ended + ")";
+      }
+      return WithStderr(fmt::format("MCP server '{}': cannot send {}: {}", server_, method, why),
+                        st.code());
     }
 
     std::unique_lock<std::mutex> lock(mu_);
@@ -298,18 +302,16 @@ class StdioConnection final : public Connection {
                                          server_, max_message_bytes_));
   }
 
-  void OnEof() {
-    // The process usually exits right after closing stdout; give it a moment so the error
-    // can say how it ended.
+  // The process usually exits right after closing one of its pipes: gives it a moment, and
+  // its last words on stderr time to arrive, so that an error can say how it ended. Returns
+  // "exited with code N", or "" while it still runs.
+  std::string AwaitEnd() {
     int code = 0;
     bool running = true;
     for (int i = 0; i < 20 && (running = process_->Running(&code)); ++i) {
       std::this_thread::sleep_for(milliseconds(25));
     }
-    std::string how =
-        running ? std::string("closed its stdout") : fmt::format("exited with code {}", code);
-    // Its last words on stderr may still be on their way into the Process; wait (briefly)
-    // until the tail stops growing.
+    // Wait (briefly) until the stderr tail stops growing.
     std::string tail = process_->StderrTail();
     for (int i = 0; i < 10; ++i) {
       std::this_thread::sleep_for(milliseconds(20));
@@ -317,6 +319,12 @@ class StdioConnection final : public Connection {
       if (now == tail && !tail.empty()) break;
       tail = std::move(now);
     }
+    return running ? "" : fmt::format("exited with code {}", code);
+  }
+
+  void OnEof() {
+    std::string how = AwaitEnd();
+    if (how.empty()) how = "closed its stdout";
     Break(WithStderr(fmt::format("MCP server '{}' {}", server_, how), StatusCode::kUnavailable));
   }
 
