@@ -93,9 +93,8 @@ struct BwrapDriver::Impl {
   Capabilities caps;
   std::string seccomp_bpf;
   Cgroups cgroups;
-  // Warm spares (agentd as root): whole sandboxes started ahead, given their workspace by
-  // the mounter when taken. Otherwise spares are launchers only.
-  bool warm = false;
+  // Set when spares are warm (agentd as root): whole sandboxes started ahead, given their
+  // workspace by the mounter when taken. Otherwise spares are launchers only.
   std::unique_ptr<NamespaceMounter> mounter;
   bool root = false;
   std::string etc_dir;
@@ -376,9 +375,9 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       Status warm = StartWarm(spare->TakeSandbox());
       spare.reset();  // the start is over: the pool may refill now
       if (warm.ok()) return warm;
+      // StartWarm stopped what the spare left; the direct start uses the same groups.
       spdlog::warn("sandbox {}: the spare could not take the workspace, starting one directly: {}",
                    spec_.id, warm.ToString());
-      cgroup_->KillAll();  // what the spare's sandbox left; the direct start uses its groups
     }
     std::vector<std::string> args =
         d_->Args(spec_.read_only_paths, false, static_cast<bool>(spec_.on_egress_connection));
@@ -407,7 +406,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     f.CloseChild();
     if (pid < 0) return Internal(Errno("fork"));
     std::unique_lock<std::mutex> lock(mu_);
-    Track(lock, pid, f.supervisor, f.bwrap_stderr, /*ready=*/false);
+    TrackLocked(pid, f.supervisor, f.bwrap_stderr, /*ready=*/false);
     f.supervisor = f.bwrap_stderr = -1;  // the reader's now
     if (!cv_.wait_for(lock, kStartTimeout, [&] { return ready_ || dead_; })) {
       start_error_ = "the sandbox did not start within " + std::to_string(kStartTimeout.count()) + " s";
@@ -434,7 +433,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     if (tree >= 0) close(tree);
     close(s.mount_ns);
     std::unique_lock<std::mutex> lock(mu_);
-    Track(lock, s.bwrap, s.supervisor, s.bwrap_stderr, /*ready=*/true);
+    TrackLocked(s.bwrap, s.supervisor, s.bwrap_stderr, /*ready=*/true);
     Json attach = {{"op", "attach"}};
     if (spec_.on_egress_connection) attach["proxy"] = kEgressProxyPort;
     auto id = mounted.ok() ? RoundTripLocked(lock, std::move(attach), "take its workspace")
@@ -448,8 +447,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
   }
 
   // Records a started bwrap (`pid`) and its descriptors, and starts reading its supervisor.
-  void Track(std::unique_lock<std::mutex>& lock, pid_t pid, int sock, int err, bool ready) {
-    (void)lock;
+  void TrackLocked(pid_t pid, int sock, int err, bool ready) {
     bwrap_pid_ = pid;
     sock_ = sock;
     err_fd_ = err;
@@ -883,7 +881,6 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   errno = 0;
   bool can_move_mounts = syscall(SYS_open_tree, -1, "", 0) < 0 && errno != ENOSYS;
   if (d.root && d.options.spares > 0 && d.options.warm_spares && can_move_mounts) {
-    d.warm = true;
     d.mounter = std::make_unique<NamespaceMounter>();
     warm_up = [&d](Spare* spare) { return d.WarmUp(spare); };
   }
@@ -898,7 +895,7 @@ Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
   // Warm spares were started with the daemon's read-only folders: a sandbox that asks for
   // others starts without one.
   std::unique_ptr<Spare> spare;
-  if (d.pool && (!d.warm || spec.read_only_paths == d.options.read_only_paths)) {
+  if (d.pool && (!d.mounter || spec.read_only_paths == d.options.read_only_paths)) {
     spare = d.pool->Take();
   }
   uid_t uid = geteuid();
