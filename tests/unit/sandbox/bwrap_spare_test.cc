@@ -310,12 +310,15 @@ TEST_F(BwrapSpares, ASandboxTakesItsWarmSparesUidAndGivesItBack) {
   BwrapDriver* d = Open(1, /*warm=*/true, /*uid_slots=*/1);
   std::set<std::string> uids;
   for (int i = 0; i < 4; ++i) {
-    OnlySpare(d);
+    pid_t spare = OnlySpare(d);
+    std::string spares_uid = StatusLines(spare, {"Uid"});  // a warm spare runs as it already
     Sandbox* b = NewSandbox(d);
     ASSERT_NE(b, nullptr) << "round " << i;
     ExecResult r = Run(b, "echo ok");
     EXPECT_EQ(r.stdout_data, "ok\n") << "round " << i;
-    uids.insert(StatusLines(BwrapOf(ids_.back()), {"Uid"}));
+    EXPECT_EQ(BwrapOf(ids_.back()), spare) << "round " << i;
+    EXPECT_EQ(StatusLines(spare, {"Uid"}), spares_uid) << "round " << i;
+    uids.insert(spares_uid);
     boxes_.back().reset();
   }
   EXPECT_EQ(uids.size(), 1u);
