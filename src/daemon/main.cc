@@ -19,6 +19,7 @@
 #include "daemon/config.h"
 #include "engine/engine.h"
 #include "audit/audit.h"
+#include "common/stop_signals.h"
 #include "identity/directory.h"
 #include "identity/signing_key.h"
 #include "model/openai_chat/openai_chat.h"
@@ -103,12 +104,7 @@ int main(int argc, char** argv) {
   }
 
   // Signals are taken by sigwait in this thread only.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  StopSignals stop_signals;
 
   store::sqlite::SqliteOptions so;
   so.path = cfg.data_dir + "/agentd.db";
@@ -248,8 +244,7 @@ int main(int argc, char** argv) {
                "resuming {} session(s)",
                host, server.port(), cfg.data_dir, cfg.sync_full ? "FULL" : "NORMAL", *recovered);
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  int sig = stop_signals.WaitBlocking();
   spdlog::info("received {}, draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
   server.StopAccepting();
   engine.DrainBlocking();

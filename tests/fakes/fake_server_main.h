@@ -6,13 +6,12 @@
 // until SIGTERM or SIGINT.
 #pragma once
 
-#include <pthread.h>
-#include <signal.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
+
+#include "common/stop_signals.h"
 
 namespace agentd::fakes {
 
@@ -99,14 +98,7 @@ int RunFakeServerMain(int argc, char** argv, const FakeServerProgram& program, O
     }
   }
 
-  // Block the stop signals before any thread starts, so every thread inherits the mask and
-  // sigwait() below is the only place they are delivered.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  StopSignals stop_signals;  // before any thread starts
 
   auto server = start(options);
   if (!server.ok()) {
@@ -116,8 +108,7 @@ int RunFakeServerMain(int argc, char** argv, const FakeServerProgram& program, O
   std::printf("LISTENING %u\n", static_cast<unsigned>((*server)->port()));
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  stop_signals.WaitBlocking();
   (*server)->Stop();
   return 0;
 }

@@ -47,8 +47,6 @@
 //                          Mcp-Param-Zone from then on)
 //   drop_stream            (handshake HTTP) ends the event stream after a priming event
 //                          (id ev-1, retry 200 ms); the answer comes on GET with Last-Event-ID
-#include <pthread.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -68,6 +66,7 @@
 
 #include "api/http/server.h"
 #include "common/json.h"
+#include "common/stop_signals.h"
 
 namespace {
 
@@ -812,12 +811,7 @@ void HandleHttp(const agentd::http::Request& req, agentd::http::Exchange& ex) {
 }
 
 int RunHttp() {
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  agentd::StopSignals stop_signals;
   agentd::http::ServerOptions so;
   so.host = "127.0.0.1";
   so.port = 0;
@@ -830,8 +824,7 @@ int RunHttp() {
   }
   std::printf("LISTENING %u\n", static_cast<unsigned>(server.port()));
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
+  stop_signals.WaitBlocking();
   server.Stop();
   return 0;
 }
