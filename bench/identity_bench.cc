@@ -190,7 +190,7 @@ struct Tenancy {
       std::ofstream(dir + "/jwks.json") << Json{{"keys", {S().ed.Jwk()}}}.dump();
       jwt->jwks = dir + "/jwks.json";
     }
-    auto d = id::Directory::Open(store.get(), agentd::SystemClock::Default(), {dir, jwt});
+    auto d = id::Directory::Open(store.get(), agentd::SystemClock::Default(), {dir, {}, ""});
     if (!d.ok()) Die(d.status().ToString());
     directory = std::move(d).value();
     Check(directory->Bootstrap());
@@ -208,6 +208,15 @@ struct Tenancy {
                                                    {"groups", names},
                                                    {"policies", {Document(5, "own-")}}}));
     key = Value(directory->CreateApiKey(alice["id"], Json::object()))["key"];
+    if (jwt) {
+      // The provider's tenant claim "acme" signs in to the tenant just made.
+      jwt->tenants = {{"acme", tenant}};
+      auto with_jwt = id::Directory::Open(store.get(), agentd::SystemClock::Default(),
+                                          {dir, jwt, ""});
+      if (!with_jwt.ok()) Die(with_jwt.status().ToString());
+      directory = std::move(with_jwt).value();
+      Check(directory->Bootstrap());
+    }
   }
   ~Tenancy() {
     store->Close();
@@ -253,13 +262,13 @@ void BM_GateJwt(benchmark::State& state) {
   jwt.audience = "agentd";
   jwt.principal_claim = "email";
   Tenancy t(1, jwt);
-  // The fixed tenant is known only once the tenancy exists; the claim names it instead.
+  // The claim names the provider's tenant, which the directory maps to agentd's.
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
   Json claims = ProviderClaims();
   claims["iat"] = now - 30;
   claims["nbf"] = now - 30;
   claims["exp"] = now + 3600;
-  claims["tenant"] = t.tenant;
+  claims["tenant"] = "acme";
   claims["groups"] = {"group-0", "dev"};
   Gate(state, t, "Bearer " + S().ed.Token(claims));
 }

@@ -8,6 +8,8 @@
 #include "common/json.h"
 #include "common/clock.h"
 #include "common/ids.h"
+#include "identity/grant.h"
+#include "identity/tenant_wall.h"
 #include "journal/events.h"
 
 namespace agentd::api {
@@ -212,11 +214,186 @@ std::string ResourceName(const std::string& tenant, std::string_view type,
 
 }  // namespace
 
+struct ApiCall {
+  const http::Request& req;
+  http::Exchange& ex;
+  const identity::Principal& who;
+  const std::vector<std::string>& params;  // the route's path parameters, in order
+  const std::string& arg(size_t i) const { return params[i]; }
+  engine::Caller caller() const { return engine::Caller{who.tenant_id, who.id}; }
+};
+
+namespace {
+
+using Needs = RouteSpec::Needs;
+
+// Answers `r` as JSON, or its error as problem+json.
+void Reply(ApiCall& c, Result<Json> r, int ok_status = 200) {
+  if (!r.ok()) {
+    if (r.status().code() == StatusCode::kInternal) {
+      spdlog::error("{} {}: {}", c.req.method, c.req.path, r.status().ToString());
+    }
+    return c.ex.Respond(ProblemResponse(r.status()));
+  }
+  c.ex.Respond(JsonResponse(ok_status, *r));
+}
+
+// 201 with the new object and its Location.
+void Created(ApiCall& c, Result<Json> r, std::string_view collection) {
+  if (!r.ok()) return Reply(c, std::move(r));
+  std::string id = r->value("id", "");
+  c.ex.Respond({201, "application/json", DumpJson(*r),
+                {{"Location", fmt::format("/v1/{}/{}", collection, id)}}});
+}
+
+// The path segments of a route's template, and whether a segment is a parameter.
+bool IsParam(std::string_view seg) { return seg.size() > 2 && seg.front() == '{' && seg.back() == '}'; }
+
+// Matches `seg` (the request's path) against `pattern`; the parameters into `params`.
+bool MatchPath(std::string_view pattern, const std::vector<std::string>& seg,
+               std::vector<std::string>* params) {
+  params->clear();
+  size_t i = 0;
+  size_t pos = 0;
+  while (pos < pattern.size()) {
+    while (pos < pattern.size() && pattern[pos] == '/') ++pos;
+    size_t end = pattern.find('/', pos);
+    if (end == std::string_view::npos) end = pattern.size();
+    std::string_view part = pattern.substr(pos, end - pos);
+    pos = end;
+    if (part.empty()) continue;
+    if (part == "{path*}") {
+      if (i >= seg.size()) return false;
+      std::string rest = seg[i];
+      for (size_t k = i + 1; k < seg.size(); ++k) rest += "/" + seg[k];
+      params->push_back(std::move(rest));
+      return true;
+    }
+    if (i >= seg.size()) return false;
+    if (IsParam(part)) {
+      params->push_back(seg[i]);
+    } else if (part != seg[i]) {
+      return false;
+    }
+    ++i;
+  }
+  return i == seg.size();
+}
+
+// The first parameter of a route's template ("" when it has none).
+std::string_view FirstParam(std::string_view pattern) {
+  size_t open = pattern.find('{');
+  if (open == std::string_view::npos) return {};
+  size_t close = pattern.find('}', open);
+  return pattern.substr(open + 1, close - open - 1);
+}
+
+}  // namespace
+
+const std::vector<RouteSpec>& Api::Routes() {
+  using S = Scope;
+  static const std::vector<RouteSpec> routes = {
+      {"POST", "/v1/agents", "agents:Create", "agent", S::kOwn, false, "", false, Needs::kNothing,
+       &Api::CreateAgent},
+      {"GET", "/v1/agents", "agents:Read", "agent", S::kOwn, false, "", false, Needs::kNothing,
+       &Api::ListAgents},
+      {"GET", "/v1/agents/{agent}", "agents:Read", "agent", S::kPath, false, "", false,
+       Needs::kNothing, &Api::GetAgent},
+      {"PUT", "/v1/agents/{agent}", "agents:Update", "agent", S::kPath, false, "", false,
+       Needs::kNothing, &Api::UpdateAgent},
+      {"POST", "/v1/agents/{agent}/cancel-turns", "sessions:Cancel", "agent", S::kPath, false, "",
+       false, Needs::kNothing, &Api::CancelAgentTurns},
+      {"POST", "/v1/sessions", "sessions:Create", "session", S::kOwn, false, "agent_id", false,
+       Needs::kNothing, &Api::CreateSession},
+      {"GET", "/v1/sessions", "sessions:Read", "session", S::kOwn, false, "", false,
+       Needs::kNothing, &Api::ListSessions},
+      {"POST", "/v1/sessions:import", "sessions:Import", "session", S::kOwn, false, "", false,
+       Needs::kNothing, &Api::ImportSession},
+      {"GET", "/v1/sessions/{session}", "sessions:Read", "session", S::kPath, false, "", false,
+       Needs::kNothing, &Api::GetSession},
+      {"DELETE", "/v1/sessions/{session}", "sessions:Delete", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::DeleteSession},
+      {"POST", "/v1/sessions/{session}/cancel", "sessions:Cancel", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::CancelSession},
+      {"GET", "/v1/sessions/{session}/export", "sessions:Export", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::ExportSession},
+      {"GET", "/v1/sessions/{session}/events", "sessions:Read", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::SessionEvents},
+      {"GET", "/v1/sessions/{session}/workspace", "sessions:Read", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::ListWorkspace},
+      {"GET", "/v1/sessions/{session}/workspace/{path*}", "sessions:Read", "session", S::kPath,
+       false, "", false, Needs::kNothing, &Api::ReadWorkspaceFile},
+      {"POST", "/v1/sessions/{session}/turns", "sessions:Invoke", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::PostTurn},
+      {"GET", "/v1/sessions/{session}/turns", "sessions:Read", "session", S::kPath, false, "",
+       false, Needs::kNothing, &Api::ListTurns},
+      {"GET", "/v1/sessions/{session}/turns/{turn}", "sessions:Read", "session", S::kPath, false,
+       "", false, Needs::kNothing, &Api::GetTurn},
+      {"POST", "/v1/sessions/{session}/turns/{turn}/approvals", "tools:Approve", "session",
+       S::kPath, false, "", false, Needs::kNothing, &Api::PostApproval},
+      {"POST", "/v1/sessions/{session}/turns/{turn}/tool_outputs", "sessions:Invoke", "session",
+       S::kPath, false, "", false, Needs::kNothing, &Api::PostToolOutputs},
+      {"GET", "/v1/secrets", "secrets:Read", "secret", S::kOwn, false, "", false, Needs::kVault,
+       &Api::ListSecrets},
+      {"PUT", "/v1/secrets/{secret}", "secrets:Write", "secret", S::kOwn, false, "", false,
+       Needs::kVault, &Api::PutSecret},
+      {"POST", "/v1/tenants", "tenants:Create", "tenant", S::kInstallation, false, "", false,
+       Needs::kNothing, &Api::CreateTenant},
+      {"GET", "/v1/tenants/{tenant}", "tenants:Read", "tenant", S::kPath, false, "", false,
+       Needs::kNothing, &Api::GetTenant},
+      {"POST", "/v1/tenants/{tenant}/cancel-turns", "sessions:Cancel", "tenant", S::kPath, false,
+       "", false, Needs::kNothing, &Api::CancelTenantTurns},
+      {"POST", "/v1/principals", "principals:Create", "principal", S::kBodyTenant, true, "", true,
+       Needs::kNothing, &Api::CreatePrincipal},
+      {"GET", "/v1/principals", "principals:Read", "principal", S::kOwn, false, "", false,
+       Needs::kNothing, &Api::ListPrincipals},
+      {"GET", "/v1/principals/{principal}", "principals:Read", "principal", S::kPath, false, "",
+       false, Needs::kNothing, &Api::GetPrincipal},
+      {"PATCH", "/v1/principals/{principal}", "principals:Update", "principal", S::kPath, false,
+       "", true, Needs::kNothing, &Api::UpdatePrincipal},
+      {"POST", "/v1/principals/{principal}/api-keys", "principals:CreateApiKey", "principal",
+       S::kPath, false, "", true, Needs::kNothing, &Api::CreateApiKey},
+      {"DELETE", "/v1/api-keys/{api-key}", "principals:RevokeApiKey", "api-key", S::kPath, false,
+       "", false, Needs::kNothing, &Api::RevokeApiKey},
+      {"POST", "/v1/groups", "groups:Create", "group", S::kBodyTenant, false, "", true,
+       Needs::kNothing, &Api::CreatePolicySet},
+      {"GET", "/v1/groups", "groups:Read", "group", S::kOwn, false, "", false, Needs::kNothing,
+       &Api::ListPolicySets},
+      {"GET", "/v1/groups/{group}", "groups:Read", "group", S::kPath, false, "", false,
+       Needs::kNothing, &Api::GetPolicySet},
+      {"PUT", "/v1/groups/{group}", "groups:Update", "group", S::kPath, false, "", true,
+       Needs::kNothing, &Api::ReplacePolicySet},
+      {"DELETE", "/v1/groups/{group}", "groups:Delete", "group", S::kPath, false, "", false,
+       Needs::kNothing, &Api::DeletePolicySet},
+      {"POST", "/v1/roles", "roles:Create", "role", S::kBodyTenant, false, "", true,
+       Needs::kNothing, &Api::CreatePolicySet},
+      {"GET", "/v1/roles", "roles:Read", "role", S::kOwn, false, "", false, Needs::kNothing,
+       &Api::ListPolicySets},
+      {"GET", "/v1/roles/{role}", "roles:Read", "role", S::kPath, false, "", false,
+       Needs::kNothing, &Api::GetPolicySet},
+      {"PUT", "/v1/roles/{role}", "roles:Update", "role", S::kPath, false, "", true,
+       Needs::kNothing, &Api::ReplacePolicySet},
+      {"DELETE", "/v1/roles/{role}", "roles:Delete", "role", S::kPath, false, "", false,
+       Needs::kNothing, &Api::DeletePolicySet},
+      {"POST", "/v1/policies:simulate", "policies:Simulate", "principal", S::kBodyPrincipal,
+       false, "", false, Needs::kNothing, &Api::Simulate},
+      {"GET", "/v1/audit", "audit:Read", "audit", S::kQueryTenant, false, "", false,
+       Needs::kAuditLog, &Api::ReadAudit},
+      {"GET", "/v1/audit/checkpoints", "audit:Read", "audit", S::kQueryTenant, false, "", false,
+       Needs::kAuditLog, &Api::ReadAuditCheckpoints},
+  };
+  return routes;
+}
+
 struct Api::Gate {
   std::string action;
   std::string resource;
   std::string tenant;  // the tenant the resource belongs to
+  std::string id = "*";
   std::string reason;
+  // What the caller meets when the resource is beyond its reach: what an id that exists
+  // nowhere gets.
+  std::string missing;
   Json session_metadata = Json::object();
 };
 
@@ -267,29 +444,88 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
     auto r = Problem(401, "unauthenticated", who.status().message());
     r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"agentd\"");
     rec.Respond(std::move(r));
-  } else {
-    const identity::Principal& p = **who;
-    record.tenant_id = p.tenant_id;
-    record.principal_id = p.id;
-    Gate gate;
-    Status allowed = Authorize(req, seg, p, &gate);
-    record.action = gate.action;
-    record.resource = gate.resource;
-    record.reason = gate.reason;
-    if (!allowed.ok()) {
-      record.decision = "deny";
-      rec.Respond(ProblemResponse(allowed));
-    } else {
-      record.decision = gate.action.empty() ? "" : "allow";
-      if (audit_ && m != "GET" && m != "HEAD") {
-        // A request that may change something is on the record before it does: should
-        // agentd die between the change and the answer, the log still shows who started it.
-        RequestRecord started = record;
-        started.status = 0;
-        audit_(started);
-      }
-      Route(req, rec, seg, p);
+    return;
+  }
+  const identity::Principal& p = **who;
+  record.tenant_id = p.tenant_id;
+  record.principal_id = p.id;
+
+  // The route: the first whose path and method match. A path that matches with another
+  // method is answered 405 once the gate has let the caller see the object it names.
+  const RouteSpec* route = nullptr;
+  const RouteSpec* path_only = nullptr;
+  std::vector<std::string> params;
+  std::string allow;
+  for (const RouteSpec& r : Routes()) {
+    if ((r.needs == Needs::kVault && options_.vault == nullptr) ||
+        (r.needs == Needs::kAuditLog && audit_log_ == nullptr)) {
+      continue;
     }
+    std::vector<std::string> got;
+    if (!MatchPath(r.path, seg, &got)) continue;
+    if (r.method == m) {
+      route = &r;
+      params = std::move(got);
+      break;
+    }
+    if (path_only == nullptr) {
+      path_only = &r;
+      params = std::move(got);
+    }
+    if (allow.find(r.method) == std::string::npos) allow += (allow.empty() ? "" : ", ") + std::string(r.method);
+  }
+  Gate gate;
+  Status allowed;
+  if (route == nullptr && path_only == nullptr) {
+    allowed = NotFound(fmt::format("no route for {}", req.path));
+  } else if (route == nullptr) {
+    // Whether the object exists is for those who reach it; a wrong method says nothing more.
+    gate.missing = fmt::format("no route for {}", req.path);
+    Status found = path_only->scope == Scope::kPath
+                       ? ResolveObject(FirstParam(path_only->path), params[0], &gate)
+                       : Status::OK();
+    if (path_only->scope != Scope::kPath) gate.tenant = p.tenant_id;
+    if (!found.ok()) {
+      allowed = found;
+    } else if (!identity::ReachesTenant(p, gate.tenant)) {
+      allowed = NotFound(gate.missing);
+    } else {
+      record.decision = "deny";
+      record.reason = "method not allowed";
+      auto r = Problem(405, "method_not_allowed",
+                       fmt::format("{} is not allowed on {}; allowed: {}", m, req.path, allow));
+      r.headers.emplace_back("Allow", allow);
+      rec.Respond(std::move(r));
+      return;
+    }
+  } else {
+    allowed = Authorize(req, *route, params, p, &gate);
+  }
+  record.action = gate.action;
+  record.resource = gate.resource;
+  record.reason = gate.reason;
+  if (!allowed.ok()) {
+    record.decision = "deny";
+    if (record.reason.empty()) record.reason = allowed.message();
+    rec.Respond(ProblemResponse(allowed));
+    return;
+  }
+  record.decision = "allow";
+  if (audit_ && m != "GET" && m != "HEAD") {
+    // A request that may change something is on the record before it does: should
+    // agentd die between the change and the answer, the log still shows who started it.
+    RequestRecord started = record;
+    started.status = 0;
+    audit_(started);
+  }
+  if ((m == "POST" || m == "PUT" || m == "PATCH") && !req.body.empty() && !JsonContentType(req) &&
+      !IsImportRequest(m, req.path)) {
+    rec.Respond(Problem(415, "unsupported_media_type",
+                        fmt::format("Content-Type '{}' is not supported; send application/json",
+                                    req.Header("content-type"))));
+  } else {
+    ApiCall call{req, rec, p, params};
+    (this->*(route->handle))(call);
   }
   if (!rec.answered()) {
     // Every route answers; a request that somehow did not is still on the record.
@@ -298,142 +534,111 @@ void Api::Handle(const http::Request& req, http::Exchange& ex) {
   }
 }
 
-Status Api::Authorize(const http::Request& req, const std::vector<std::string>& seg,
-                      const identity::Principal& who, Gate* g) {
-  const std::string& m = req.method;
-  const std::string& own = who.tenant_id;
-  // What an object's absence looks like: another tenant's object must look the same.
-  std::string missing = fmt::format("no route for {}", req.path);
-  auto set = [&](std::string action, std::string tenant, std::string_view type,
-                 std::string_view id) {
-    g->action = std::move(action);
-    g->resource = ResourceName(tenant, type, id);
-    g->tenant = std::move(tenant);
-  };
-  auto read_or = [&](std::string_view write_method, const char* write, const char* read) {
-    return m == write_method ? std::string(write) : std::string(read);
-  };
-  if (seg.size() < 2 || seg[0] != "v1") return NotFound(missing);
-  const std::string& col = seg[1];
-  if (col == "agents") {
-    if (seg.size() == 2) {
-      set(read_or("POST", "agents:Create", "agents:Read"), own, "agent", "*");
-    } else {
-      std::string action = read_or("PUT", "agents:Update", "agents:Read");
-      if (seg.size() == 4 && seg[3] == "cancel-turns") action = "sessions:Cancel";
-      g->action = action;  // recorded even when the agent is not found
-      auto t = engine_->AgentTenant(seg[2]);
-      if (!t.ok()) return t.status();
-      missing = fmt::format("agent '{}' not found", seg[2]);
-      set(action, *t, "agent", seg[2]);
-    }
-  } else if (col == "sessions:import") {
-    set("sessions:Import", own, "session", "*");
-  } else if (col == "sessions") {
-    if (seg.size() == 2) {
-      set(read_or("POST", "sessions:Create", "sessions:Read"), own, "session", "*");
-    } else {
-      std::string action = "sessions:Read";
-      const std::string sub = seg.size() >= 4 ? seg[3] : "";
-      if (seg.size() == 3 && m == "DELETE") action = "sessions:Delete";
-      if (sub == "cancel") action = "sessions:Cancel";
-      if (sub == "export") action = "sessions:Export";
-      if (sub == "turns" && m == "POST") action = "sessions:Invoke";
-      if (sub == "turns" && seg.size() == 6 && seg[5] == "approvals") action = "tools:Approve";
-      g->action = action;  // recorded even when the session is not found
-      auto scope = engine_->SessionScope(seg[2]);
-      if (!scope.ok()) return scope.status();
-      missing = fmt::format("session '{}' not found", seg[2]);
-      g->session_metadata = scope->second;
-      set(action, scope->first, "session", seg[2]);
-    }
-  } else if (col == "tenants") {
-    if (seg.size() == 2) {
-      set("tenants:Create", "*", "tenant", "*");
-    } else {
-      if (!directory_->TenantExists(seg[2])) {
-        return NotFound(fmt::format("tenant {} not found", seg[2]));
-      }
-      missing = fmt::format("tenant {} not found", seg[2]);
-      // The kill switch: every queued and running turn of the tenant.
-      const bool cancel = seg.size() == 4 && seg[3] == "cancel-turns";
-      set(cancel ? "sessions:Cancel" : "tenants:Read", seg[2], "tenant", seg[2]);
-    }
-  } else if (col == "principals") {
-    if (seg.size() == 2 && m == "POST") {
-      auto b = Body(req);
-      if (!b.ok()) return b.status();
-      const std::string* t = FindString(*b, "tenant_id");
-      if (t == nullptr) return InvalidArgument("'tenant_id' is required and must be a string");
-      missing = fmt::format("tenant {} not found", *t);
-      if (!directory_->TenantExists(*t)) return NotFound(missing);
-      set("principals:Create", *t, "principal", "*");
-    } else if (seg.size() == 2) {
-      set("principals:Read", own, "principal", "*");
-    } else {
-      auto t = directory_->PrincipalTenant(seg[2]);
-      if (!t.ok()) return t.status();
-      missing = fmt::format("principal {} not found", seg[2]);
-      std::string action = read_or("PATCH", "principals:Update", "principals:Read");
-      if (seg.size() >= 4 && seg[3] == "api-keys" && m == "POST") {
-        action = "principals:CreateApiKey";
-      }
-      set(action, *t, "principal", seg[2]);
-    }
-  } else if ((col == "groups" || col == "roles") && seg.size() <= 3) {
-    const std::string kind = col == "groups" ? "group" : "role";
-    const std::string prefix = col + ":";
-    if (seg.size() == 2 && m == "POST") {
-      auto b = Body(req);
-      if (!b.ok()) return b.status();
-      const std::string* t = FindString(*b, "tenant_id");
-      std::string tenant = t != nullptr ? *t : own;
-      missing = fmt::format("tenant {} not found", tenant);
-      if (!directory_->TenantExists(tenant)) return NotFound(missing);
-      set(prefix + "Create", tenant, kind, "*");
-    } else if (seg.size() == 2) {
-      set(prefix + "Read", own, kind, "*");
-    } else {
-      auto t = directory_->PolicySetTenant(kind, seg[2]);
-      if (!t.ok()) return t.status();
-      missing = fmt::format("{} {} not found", kind, seg[2]);
-      std::string action = prefix + "Read";
-      if (m == "PUT") action = prefix + "Update";
-      if (m == "DELETE") action = prefix + "Delete";
-      set(action, *t, kind, seg[2]);
-    }
-  } else if (col == "api-keys" && seg.size() == 3) {
-    auto t = directory_->ApiKeyTenant(seg[2]);
-    if (!t.ok()) return t.status();
-    missing = fmt::format("API key {} not found", seg[2]);
-    set("principals:RevokeApiKey", *t, "api-key", seg[2]);
-  } else if (col == "audit" && (seg.size() == 2 || (seg.size() == 3 && seg[2] == "checkpoints"))) {
-    // A tenant's chain; the system chain ("") of unauthenticated requests is nobody's tenant.
-    const std::string* t = req.Query("tenant_id");
-    std::string tenant = t != nullptr ? *t : own;
-    missing = fmt::format("tenant {} not found", tenant);
-    set("audit:Read", tenant, "audit", "*");
-  } else if (col == "policies:simulate") {
-    // Who the question is about decides where it lands: asking about another tenant's
-    // principal needs the right to simulate there.
-    auto b = Body(req);
-    if (!b.ok()) return b.status();
-    const std::string* pid = FindString(*b, "principal_id");
-    std::string tenant = own, id = who.id;
-    if (pid != nullptr && *pid != who.id) {
-      auto t = directory_->PrincipalTenant(*pid);
-      if (!t.ok()) return t.status();
-      tenant = *t;
-      id = *pid;
-      missing = fmt::format("principal {} not found", *pid);
-    }
-    set("policies:Simulate", tenant, "principal", id);
-  } else if (col == "secrets" && options_.vault != nullptr && seg.size() <= 3) {
-    // A caller reaches only its own tenant's secrets: there is no way to name another's.
-    set(seg.size() == 2 ? "secrets:Read" : read_or("PUT", "secrets:Write", "secrets:Read"), own,
-        "secret", seg.size() == 2 ? "*" : seg[2]);
+Status Api::ResolveObject(std::string_view kind, const std::string& id, Gate* g) {
+  g->id = id;
+  Result<std::string> tenant = NotFound("");
+  if (kind == "agent") {
+    tenant = engine_->AgentTenant(id);
+  } else if (kind == "session") {
+    auto scope = engine_->SessionScope(id);
+    if (!scope.ok()) return scope.status();
+    g->session_metadata = scope->second;
+    tenant = scope->first;
+  } else if (kind == "principal") {
+    tenant = directory_->PrincipalTenant(id);
+  } else if (kind == "group" || kind == "role") {
+    tenant = directory_->PolicySetTenant(std::string(kind), id);
+  } else if (kind == "api-key") {
+    tenant = directory_->ApiKeyTenant(id);
+  } else if (kind == "tenant") {
+    if (!directory_->TenantExists(id)) return NotFound(fmt::format("tenant {} not found", id));
+    tenant = id;
   } else {
-    return NotFound(missing);
+    return Internal(fmt::format("the gate knows no object kind '{}'", kind));
+  }
+  if (!tenant.ok()) return tenant.status();
+  g->tenant = *tenant;
+  // The same words as for an id that exists nowhere: the lookups above say them.
+  static const std::map<std::string_view, std::string_view> kMissing = {
+      {"agent", "agent '{}' not found"},     {"session", "session '{}' not found"},
+      {"principal", "principal {} not found"}, {"group", "group {} not found"},
+      {"role", "role {} not found"},         {"api-key", "API key {} not found"},
+      {"tenant", "tenant {} not found"}};
+  g->missing = fmt::format(fmt::runtime(kMissing.at(kind)), id);
+  return Status::OK();
+}
+
+Status Api::Authorize(const http::Request& req, const RouteSpec& route,
+                      const std::vector<std::string>& params, const identity::Principal& who,
+                      Gate* g) {
+  g->action = std::string(route.action);
+  g->missing = fmt::format("no route for {}", req.path);
+  // Where the resource lives.
+  switch (route.scope) {
+    case Scope::kOwn:
+      g->tenant = who.tenant_id;
+      if (FirstParam(route.path) == "secret") g->id = params[0];
+      break;
+    case Scope::kInstallation:
+      g->tenant = "*";
+      break;
+    case Scope::kPath:
+      RETURN_IF_ERROR(ResolveObject(FirstParam(route.path), params[0], g));
+      break;
+    case Scope::kBodyTenant:
+    case Scope::kQueryTenant: {
+      const std::string* t = nullptr;
+      Json body;
+      if (route.scope == Scope::kBodyTenant) {
+        ASSIGN_OR_RETURN(body, Body(req));
+        t = FindString(body, "tenant_id");
+        if (t == nullptr && route.tenant_required) {
+          return InvalidArgument("'tenant_id' is required and must be a string");
+        }
+      } else {
+        t = req.Query("tenant_id");
+      }
+      g->tenant = t != nullptr ? *t : who.tenant_id;
+      g->missing = fmt::format("tenant {} not found", g->tenant);
+      // The system chain ("") of unauthenticated requests is no tenant's, and exists.
+      if (route.scope == Scope::kBodyTenant && !directory_->TenantExists(g->tenant)) {
+        return NotFound(g->missing);
+      }
+      break;
+    }
+    case Scope::kBodyPrincipal: {
+      ASSIGN_OR_RETURN(Json body, Body(req));
+      const std::string* pid = FindString(body, "principal_id");
+      g->tenant = who.tenant_id;
+      g->id = who.id;
+      if (pid != nullptr && *pid != who.id) RETURN_IF_ERROR(ResolveObject("principal", *pid, g));
+      break;
+    }
+  }
+  g->resource = ResourceName(g->tenant, route.type, g->id);
+
+  // The tenant wall, before any policy: beyond it, every object looks like one that exists
+  // nowhere, whatever the caller's policies say (docs/security.md, "Tenants are walls").
+#ifndef AGENTD_MUTANT_NO_TENANT_WALL  // only tenant_wall_mutant builds without it
+  if (!identity::ReachesTenant(who, g->tenant)) {
+    g->reason = "tenant_wall";
+    return NotFound(g->missing);
+  }
+#endif
+  // An object the request refers to in its body must be within reach too.
+  if (!route.agent_field.empty()) {
+    auto body = Body(req);
+    const std::string* aid = body.ok() ? FindString(*body, route.agent_field) : nullptr;
+    if (aid != nullptr) {
+      // One that exists nowhere is answered the same way, before policy, so that the two
+      // cannot be told apart by whether the caller may create sessions.
+      auto t = engine_->AgentTenant(*aid);
+      if (!t.ok()) return t.status();
+      if (!identity::ReachesTenant(who, *t)) {
+        g->reason = "tenant_wall";
+        return NotFound(fmt::format("agent '{}' not found", *aid));
+      }
+    }
   }
 
   identity::Request r;
@@ -444,290 +649,360 @@ Status Api::Authorize(const http::Request& req, const std::vector<std::string>& 
   r.time_millis = SystemClock::Default()->NowMillis();
   identity::Decision d = identity::Decide(who.PolicyPointers(), r);
   g->reason = d.sid.empty() ? std::string(identity::DecisionReasonName(d.reason)) : d.sid;
-  if (d.allowed()) return Status::OK();
-  // Whatever another tenant has does not exist for this caller.
-  if (g->tenant != own && g->tenant != "*") return NotFound(missing);
-  return PermissionDenied(fmt::format("{} is not allowed to {} on {} ({})", who.id, g->action,
-                                      g->resource,
-                                      d.reason == identity::DecisionReason::kExplicitDeny
-                                          ? "denied by statement '" + d.sid + "'"
-                                          : "no policy allows it"));
+  if (!d.allowed()) {
+    return PermissionDenied(fmt::format("{} is not allowed to {} on {} ({})", who.id, g->action,
+                                        g->resource,
+                                        d.reason == identity::DecisionReason::kExplicitDeny
+                                            ? "denied by statement '" + d.sid + "'"
+                                            : "no policy allows it"));
+  }
+  if (route.grants) {
+    Status held = CheckGrants(req, route, params, who);
+    if (!held.ok()) {
+      g->reason = "exceeds_caller";
+      return held;
+    }
+  }
+  return Status::OK();
 }
 
-void Api::Route(const http::Request& req, http::Exchange& ex, const std::vector<std::string>& seg,
-                const identity::Principal& who) {
-  const std::string& m = req.method;
-  const engine::Caller caller{who.tenant_id, who.id};
-  auto reply = [&](Result<Json> r, int ok_status = 200) {
-    if (!r.ok()) {
-      if (r.status().code() == StatusCode::kInternal) {
-        spdlog::error("{} {}: {}", m, req.path, r.status().ToString());
+namespace {
+
+// The documents of a body's `policies`, parsed; those that do not parse are left to the
+// handler, which refuses them with the place of the mistake.
+std::vector<identity::Policy> BodyPolicies(const Json& body) {
+  std::vector<identity::Policy> out;
+  auto ps = body.find("policies");
+  if (ps == body.end() || !ps->is_array()) return out;
+  for (const auto& doc : *ps) {
+    auto p = identity::ParsePolicy(DumpJson(doc));
+    if (p.ok()) out.push_back(std::move(p).value());
+  }
+  return out;
+}
+
+std::vector<std::string> BodyNames(const Json& body, const char* field) {
+  std::vector<std::string> out;
+  auto v = body.find(field);
+  if (v == body.end() || !v->is_array()) return out;
+  for (const auto& x : *v) {
+    if (x.is_string()) out.push_back(x.get<std::string>());
+  }
+  return out;
+}
+
+bool MentionsAttributes(const identity::Policy& p) {
+  for (const auto& st : p.statements()) {
+    for (const auto& c : st.conditions) {
+      if (c.key.kind == identity::ConditionKey::Kind::kPrincipalAttribute) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+Status Api::CheckGrants(const http::Request& req, const RouteSpec& route,
+                        const std::vector<std::string>& params, const identity::Principal& who) {
+  Json body = Json::object();
+  if (!req.body.empty()) {
+    auto b = Body(req);
+    if (!b.ok()) return Status::OK();  // the handler refuses it, naming the mistake
+    body = std::move(b).value();
+  }
+  if (!body.is_object()) return Status::OK();
+  const std::string action(route.action);
+  identity::GrantTarget target;
+  std::vector<identity::Policy> given = BodyPolicies(body);
+  std::vector<identity::GrantedPolicy> granted;
+  std::vector<std::shared_ptr<const identity::PolicySet>> sets;  // keeps granted alive
+  auto grant_set = [&](const std::shared_ptr<const identity::PolicySet>& set) {
+    if (!set) return;
+    sets.push_back(set);
+    for (size_t i = 0; i < set->policies.size(); ++i) {
+      granted.push_back({&set->policies[i], fmt::format("{} policies[{}]", set->source, i)});
+    }
+  };
+  auto join_sets = [&](const std::vector<std::string>& names, const char* kind,
+                       const std::vector<std::string>& already) -> Status {
+    for (const auto& name : names) {
+      if (std::find(already.begin(), already.end(), name) != already.end()) continue;
+      ASSIGN_OR_RETURN(auto set, directory_->FindPolicySet(target.tenant, kind, name));
+      if (!set && std::string_view(kind) == "group") {
+        // A group made later brings its policies to those who named it before: joining
+        // one that does not exist gives whatever it will hold.
+        static const auto* unbounded = [] {
+          auto made = std::make_shared<identity::PolicySet>();
+          made->policies.push_back(*identity::ParsePolicy(
+              R"({"version":"2026-11-01","statements":[{"sid":"whatever-it-will-hold",)"
+              R"("effect":"allow","actions":["*"],"resources":["*"]}]})"));
+          return new std::shared_ptr<const identity::PolicySet>(std::move(made));
+        }();
+        sets.push_back(*unbounded);
+        granted.push_back({&(*unbounded)->policies[0],
+                           fmt::format("group/{} (not in the tenant yet)", name)});
+        continue;
       }
-      ex.Respond(ProblemResponse(r.status()));
+      grant_set(set);
+    }
+    return Status::OK();
+  };
+  std::shared_ptr<const identity::Principal> subject;
+  if (action == "principals:Create" || action == "groups:Create" || action == "roles:Create") {
+    const std::string* t = FindString(body, "tenant_id");
+    target.tenant = t != nullptr ? *t : who.tenant_id;
+  } else {
+    // An existing principal, group or role: the gate found it.
+    std::string_view kind = FirstParam(route.path);
+    if (kind == "principal") {
+      ASSIGN_OR_RETURN(subject, directory_->LoadPrincipal(params[0]));
+      target.tenant = subject->tenant_id;
+      target.principal_id = subject->id;
     } else {
-      ex.Respond(JsonResponse(ok_status, *r));
-    }
-  };
-  auto method_not_allowed = [&](std::string allow) {
-    auto r = Problem(405, "method_not_allowed",
-                     fmt::format("{} is not allowed on {}; allowed: {}", m, req.path, allow));
-    r.headers.emplace_back("Allow", allow);
-    ex.Respond(std::move(r));
-  };
-  auto body = [&]() { return Body(req); };
-  auto created = [&](Result<Json> r, std::string_view collection) {
-    if (!r.ok()) return reply(std::move(r));
-    std::string id = r->value("id", "");
-    ex.Respond({201, "application/json", DumpJson(*r),
-                {{"Location", fmt::format("/v1/{}/{}", collection, id)}}});
-  };
-  if (IsImportRequest(m, req.path)) return HandleImport(req, ex, caller);
-  if ((m == "POST" || m == "PUT" || m == "PATCH") && !req.body.empty() && !JsonContentType(req)) {
-    return ex.Respond(Problem(415, "unsupported_media_type",
-                              fmt::format("Content-Type '{}' is not supported; send "
-                                          "application/json",
-                                          req.Header("content-type"))));
-  }
-
-  if (seg.empty() || seg[0] != "v1") {
-    return ex.Respond(Problem(404, "not_found", fmt::format("no route for {}", req.path)));
-  }
-
-  // /v1/agents[/{id}]
-  if (seg.size() >= 2 && seg[1] == "agents") {
-    if (seg.size() == 2) {
-      if (m == "POST") {
-        auto b = body();
-        if (!b.ok()) return reply(b.status());
-        return created(engine_->CreateAgent(*b, caller), "agents");
-      }
-      if (m == "GET") {
-        auto p = PageQuery(req);
-        if (!p.ok()) return reply(p.status());
-        return reply(engine_->ListAgents(who.tenant_id, *p));
-      }
-      return method_not_allowed("GET, POST");
-    }
-    if (seg.size() == 3) {
-      if (m == "GET") {
-        auto v = IntQuery(req, "version", 0, 0, INT64_MAX);
-        if (!v.ok()) return reply(v.status());
-        return reply(engine_->GetAgent(seg[2], *v));
-      }
-      if (m == "PUT") {
-        auto b = body();
-        if (!b.ok()) return reply(b.status());
-        return reply(engine_->UpdateAgent(seg[2], *b));
-      }
-      return method_not_allowed("GET, PUT");
-    }
-    // The kill switch: every queued and running turn of the agent's sessions.
-    if (seg.size() == 4 && seg[3] == "cancel-turns") {
-      if (m != "POST") return method_not_allowed("POST");
-      engine::CancelFilter filter;
-      filter.agent_id = seg[2];
-      return reply(engine_->CancelTurns(filter));
+      ASSIGN_OR_RETURN(target.tenant, directory_->PolicySetTenant(std::string(kind), params[0]));
     }
   }
-
-  // /v1/sessions...
-  if (seg.size() >= 2 && seg[1] == "sessions") {
-    if (seg.size() == 2) {
-      if (m == "POST") {
-        auto b = body();
-        if (!b.ok()) return reply(b.status());
-        return created(engine_->CreateSession(*b, caller), "sessions");
-      }
-      if (m == "GET") {
-        auto p = PageQuery(req);
-        if (!p.ok()) return reply(p.status());
-        store::SessionFilter f;
-        f.tenant_id = who.tenant_id;  // a list never crosses tenants
-        if (auto* a = req.Query("agent_id")) f.agent_id = *a;
-        if (auto* s = req.Query("status")) {
-          f.status = *s;
-          if (f.status != "idle" && f.status != "running" && f.status != "requires_action" &&
-              f.status != "needs_attention") {
-            return reply(InvalidArgument(
-                "query parameter 'status' must be one of idle, running, requires_action, "
-                "needs_attention"));
-          }
+  target.clamped = target.tenant != directory_->operator_tenant();
+  for (size_t i = 0; i < given.size(); ++i) {
+    granted.push_back({&given[i], fmt::format("policies[{}]", i)});
+  }
+  if (action == "principals:Create") {
+    RETURN_IF_ERROR(join_sets(BodyNames(body, "groups"), "group", {}));
+    RETURN_IF_ERROR(join_sets(BodyNames(body, "roles"), "role", {}));
+  } else if (action == "principals:Update") {
+    RETURN_IF_ERROR(join_sets(BodyNames(body, "groups"), "group", subject->groups));
+    RETURN_IF_ERROR(join_sets(BodyNames(body, "roles"), "role", subject->roles));
+    // New attributes can satisfy conditions on principal.attributes: whoever changes them
+    // must hold what those statements allow.
+    if (auto a = body.find("attributes"); a != body.end() && *a != subject->attributes) {
+      for (const auto& set : subject->policy_sets) {
+        for (size_t i = 0; i < set->policies.size(); ++i) {
+          if (!MentionsAttributes(set->policies[i])) continue;
+          sets.push_back(set);
+          granted.push_back(
+              {&set->policies[i], fmt::format("{} policies[{}]", set->source, i)});
         }
-        return reply(engine_->ListSessions(f, *p));
-      }
-      return method_not_allowed("GET, POST");
-    }
-    const std::string& sid = seg[2];
-    if (seg.size() == 3) {
-      if (m == "GET") return reply(engine_->GetSession(sid));
-      if (m == "DELETE") {
-        Status st = engine_->DeleteSession(sid);
-        if (!st.ok()) return reply(st);
-        return ex.Respond({204, "", "", {}});
-      }
-      return method_not_allowed("GET, DELETE");
-    }
-    if (seg.size() == 4 && seg[3] == "cancel") {
-      if (m != "POST") return method_not_allowed("POST");
-      return reply(engine_->CancelSession(sid));
-    }
-    if (seg.size() == 4 && seg[3] == "export") {
-      if (m != "GET") return method_not_allowed("GET");
-      return HandleExport(ex, sid);
-    }
-    if (seg.size() == 4 && seg[3] == "events") {
-      if (m != "GET") return method_not_allowed("GET");
-      return HandleEvents(req, ex, sid);
-    }
-    // /v1/sessions/{id}/workspace[/{path...}]: the session's files.
-    if (seg.size() >= 4 && seg[3] == "workspace") {
-      if (m != "GET") return method_not_allowed("GET");
-      if (seg.size() == 4) return reply(engine_->ListWorkspace(sid));
-      std::string path = seg[4];
-      for (size_t i = 5; i < seg.size(); ++i) path += "/" + seg[i];
-      auto file = engine_->ReadWorkspaceFile(sid, path, kMaxDownloadBytes);
-      if (!file.ok()) return reply(file.status());
-      return ex.Respond({200, "application/octet-stream", std::move(file).value(),
-                         {{"X-Content-Type-Options", "nosniff"},
-                          {"Content-Disposition", "attachment"}}});
-    }
-    if (seg.size() >= 4 && seg[3] == "turns") {
-      if (seg.size() == 4) {
-        if (m == "POST") return HandleTurnsPost(req, ex, sid, who);
-        if (m == "GET") {
-          auto p = PageQuery(req);
-          if (!p.ok()) return reply(p.status());
-          return reply(engine_->ListTurns(sid, *p));
-        }
-        return method_not_allowed("GET, POST");
-      }
-      if (seg.size() == 5) {
-        if (m != "GET") return method_not_allowed("GET");
-        return reply(engine_->GetTurn(sid, seg[4]));
-      }
-      if (seg.size() == 6 && seg[5] == "approvals") {
-        if (m != "POST") return method_not_allowed("POST");
-        auto b = body();
-        if (!b.ok()) return reply(b.status());
-        return reply(engine_->SubmitApproval(sid, seg[4], *b, who.id));
-      }
-      if (seg.size() == 6 && seg[5] == "tool_outputs") {
-        if (m != "POST") return method_not_allowed("POST");
-        auto b = body();
-        if (!b.ok()) return reply(b.status());
-        return reply(engine_->SubmitToolOutputs(sid, seg[4], *b));
       }
     }
-  }
-  // Secrets: written, listed by name, never read back.
-  if (seg[1] == "secrets" && options_.vault != nullptr) {
-    if (seg.size() == 2) {
-      if (m != "GET") return method_not_allowed("GET");
-      auto list = options_.vault->List(who.tenant_id);
-      if (!list.ok()) return reply(list.status());
-      Json data = Json::array();
-      for (const auto& info : *list) data.push_back(info.ToJson());
-      return reply(Json{{"data", std::move(data)}, {"has_more", false}});
+  } else if (action == "principals:CreateApiKey") {
+    // A key acts as its principal: making one for another principal hands out all it holds.
+    granted.clear();
+    if (subject->id != who.id) {
+      for (const auto& set : subject->policy_sets) grant_set(set);
     }
-    if (m != "PUT") return method_not_allowed("PUT");
-    auto b = body();
-    if (!b.ok()) return reply(b.status());
-    FieldReader r(*b, "");
-    std::string value;
-    Status st = r.CheckObject();
-    if (st.ok()) st = r.String("value", &value, true, identity::kMaxSecretBytes);
-    if (st.ok()) st = r.NoUnknownKeys();
-    if (!st.ok()) return reply(st);
-    auto put = options_.vault->Put(who.tenant_id, seg[2], value);
-    std::fill(value.begin(), value.end(), '\0');
-    if (!put.ok()) return reply(put.status());
-    return ex.Respond(
-        {200, "application/json", DumpJson(put->ToJson()), {{"Cache-Control", "no-store"}}});
   }
-  // Identity: tenants, principals and their API keys, policy simulation.
-  if (seg.size() == 2 && seg[1] == "tenants") {
-    if (m != "POST") return method_not_allowed("POST");
-    auto b = body();
-    if (!b.ok()) return reply(b.status());
-    return created(directory_->CreateTenant(*b), "tenants");
-  }
-  if (seg.size() == 3 && seg[1] == "tenants") {
-    if (m != "GET") return method_not_allowed("GET");
-    return reply(directory_->GetTenant(seg[2]));
-  }
-  if (seg.size() == 4 && seg[1] == "tenants" && seg[3] == "cancel-turns") {
-    if (m != "POST") return method_not_allowed("POST");
-    engine::CancelFilter filter;
-    filter.tenant_id = seg[2];
-    return reply(engine_->CancelTurns(filter));
-  }
-  if (seg.size() == 2 && seg[1] == "principals") {
-    if (m == "POST") {
-      auto b = body();
-      if (!b.ok()) return reply(b.status());
-      return created(directory_->CreatePrincipal(*b), "principals");
-    }
-    if (m == "GET") {
-      auto p = PageQuery(req);
-      if (!p.ok()) return reply(p.status());
-      return reply(directory_->ListPrincipals(who.tenant_id, *p));
-    }
-    return method_not_allowed("GET, POST");
-  }
-  if (seg.size() == 3 && seg[1] == "principals") {
-    if (m == "GET") return reply(directory_->GetPrincipal(seg[2]));
-    if (m != "PATCH") return method_not_allowed("GET, PATCH");
-    auto b = body();
-    if (!b.ok()) return reply(b.status());
-    return reply(directory_->UpdatePrincipal(seg[2], *b));
-  }
-  if (seg[1] == "groups" || seg[1] == "roles") {
-    const std::string kind = seg[1] == "groups" ? "group" : "role";
-    if (seg.size() == 2) {
-      if (m == "POST") {
-        auto b = body();
-        if (!b.ok()) return reply(b.status());
-        return created(directory_->CreatePolicySet(kind, who.tenant_id, *b), seg[1]);
-      }
-      if (m != "GET") return method_not_allowed("GET, POST");
-      auto p = PageQuery(req);
-      if (!p.ok()) return reply(p.status());
-      return reply(directory_->ListPolicySets(kind, who.tenant_id, *p));
-    }
-    if (m == "GET") return reply(directory_->GetPolicySet(kind, seg[2]));
-    if (m == "DELETE") return reply(directory_->DeletePolicySet(kind, seg[2]));
-    if (m != "PUT") return method_not_allowed("DELETE, GET, PUT");
-    auto b = body();
-    if (!b.ok()) return reply(b.status());
-    return reply(directory_->ReplacePolicySet(kind, seg[2], *b));
-  }
-  if (seg.size() == 4 && seg[1] == "principals" && seg[3] == "api-keys") {
-    if (m != "POST") return method_not_allowed("POST");
-    Json b = Json::object();
-    if (!req.body.empty()) {
-      auto parsed = body();
-      if (!parsed.ok()) return reply(parsed.status());
-      b = *parsed;
-    }
-    auto key = directory_->CreateApiKey(seg[2], b);
-    if (!key.ok()) return reply(key.status());
-    // Shown once: no cache may keep it.
-    return ex.Respond({201, "application/json", DumpJson(*key), {{"Cache-Control", "no-store"}}});
-  }
-  if (seg.size() == 3 && seg[1] == "api-keys") {
-    if (m != "DELETE") return method_not_allowed("DELETE");
-    return reply(directory_->RevokeApiKey(seg[2]));
-  }
-  if (seg.size() == 2 && seg[1] == "policies:simulate") {
-    if (m != "POST") return method_not_allowed("POST");
-    return HandleSimulate(req, ex, who);
-  }
-  if (seg[1] == "audit" && audit_log_ != nullptr) {
-    if (m != "GET") return method_not_allowed("GET");
-    return HandleAudit(req, ex, seg.size() == 3, who.tenant_id);
-  }
-  ex.Respond(Problem(404, "not_found", fmt::format("no route for {}", req.path)));
+  if (granted.empty()) return Status::OK();
+  std::vector<const identity::Policy*> holder = who.PolicyPointers();
+  identity::PatternVariables vars{who.id, who.tenant_id};
+  return identity::CheckGrantHeld(holder, vars, granted, target);
 }
+
+// ---- handlers ---------------------------------------------------------------------------
+
+void Api::CreateAgent(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Created(c, engine_->CreateAgent(*b, c.caller()), "agents");
+}
+
+void Api::ListAgents(ApiCall& c) {
+  auto p = PageQuery(c.req);
+  if (!p.ok()) return Reply(c, p.status());
+  Reply(c, engine_->ListAgents(c.who.tenant_id, *p));
+}
+
+void Api::GetAgent(ApiCall& c) {
+  auto v = IntQuery(c.req, "version", 0, 0, INT64_MAX);
+  if (!v.ok()) return Reply(c, v.status());
+  Reply(c, engine_->GetAgent(c.arg(0), *v));
+}
+
+void Api::UpdateAgent(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Reply(c, engine_->UpdateAgent(c.arg(0), *b));
+}
+
+// The kill switches: every queued and running turn of an agent's sessions, or a tenant's.
+void Api::CancelAgentTurns(ApiCall& c) {
+  engine::CancelFilter filter;
+  filter.agent_id = c.arg(0);
+  Reply(c, engine_->CancelTurns(filter));
+}
+
+void Api::CancelTenantTurns(ApiCall& c) {
+  engine::CancelFilter filter;
+  filter.tenant_id = c.arg(0);
+  Reply(c, engine_->CancelTurns(filter));
+}
+
+void Api::CreateSession(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Created(c, engine_->CreateSession(*b, c.caller()), "sessions");
+}
+
+void Api::ListSessions(ApiCall& c) {
+  auto p = PageQuery(c.req);
+  if (!p.ok()) return Reply(c, p.status());
+  store::SessionFilter f;
+  f.tenant_id = c.who.tenant_id;  // a list never crosses tenants
+  if (auto* a = c.req.Query("agent_id")) f.agent_id = *a;
+  if (auto* s = c.req.Query("status")) {
+    f.status = *s;
+    if (f.status != "idle" && f.status != "running" && f.status != "requires_action" &&
+        f.status != "needs_attention") {
+      return Reply(c, InvalidArgument("query parameter 'status' must be one of idle, running, "
+                                      "requires_action, needs_attention"));
+    }
+  }
+  Reply(c, engine_->ListSessions(f, *p));
+}
+
+void Api::GetSession(ApiCall& c) { Reply(c, engine_->GetSession(c.arg(0))); }
+
+void Api::DeleteSession(ApiCall& c) {
+  Status st = engine_->DeleteSession(c.arg(0));
+  if (!st.ok()) return Reply(c, st);
+  c.ex.Respond({204, "", "", {}});
+}
+
+void Api::CancelSession(ApiCall& c) { Reply(c, engine_->CancelSession(c.arg(0))); }
+
+void Api::ListWorkspace(ApiCall& c) { Reply(c, engine_->ListWorkspace(c.arg(0))); }
+
+void Api::ReadWorkspaceFile(ApiCall& c) {
+  auto file = engine_->ReadWorkspaceFile(c.arg(0), c.arg(1), kMaxDownloadBytes);
+  if (!file.ok()) return Reply(c, file.status());
+  c.ex.Respond({200, "application/octet-stream", std::move(file).value(),
+                {{"X-Content-Type-Options", "nosniff"}, {"Content-Disposition", "attachment"}}});
+}
+
+void Api::ListTurns(ApiCall& c) {
+  auto p = PageQuery(c.req);
+  if (!p.ok()) return Reply(c, p.status());
+  Reply(c, engine_->ListTurns(c.arg(0), *p));
+}
+
+void Api::GetTurn(ApiCall& c) { Reply(c, engine_->GetTurn(c.arg(0), c.arg(1))); }
+
+void Api::PostApproval(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Reply(c, engine_->SubmitApproval(c.arg(0), c.arg(1), *b, c.who.id));
+}
+
+void Api::PostToolOutputs(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Reply(c, engine_->SubmitToolOutputs(c.arg(0), c.arg(1), *b));
+}
+
+// Secrets: written, listed by name, never read back.
+void Api::ListSecrets(ApiCall& c) {
+  auto list = options_.vault->List(c.who.tenant_id);
+  if (!list.ok()) return Reply(c, list.status());
+  Json data = Json::array();
+  for (const auto& info : *list) data.push_back(info.ToJson());
+  Reply(c, Json{{"data", std::move(data)}, {"has_more", false}});
+}
+
+void Api::PutSecret(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  FieldReader r(*b, "");
+  std::string value;
+  Status st = r.CheckObject();
+  if (st.ok()) st = r.String("value", &value, true, identity::kMaxSecretBytes);
+  if (st.ok()) st = r.NoUnknownKeys();
+  if (!st.ok()) return Reply(c, st);
+  auto put = options_.vault->Put(c.who.tenant_id, c.arg(0), value);
+  std::fill(value.begin(), value.end(), '\0');
+  if (!put.ok()) return Reply(c, put.status());
+  c.ex.Respond(
+      {200, "application/json", DumpJson(put->ToJson()), {{"Cache-Control", "no-store"}}});
+}
+
+void Api::CreateTenant(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Created(c, directory_->CreateTenant(*b), "tenants");
+}
+
+void Api::GetTenant(ApiCall& c) { Reply(c, directory_->GetTenant(c.arg(0))); }
+
+void Api::CreatePrincipal(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Created(c, directory_->CreatePrincipal(*b), "principals");
+}
+
+void Api::ListPrincipals(ApiCall& c) {
+  auto p = PageQuery(c.req);
+  if (!p.ok()) return Reply(c, p.status());
+  Reply(c, directory_->ListPrincipals(c.who.tenant_id, *p));
+}
+
+void Api::GetPrincipal(ApiCall& c) { Reply(c, directory_->GetPrincipal(c.arg(0))); }
+
+void Api::UpdatePrincipal(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Reply(c, directory_->UpdatePrincipal(c.arg(0), *b));
+}
+
+void Api::CreateApiKey(ApiCall& c) {
+  Json b = Json::object();
+  if (!c.req.body.empty()) {
+    auto parsed = Body(c.req);
+    if (!parsed.ok()) return Reply(c, parsed.status());
+    b = *parsed;
+  }
+  auto key = directory_->CreateApiKey(c.arg(0), b);
+  if (!key.ok()) return Reply(c, key.status());
+  // Shown once: no cache may keep it.
+  c.ex.Respond({201, "application/json", DumpJson(*key), {{"Cache-Control", "no-store"}}});
+}
+
+void Api::RevokeApiKey(ApiCall& c) { Reply(c, directory_->RevokeApiKey(c.arg(0))); }
+
+namespace {
+// "group" for /v1/groups..., "role" for /v1/roles...
+std::string PolicySetKind(const http::Request& req) {
+  return req.path.starts_with("/v1/groups") ? "group" : "role";
+}
+}  // namespace
+
+void Api::CreatePolicySet(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  const std::string kind = PolicySetKind(c.req);
+  Created(c, directory_->CreatePolicySet(kind, c.who.tenant_id, *b), kind + "s");
+}
+
+void Api::ListPolicySets(ApiCall& c) {
+  auto p = PageQuery(c.req);
+  if (!p.ok()) return Reply(c, p.status());
+  Reply(c, directory_->ListPolicySets(PolicySetKind(c.req), c.who.tenant_id, *p));
+}
+
+void Api::GetPolicySet(ApiCall& c) {
+  Reply(c, directory_->GetPolicySet(PolicySetKind(c.req), c.arg(0)));
+}
+
+void Api::ReplacePolicySet(ApiCall& c) {
+  auto b = Body(c.req);
+  if (!b.ok()) return Reply(c, b.status());
+  Reply(c, directory_->ReplacePolicySet(PolicySetKind(c.req), c.arg(0), *b));
+}
+
+void Api::DeletePolicySet(ApiCall& c) {
+  Reply(c, directory_->DeletePolicySet(PolicySetKind(c.req), c.arg(0)));
+}
+
+void Api::ReadAudit(ApiCall& c) { HandleAudit(c.req, c.ex, false, c.who.tenant_id); }
+
+void Api::ReadAuditCheckpoints(ApiCall& c) { HandleAudit(c.req, c.ex, true, c.who.tenant_id); }
 
 void Api::HandleAudit(const http::Request& req, http::Exchange& ex, bool checkpoints,
                       const std::string& own_tenant) {
@@ -767,8 +1042,10 @@ void Api::HandleAudit(const http::Request& req, http::Exchange& ex, bool checkpo
   ex.Respond(JsonResponse(200, *r));
 }
 
-void Api::HandleSimulate(const http::Request& req, http::Exchange& ex,
-                         const identity::Principal& who) {
+void Api::Simulate(ApiCall& c) {
+  const http::Request& req = c.req;
+  http::Exchange& ex = c.ex;
+  const identity::Principal& who = c.who;
   auto fail = [&](const Status& st) { ex.Respond(ProblemResponse(st)); };
   auto b = Body(req);
   if (!b.ok()) return fail(b.status());
@@ -816,10 +1093,11 @@ void Api::HandleSimulate(const http::Request& req, http::Exchange& ex,
   const std::shared_ptr<const identity::Principal>& subject = *loaded;
   q.principal = subject->Context();
   identity::Decision d = identity::Decide(subject->PolicyPointers(), q);
-  Json statement = nullptr;
-  if (d.policy_index >= 0) {
-    // Which set it came from: the principal's own policies, or a group's or role's.
-    int index = d.policy_index;
+  // Which statement decided, and which set it came from: the principal's own policies, or
+  // a group's or role's.
+  auto describe = [&](const identity::Decision& dd) -> Json {
+    if (dd.policy_index < 0) return nullptr;
+    int index = dd.policy_index;
     std::string source;
     for (const auto& set : subject->policy_sets) {
       if (index < static_cast<int>(set->policies.size())) {
@@ -828,22 +1106,40 @@ void Api::HandleSimulate(const http::Request& req, http::Exchange& ex,
       }
       index -= static_cast<int>(set->policies.size());
     }
-    statement = {{"source", source},
-                 {"policy_index", index},
-                 {"statement_index", d.statement_index},
-                 {"sid", d.sid.empty() ? Json(nullptr) : Json(d.sid)}};
+    return {{"source", source},
+            {"policy_index", index},
+            {"statement_index", dd.statement_index},
+            {"sid", dd.sid.empty() ? Json(nullptr) : Json(dd.sid)}};
+  };
+  Json out = {{"principal_id", subject->id}, {"action", action}, {"resource", resource}};
+  if (!identity::ReachesTenant(*subject, identity::ResourceTenant(resource))) {
+    // The wall decides before policy, as the gate does: whatever the principal's policies
+    // say of this resource is clamped to its own tenant. `clamped_statement` names the
+    // statement that would have allowed it, had the wall not been there.
+    out["allowed"] = false;
+    out["decision"] = "deny";
+    out["reason"] = "tenant_wall";
+    out["statement"] = nullptr;
+    out["clamped_statement"] = d.allowed() ? describe(d) : Json(nullptr);
+    out["detail"] = fmt::format(
+        "{} is in tenant {}, which no principal of tenant {} reaches, whatever its policies "
+        "say",
+        resource, identity::ResourceTenant(resource).empty() ? "(none)" : identity::ResourceTenant(resource),
+        subject->tenant_id);
+    return ex.Respond(JsonResponse(200, out));
   }
-  ex.Respond(JsonResponse(200, Json{{"principal_id", subject->id},
-                                    {"action", action},
-                                    {"resource", resource},
-                                    {"allowed", d.allowed()},
-                                    {"decision", identity::EffectName(d.effect)},
-                                    {"reason", identity::DecisionReasonName(d.reason)},
-                                    {"statement", statement}}));
+  out["allowed"] = d.allowed();
+  out["decision"] = identity::EffectName(d.effect);
+  out["reason"] = identity::DecisionReasonName(d.reason);
+  out["statement"] = describe(d);
+  ex.Respond(JsonResponse(200, out));
 }
 
-void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const std::string& sid,
-                          const identity::Principal& who) {
+void Api::PostTurn(ApiCall& c) {
+  const http::Request& req = c.req;
+  http::Exchange& ex = c.ex;
+  const identity::Principal& who = c.who;
+  const std::string& sid = c.arg(0);
   auto b = Body(req);
   if (!b.ok()) return ex.Respond(ProblemResponse(b.status()));
   FieldReader r(*b, "");
@@ -881,7 +1177,9 @@ void Api::HandleTurnsPost(const http::Request& req, http::Exchange& ex, const st
   ex.Respond({submitted->created ? 202 : 200, "application/json", DumpJson(turn), headers});
 }
 
-void Api::HandleExport(http::Exchange& ex, const std::string& sid) {
+void Api::ExportSession(ApiCall& c) {
+  http::Exchange& ex = c.ex;
+  const std::string& sid = c.arg(0);
   bool streaming = false;
   std::string chunk;  // lines are sent in chunks of about 64 KiB
   Status st = engine_->ExportSession(
@@ -911,8 +1209,10 @@ void Api::HandleExport(http::Exchange& ex, const std::string& sid) {
   ex.EndStream();
 }
 
-void Api::HandleImport(const http::Request& req, http::Exchange& ex,
-                       const engine::Caller& caller) {
+void Api::ImportSession(ApiCall& c) {
+  const http::Request& req = c.req;
+  http::Exchange& ex = c.ex;
+  const engine::Caller caller = c.caller();
   std::string type = MediaType(req);
   if (!type.empty() && type != "application/x-ndjson" && type != "application/jsonl" &&
       type != "application/json") {
@@ -928,7 +1228,10 @@ void Api::HandleImport(const http::Request& req, http::Exchange& ex,
               {{"Location", fmt::format("/v1/sessions/{}", id)}}});
 }
 
-void Api::HandleEvents(const http::Request& req, http::Exchange& ex, const std::string& sid) {
+void Api::SessionEvents(ApiCall& c) {
+  const http::Request& req = c.req;
+  http::Exchange& ex = c.ex;
+  const std::string& sid = c.arg(0);
   auto after = IntQuery(req, "after", 0, 0, INT64_MAX);
   if (!after.ok()) return ex.Respond(ProblemResponse(after.status()));
   auto limit = IntQuery(req, "limit", 100, 1, 1000);

@@ -222,6 +222,21 @@ Status ReadJwt(const YAML::Node& n, identity::JwtSignIn* jwt) {
     } else if (key == "leeway_seconds") {
       RETURN_IF_ERROR(ReadInt(v, full, 0, 3600, &jwt->leeway_seconds));
       continue;
+    } else if (key == "tenants") {
+      if (!v.IsMap() || v.size() == 0) {
+        return InvalidArgument(fmt::format(
+            "config key '{}' must be a mapping of claim values to tenant ids (ten_...)", full));
+      }
+      for (const auto& entry : v) {
+        std::string claim = entry.first.as<std::string>(), tenant;
+        RETURN_IF_ERROR(ReadString(entry.second, full + "." + claim, &tenant));
+        if (claim.empty() || !IsValidId(tenant, "ten_")) {
+          return InvalidArgument(fmt::format("config key '{}.{}' must be a tenant id (ten_...)",
+                                             full, claim));
+        }
+        jwt->tenants[claim] = tenant;
+      }
+      continue;
     } else {
       return InvalidArgument(fmt::format("unknown config key '{}'", full));
     }
@@ -252,6 +267,17 @@ Status ReadJwt(const YAML::Node& n, identity::JwtSignIn* jwt) {
   if (!jwt->tenant.empty() && !IsValidId(jwt->tenant, "ten_")) {
     return InvalidArgument("config key 'auth.jwt.tenant' must be a tenant id (ten_...)");
   }
+  // A provider reaches only the tenants the operator maps it to: a claim names one of them.
+  if (jwt->tenant.empty() && jwt->tenants.empty()) {
+    return InvalidArgument(
+        "config key 'auth.jwt' needs 'tenant' (one tenant for every token) or 'tenants' (the "
+        "tenant each value of the tenant claim signs in to)");
+  }
+  if (!jwt->tenant.empty() && !jwt->tenants.empty()) {
+    return InvalidArgument(
+        "config keys 'auth.jwt.tenant' and 'auth.jwt.tenants' exclude each other: the tenant "
+        "is fixed or mapped from a claim");
+  }
   return Status::OK();
 }
 
@@ -259,6 +285,13 @@ Status ReadAuth(const YAML::Node& n, Config* cfg) {
   if (!n.IsMap()) return InvalidArgument("config key 'auth' must be a mapping");
   for (const auto& kv : n) {
     std::string key = kv.first.as<std::string>();
+    if (key == "operator_tenant") {
+      RETURN_IF_ERROR(ReadString(kv.second, "auth.operator_tenant", &cfg->operator_tenant));
+      if (!IsValidId(cfg->operator_tenant, "ten_")) {
+        return InvalidArgument("config key 'auth.operator_tenant' must be a tenant id (ten_...)");
+      }
+      continue;
+    }
     if (key != "jwt") return InvalidArgument(fmt::format("unknown config key 'auth.{}'", key));
     identity::JwtSignIn jwt;
     RETURN_IF_ERROR(ReadJwt(kv.second, &jwt));

@@ -50,9 +50,12 @@ struct Config {
   // output_per_million_usd}}`: what model calls cost, for budget.max_cost_usd.
   std::map<std::string, engine::ModelPrice> prices;
   // `auth: {jwt: {issuer, audience, jwks_file | jwks_url, tenant_claim | tenant,
-  // principal_claim, groups_claim, leeway_seconds}}`: sign-in with an identity provider's
+  // tenants, principal_claim, groups_claim, leeway_seconds}}`: sign-in with an identity provider's
   // JWTs besides API keys; unset, API keys only.
   std::optional<identity::JwtSignIn> auth_jwt;
+  // `auth: {operator_tenant: ten_...}`: the tenant whose principals alone may act on other
+  // tenants; "" (the default) is the bootstrap tenant `default`.
+  std::string operator_tenant;
 };
 
 // Reads a YAML file into `cfg` (keys override defaults).

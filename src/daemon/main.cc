@@ -119,6 +119,7 @@ int main(int argc, char** argv) {
   identity::DirectoryOptions dopts;
   dopts.data_dir = cfg.data_dir;
   dopts.jwt = cfg.auth_jwt;
+  dopts.operator_tenant = cfg.operator_tenant;
   auto directory = identity::Directory::Open(store->get(), SystemClock::Default(), dopts);
   if (!directory.ok()) return Fail(directory.status().message());
   if (Status st = (*directory)->Bootstrap(); !st.ok()) return Fail(st.message());

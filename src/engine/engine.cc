@@ -17,6 +17,7 @@
 
 #include "common/http_client.h"
 #include "common/ids.h"
+#include "identity/tenant_wall.h"
 #include "journal/events.h"
 #include "journal/state.h"
 #include "memory/context.h"
@@ -698,6 +699,12 @@ std::optional<std::string> Engine::RefuseToolLocked(Actor& a, const TurnState& t
   } else if (auto p = options_.directory->LoadPrincipal(t.principal_id); !p.ok()) {
     denied_by = "principal";
     refusal = "the principal this turn acts for no longer exists";
+  } else if (!identity::ReachesTenant(**p, a.tenant_id)) {
+    // The tenant wall holds for tool calls as for API requests, whatever policies say.
+    denied_by = "principal";
+    refusal = fmt::format("permission denied: tools:Call on {} is not allowed (the principal "
+                          "this turn acts for is of another tenant)",
+                          r.resource);
   } else {
     r.principal = (*p)->Context();
     identity::IntersectionDecision d =
@@ -782,7 +789,7 @@ std::optional<Engine::SecretRefusal> Engine::OpenToolSecretsLocked(
     if (principal) {
       r.principal = principal->Context();
       identity::Decision d = identity::Decide(principal->PolicyPointers(), r);
-      allowed = d.allowed();
+      allowed = d.allowed() && identity::ReachesTenant(*principal, a.tenant_id);
       sid = d.sid;
     }
     std::optional<SecretRefusal> refusal;

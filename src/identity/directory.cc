@@ -190,7 +190,7 @@ Status Directory::Bootstrap() {
     for (const auto& t : tenants.first) {
       if (t.name == "default") {
         default_tenant_ = t.id;
-        return Status::OK();
+        return SettleOperatorTenant();
       }
     }
     page.cursor = tenants.second;
@@ -213,6 +213,25 @@ Status Directory::Bootstrap() {
   default_tenant_ = tenant.id;
   spdlog::info("created tenant 'default' ({}) and its admin; the admin API key is in {}",
                tenant.id, path);
+  return SettleOperatorTenant();
+}
+
+Status Directory::SettleOperatorTenant() {
+  const std::string& chosen = options_.operator_tenant;
+  if (!chosen.empty() && !TenantExists(chosen)) {
+    return FailedPrecondition(fmt::format(
+        "the operator tenant {} (auth.operator_tenant) does not exist; create it first with "
+        "POST /v1/tenants, or leave the key out for the bootstrap tenant 'default'",
+        chosen));
+  }
+  operator_tenant_ = chosen.empty() ? default_tenant_ : chosen;
+  {
+    // Principals loaded before now were built without knowing it.
+    std::lock_guard lock(mu_);
+    principals_.clear();
+  }
+  spdlog::info("operator tenant: {}; its principals alone reach other tenants",
+               operator_tenant_);
   return Status::OK();
 }
 
@@ -354,9 +373,10 @@ Result<std::shared_ptr<const Principal>> Directory::AuthenticateJwt(std::string_
 
   // The signature holds, so the claims are the provider's; their values may be quoted back,
   // but only when short and printable.
+  // A token signs in to the tenant the config maps it to, never to one it names itself.
   std::string tenant_id = cfg.tenant;
+  auto t = claims.find(cfg.tenant_claim);
   if (tenant_id.empty()) {
-    auto t = claims.find(cfg.tenant_claim);
     if (t == claims.end()) {
       return Unauthenticated(fmt::format("the token has no '{}' claim", cfg.tenant_claim));
     }
@@ -364,7 +384,18 @@ Result<std::shared_ptr<const Principal>> Directory::AuthenticateJwt(std::string_
       return Unauthenticated(
           fmt::format("the token's '{}' claim is not a string", cfg.tenant_claim));
     }
-    tenant_id = t->get<std::string>();
+    auto mapped = cfg.tenants.find(t->get<std::string>());
+    if (mapped == cfg.tenants.end()) {
+      return Unauthenticated(fmt::format(
+          "the token's '{}' claim names no tenant this identity provider signs in to",
+          cfg.tenant_claim));
+    }
+    tenant_id = mapped->second;
+  } else if (t != claims.end() && !(t->is_string() && t->get<std::string>() == tenant_id)) {
+    return Unauthenticated(fmt::format(
+        "the token's '{}' claim names another tenant than the one this identity provider "
+        "signs in to",
+        cfg.tenant_claim));
   }
   auto n = claims.find(cfg.principal_claim);
   if (n == claims.end()) {
@@ -474,10 +505,11 @@ Result<std::shared_ptr<const Principal>> Directory::LoadStored(const std::string
   return built;
 }
 
-Result<std::shared_ptr<const Principal>> Directory::Build(const store::PrincipalRow& row) {
+Result<std::shared_ptr<const Principal>> Directory::Build(const store::PrincipalRow& row) const {
   auto p = std::make_shared<Principal>();
   p->id = row.id;
   p->tenant_id = row.tenant_id;
+  p->is_operator = !operator_tenant_.empty() && row.tenant_id == operator_tenant_;
   p->name = row.name;
   p->kind = row.kind;
   ASSIGN_OR_RETURN(Json body, ParseJson(row.body, "stored principal"));

@@ -19,6 +19,7 @@
 // Thread-safe. Methods that read or write the store block.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -56,6 +57,9 @@ struct Principal {
   // group named only by a token and never created brings no policies.
   std::vector<std::shared_ptr<const PolicySet>> policy_sets;
   std::string credential_id;  // the API key's id, or "jwt" for a token
+  // A principal of the operator's tenant: the only kind the tenant wall lets reach another
+  // tenant's objects (tenant_wall.h). Set by the directory, from its configuration.
+  bool is_operator = false;
 
   PrincipalContext Context() const;
   std::vector<const Policy*> PolicyPointers() const;
@@ -72,8 +76,11 @@ struct JwtSignIn {
   std::string issuer;                   // the `iss` a token must carry; required
   std::string audience;                 // must be `aud` or one of its entries; required
   std::string jwks;                     // the provider's key set: a file path or http(s) URL
-  std::string tenant_claim = "tenant";  // the claim holding the tenant's id
+  std::string tenant_claim = "tenant";  // the claim naming the caller's tenant
   std::string tenant;                   // a fixed tenant id instead of tenant_claim
+  // With tenant_claim: the claim's values and the tenant id each signs in to. A token whose
+  // claim is not listed is refused, so a provider reaches only the tenants mapped here.
+  std::map<std::string, std::string> tenants;
   std::string principal_claim = "sub";  // the claim holding the stored principal's name
   std::string groups_claim = "groups";  // an array of strings; absent means none
   int64_t leeway_seconds = 60;          // tolerated clock skew for exp, nbf and iat
@@ -82,6 +89,9 @@ struct JwtSignIn {
 struct DirectoryOptions {
   std::string data_dir;          // admin.key and api-key.pepper
   std::optional<JwtSignIn> jwt;  // unset: API keys only
+  // The operator's tenant, whose principals alone reach other tenants; "" is the bootstrap
+  // tenant `default`. Must exist (Bootstrap() fails otherwise).
+  std::string operator_tenant;
 };
 
 class Directory {
@@ -91,8 +101,10 @@ class Directory {
 
   // First start: the default tenant, the admin principal and its key (see above); rows from
   // before tenants existed join the default tenant. Later starts change nothing.
+  // Also settles the operator's tenant (DirectoryOptions::operator_tenant).
   Status Bootstrap();
   const std::string& default_tenant() const { return default_tenant_; }
+  const std::string& operator_tenant() const { return operator_tenant_; }
 
   // Resolves an Authorization header value ("Bearer agk_...", or "Bearer <JWT>" with JWT
   // sign-in configured). Unauthenticated, with a reason that never repeats the credential,
@@ -133,6 +145,10 @@ class Directory {
   Result<Json> CreateApiKey(const std::string& principal_id, const Json& body);
   // DELETE /v1/api-keys/{id}
   Result<Json> RevokeApiKey(const std::string& key_id);
+  // The policies of the tenant's group or role `name`; null when there is none (cached).
+  Result<std::shared_ptr<const PolicySet>> FindPolicySet(const std::string& tenant_id,
+                                                         const std::string& kind,
+                                                         const std::string& name);
   // The tenant of an existing principal / key (NotFound otherwise), for the gate.
   Result<std::string> PrincipalTenant(const std::string& id);
   Result<std::string> ApiKeyTenant(const std::string& id);
@@ -144,17 +160,14 @@ class Directory {
   Result<Json> IssueKey(const store::PrincipalRow& p, int64_t expires_ms,
                         std::vector<store::PrincipalRow> with_principals,
                         std::vector<store::TenantRow> with_tenants, std::string* key_out);
-  static Result<std::shared_ptr<const Principal>> Build(const store::PrincipalRow& row);
+  Result<std::shared_ptr<const Principal>> Build(const store::PrincipalRow& row) const;
+  Status SettleOperatorTenant();
   // The stored principal with its own policies only (cached).
   Result<std::shared_ptr<const Principal>> LoadStored(const std::string& id);
   // `stored` with `extra_groups` joined and the policies of its groups and roles attached.
   Result<std::shared_ptr<const Principal>> Attach(std::shared_ptr<const Principal> stored,
                                                   std::vector<std::string> extra_groups,
                                                   std::string credential_id);
-  // The policies of the tenant's group or role `name`; null when there is none (cached).
-  Result<std::shared_ptr<const PolicySet>> FindPolicySet(const std::string& tenant_id,
-                                                         const std::string& kind,
-                                                         const std::string& name);
   Result<store::PolicySetRow> StoredPolicySet(const std::string& kind, const std::string& id);
   void ForgetPolicySet(const store::PolicySetRow& row);
   Json PolicySetObject(const store::PolicySetRow& row) const;
@@ -168,6 +181,7 @@ class Directory {
   DirectoryOptions options_;
   const std::string pepper_;  // 32 bytes
   std::string default_tenant_;
+  std::string operator_tenant_;  // set by Bootstrap(), read-only after
   std::unique_ptr<JwksSource> jwks_;  // set when options_.jwt is
 
   std::mutex mu_;

@@ -44,7 +44,7 @@ class AgentdTest : public ::testing::Test {
   }
   void StartDaemon(std::vector<std::string> args = {},
                    std::map<std::string, std::string> env = {}) {
-    auto a = StartAgentd(dir_ + "/data", dir_ + "/agentd.log", args, env);
+    auto a = StartAgentd(dir_ + "/data", dir_ + "/agentd.log", args, env, agentd_binary_);
     ASSERT_TRUE(a.ok()) << a.status().ToString();
     agentd_ = std::move(a).value();
   }
@@ -142,6 +142,7 @@ class AgentdTest : public ::testing::Test {
     }
   }
 
+  std::string agentd_binary_ = "agentd";  // set before SetUp() to test a mutant
   std::string dir_;
   FakeProcess model_, tools_;
   Agentd agentd_;

@@ -47,6 +47,12 @@ Json OwnTenant(Json actions, std::string sid = "own-tenant") {
 
 class IdentityTest : public AgentdTest {
  protected:
+  // The bootstrap tenant, the admin's.
+  std::string OperatorTenant() {
+    Reply r = Call("GET", Url("/v1/principals"));
+    EXPECT_EQ(r.status, 200) << r.raw;
+    return r.body["data"][0].value("tenant_id", "");
+  }
   std::string NewTenant(const std::string& name) {
     Reply r = Call("POST", Url("/v1/tenants"), {{"name", name}});
     EXPECT_EQ(r.status, 201) << r.raw;
@@ -202,8 +208,9 @@ TEST_F(IdentityTest, TenantsSeeOnlyTheirOwnObjectsAndForeignIdsLookMissing) {
   Reply other = Call("POST", Url("/v1/principals"),
                      {{"tenant_id", beta}, {"name", "mallory"}, {"kind", "user"}}, As(ak));
   EXPECT_EQ(other.status, 404) << other.raw;
+  // Nor create tenants: the installation's routes exist for the operator's tenant alone.
   Reply tenant = Call("POST", Url("/v1/tenants"), {{"name", "gamma"}}, As(ak));
-  EXPECT_EQ(tenant.status, 403) << tenant.raw;
+  EXPECT_EQ(tenant.status, 404) << tenant.raw;
 }
 
 TEST_F(IdentityTest, PolicyDecidesEveryCallExplicitDenyWins) {
@@ -945,13 +952,15 @@ class JwtSignInTest : public IdentityTest {
 TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
   Pkey ec = GenP256(), ec_other = GenP256(), ed = GenEd25519(), rotated = GenEd25519();
   WriteJwks(Json::array({PublishedJwk(ec.get(), "k-ec"), PublishedJwk(ed.get(), "k-ed")}));
+  std::string acme = NewTenant("acme"), beta = NewTenant("beta");
+  // The provider signs in to acme and beta, by their ids in its `tenant` claim.
   RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
-                  fmt::format("jwks_file: \"{}\"", JwksPath())});
+                  fmt::format("jwks_file: \"{}\"", JwksPath()),
+                  fmt::format("tenants: {{{}: {}, {}: {}}}", acme, acme, beta, beta)});
   EXPECT_NE(agentd_.proc->Output().find(
                 fmt::format("authentication: API keys; JWTs from issuer '{}'", kIdp)),
             std::string::npos)
       << agentd_.proc->Output();
-  std::string acme = NewTenant("acme"), beta = NewTenant("beta");
   std::string alice = NewPrincipal(acme, "alice", Json::array({OwnTenant({"agents:Read"})}));
   auto claims = [&](Json extra = Json::object()) {
     Json e = {{"tenant", acme}};
@@ -1020,7 +1029,16 @@ TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
       {"a name of another tenant", es256(claims({{"tenant", beta}})),
        "no principal 'alice' in the tenant"},
       {"a tenant that does not exist",
-       es256(claims({{"tenant", "ten_00000000000000000000000000"}})), "unknown tenant"},
+       es256(claims({{"tenant", "ten_00000000000000000000000000"}})),
+       "names no tenant this identity provider signs in to"},
+      {"the operator's tenant, which the config does not map",
+       es256(claims({{"tenant", OperatorTenant()}})),
+       "names no tenant this identity provider signs in to"},
+      {"a tenant claim changed after signing", [&] {
+         std::string good = es256(claims());
+         size_t a = good.find('.'), b = good.rfind('.');
+         return good.substr(0, a + 1) + B64(claims({{"tenant", beta}}).dump()) + good.substr(b);
+       }(), "bad signature"},
       {"no tenant claim", es256(claims({{"tenant", nullptr}})), "no 'tenant' claim"},
       {"no subject", es256(claims({{"sub", nullptr}})), "no 'sub' claim"},
   };
@@ -1036,9 +1054,10 @@ TEST_F(JwtSignInTest, ATokenFromTheIdentityProviderActsAsTheStoredPrincipal) {
 TEST_F(JwtSignInTest, TheTokensGroupsJoinThePrincipalsForConditions) {
   Pkey ed = GenEd25519();
   WriteJwks(Json::array({PublishedJwk(ed.get(), "k-ed")}));
-  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
-                  fmt::format("jwks_file: \"{}\"", JwksPath())});
   std::string t = NewTenant("acme");
+  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
+                  fmt::format("jwks_file: \"{}\"", JwksPath()),
+                  fmt::format("tenants: {{{}: {}}}", t, t)});
   auto when_group = [](const std::string& sid, Json actions, const std::string& group) {
     Json p = OwnTenant(std::move(actions), sid);
     p["statements"][0]["conditions"] = {{"StringEquals", {{"principal.groups", group}}}};
@@ -1099,9 +1118,10 @@ TEST_F(JwtSignInTest, RsaKeysAFixedTenantAndClaimsNamedByTheConfig) {
     return SignToken(rsa.get(), JwsHeader("RS256", "k-rsa"), IdpClaims("u-1234", e));
   };
   EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), Bearer(rs256(Json::object()))).status, 200);
-  // The tenant is the configured one, whatever a token says.
-  Reply other = Call("GET", Url("/v1/agents"), Json(), Bearer(rs256({{"tenant", beta}})));
-  EXPECT_EQ(other.status, 200) << other.raw;
+  // The tenant is the configured one: a token may say so, and one naming another is refused.
+  EXPECT_EQ(Call("GET", Url("/v1/agents"), Json(), Bearer(rs256({{"tenant", acme}}))).status, 200);
+  ExpectRefused("a tenant claim naming another tenant", rs256({{"tenant", beta}}),
+                "names another tenant than the one this identity provider signs in to");
   // Groups come from `roles`, not `groups`.
   auto sessions = [&](const std::string& claim) {
     return Call("GET", Url("/v1/sessions"), Json(),
@@ -1141,9 +1161,9 @@ TEST_F(JwtSignInTest, KeysFromAUrlAreFetchedAndKeptWhenTheProviderIsDown) {
   ASSERT_TRUE(idp.ok()) << idp.status().ToString();
   auto key = identity::SigningKey::LoadOrCreate(dir_ + "/idp/signing.key");
   ASSERT_TRUE(key.ok()) << key.status().ToString();
-  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
-                  "jwks_url: " + idp->url + "/.well-known/jwks.json"});
   std::string t = NewTenant("acme");
+  RestartWithJwt({fmt::format("issuer: \"{}\"", kIdp), fmt::format("audience: \"{}\"", kAud),
+                  "jwks_url: " + idp->url + "/.well-known/jwks.json", "tenant: " + t});
   NewPrincipal(t, "alice", Json::array({OwnTenant({"agents:Read"})}));
   auto token = [&](const std::string& kid) {
     std::string input = B64(JwsHeader("EdDSA", kid).dump()) + "." +
@@ -1163,8 +1183,9 @@ TEST_F(JwtSignInTest, KeysFromAUrlAreFetchedAndKeptWhenTheProviderIsDown) {
 TEST_F(JwtSignInTest, BadJwtConfigIsRefusedByName) {
   WriteJwks(Json::array({PublishedJwk(GenEd25519().get(), "k-ed")}));
   const std::string head = "auth:\n  jwt:\n";
-  const std::string good =
+  const std::string keys =
       fmt::format("    issuer: x\n    audience: y\n    jwks_file: {}\n", JwksPath());
+  const std::string good = keys + "    tenant: ten_00000000000000000000000000\n";
   std::ofstream(dir_ + "/empty-jwks.json") << R"({"keys": []})";
   struct Case {
     std::string yaml, message;
@@ -1184,13 +1205,22 @@ TEST_F(JwtSignInTest, BadJwtConfigIsRefusedByName) {
        "'auth.jwt.issuer' must be a string"},
       {head + good + "    leeway_seconds: soon\n", "'auth.jwt.leeway_seconds' must be an integer"},
       {head + good + "    leeway_seconds: 86400\n", "'auth.jwt.leeway_seconds' must be between"},
-      {head + good + "    tenant: ten_00000000000000000000000000\n    tenant_claim: org\n",
-       "'auth.jwt.tenant'"},
-      {head + good + "    tenant: acme\n", "'auth.jwt.tenant' must be a tenant id"},
+      {head + good + "    tenant_claim: org\n", "'auth.jwt.tenant'"},
+      {head + keys + "    tenant: acme\n", "'auth.jwt.tenant' must be a tenant id"},
+      {head + keys, "needs 'tenant' (one tenant for every token) or 'tenants'"},
+      {head + keys + "    tenant_claim: org\n", "needs 'tenant' (one tenant for every token)"},
+      {head + good + "    tenants: {acme: ten_00000000000000000000000000}\n",
+       "'auth.jwt.tenant' and 'auth.jwt.tenants' exclude each other"},
+      {head + keys + "    tenants: {acme: acme}\n",
+       "'auth.jwt.tenants.acme' must be a tenant id"},
+      {head + keys + "    tenants: []\n", "'auth.jwt.tenants' must be a mapping"},
+      {"auth:\n  operator_tenant: ops\n", "'auth.operator_tenant' must be a tenant id"},
       {head + good + "    groups_claim: \"\"\n", "'auth.jwt.groups_claim' must not be empty"},
-      {head + "    issuer: x\n    audience: y\n    jwks_file: " + dir_ + "/nowhere.json\n",
+      {head + "    issuer: x\n    audience: y\n    jwks_file: " + dir_ + "/nowhere.json\n" +
+           "    tenant: ten_00000000000000000000000000\n",
        "cannot open the file"},
-      {head + "    issuer: x\n    audience: y\n    jwks_file: " + dir_ + "/empty-jwks.json\n",
+      {head + "    issuer: x\n    audience: y\n    jwks_file: " + dir_ + "/empty-jwks.json\n" +
+           "    tenant: ten_00000000000000000000000000\n",
        "holds no key"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {

@@ -218,8 +218,9 @@ Result<FakeProcess> StartFake(const std::string& binary, const std::string& dir,
 
 Result<Agentd> StartAgentd(const std::string& data_dir, const std::string& log_path,
                            std::vector<std::string> extra_args,
-                           std::map<std::string, std::string> env) {
-  std::vector<std::string> argv = {BinPath("agentd"), "--listen", "127.0.0.1:0", "--data-dir",
+                           std::map<std::string, std::string> env,
+                           const std::string& binary) {
+  std::vector<std::string> argv = {BinPath(binary), "--listen", "127.0.0.1:0", "--data-dir",
                                    data_dir};
   for (auto& a : extra_args) argv.push_back(a);
   ASSIGN_OR_RETURN(auto proc, Process::Start(argv, env, log_path));

@@ -85,9 +85,11 @@ struct Agentd {
   std::string url;
   std::string admin_key;  // from <data dir>/admin.key
 };
+// `binary` is a program beside the test's own: agentd, or a mutant of it built for a test.
 Result<Agentd> StartAgentd(const std::string& data_dir, const std::string& log_path,
                            std::vector<std::string> extra_args = {},
-                           std::map<std::string, std::string> env = {});
+                           std::map<std::string, std::string> env = {},
+                           const std::string& binary = "agentd");
 // The admin key Call() sends to the agentd at `url` ("" when none is known).
 std::string AdminKeyFor(const std::string& url);
 // The key written to <data_dir>/admin.key ("" when there is none).
