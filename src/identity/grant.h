@@ -115,9 +115,9 @@ struct GrantedPolicy {
 //    deny some of it" for step 5; "... without approval, which the caller may do only once
 //    approved" for step 4).
 // With InvalidArgument when `target.clamped` and `target.tenant` is empty. With
-// ResourceExhausted when the comparisons would take more than about a tenth of a second
-// (patterns built to be costly to compare; ordinary documents of the largest size take a
-// few milliseconds).
+// ResourceExhausted when the pattern comparisons exceed a fixed budget (some tenths of a
+// second on a 2-core VM), which only patterns built to be costly to compare reach: the
+// largest ordinary documents use a few percent of it.
 //
 // Cost: each granted resource pattern is compared once for all its statement's actions,
 // with the holder's patterns of statements that share an action; literal starts and ends
