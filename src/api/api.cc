@@ -573,6 +573,9 @@ Status Api::Authorize(const http::Request& req, const RouteSpec& route,
                       Gate* g) {
   g->action = std::string(route.action);
   g->missing = fmt::format("no route for {}", req.path);
+  // The body, parsed once for every step below that reads it (an empty one reads as {}:
+  // a POST of an API key may send none).
+  const Result<Json> body = req.body.empty() ? Result<Json>(Json::object()) : Body(req);
   // Where the resource lives.
   switch (route.scope) {
     case Scope::kOwn:
@@ -588,10 +591,9 @@ Status Api::Authorize(const http::Request& req, const RouteSpec& route,
     case Scope::kBodyTenant:
     case Scope::kQueryTenant: {
       const std::string* t = nullptr;
-      Json body;
       if (route.scope == Scope::kBodyTenant) {
-        ASSIGN_OR_RETURN(body, Body(req));
-        t = FindString(body, "tenant_id");
+        if (!body.ok()) return body.status();
+        t = FindString(*body, "tenant_id");
         if (t == nullptr && route.tenant_required) {
           return InvalidArgument("'tenant_id' is required and must be a string");
         }
@@ -607,8 +609,8 @@ Status Api::Authorize(const http::Request& req, const RouteSpec& route,
       break;
     }
     case Scope::kBodyPrincipal: {
-      ASSIGN_OR_RETURN(Json body, Body(req));
-      const std::string* pid = FindString(body, "principal_id");
+      if (!body.ok()) return body.status();
+      const std::string* pid = FindString(*body, "principal_id");
       g->tenant = who.tenant_id;
       g->id = who.id;
       if (pid != nullptr && *pid != who.id) RETURN_IF_ERROR(ResolveObject("principal", *pid, g));
@@ -627,7 +629,6 @@ Status Api::Authorize(const http::Request& req, const RouteSpec& route,
 #endif
   // An object the request refers to in its body must be within reach too.
   if (!route.agent_field.empty()) {
-    auto body = Body(req);
     const std::string* aid = body.ok() ? FindString(*body, route.agent_field) : nullptr;
     if (aid != nullptr) {
       // One that exists nowhere is answered the same way, before policy, so that the two
@@ -657,7 +658,9 @@ Status Api::Authorize(const http::Request& req, const RouteSpec& route,
                                             : "no policy allows it"));
   }
   if (route.grants) {
-    Status held = CheckGrants(req, route, params, who);
+    // A body that does not parse is the handler's to refuse, naming the mistake.
+    Status held = body.ok() && body->is_object() ? CheckGrants(*body, route, params, who)
+                                                 : Status::OK();
     if (!held.ok()) {
       g->reason = "exceeds_caller";
       return held;
@@ -702,15 +705,8 @@ bool MentionsAttributes(const identity::Policy& p) {
 
 }  // namespace
 
-Status Api::CheckGrants(const http::Request& req, const RouteSpec& route,
+Status Api::CheckGrants(const Json& body, const RouteSpec& route,
                         const std::vector<std::string>& params, const identity::Principal& who) {
-  Json body = Json::object();
-  if (!req.body.empty()) {
-    auto b = Body(req);
-    if (!b.ok()) return Status::OK();  // the handler refuses it, naming the mistake
-    body = std::move(b).value();
-  }
-  if (!body.is_object()) return Status::OK();
   const std::string action(route.action);
   identity::GrantTarget target;
   std::vector<identity::Policy> given = BodyPolicies(body);

@@ -111,7 +111,8 @@ class Api {
   // The tenant of the object `kind` `id` names (and a session's metadata), or NotFound.
   Status ResolveObject(std::string_view kind, const std::string& id, Gate* gate);
   // For a route that grants: OK when the caller holds every policy the request gives.
-  Status CheckGrants(const http::Request& req, const RouteSpec& route,
+  // `body` is the request's, parsed: an object.
+  Status CheckGrants(const Json& body, const RouteSpec& route,
                      const std::vector<std::string>& params, const identity::Principal& who);
 
   void CreateAgent(ApiCall& c);
