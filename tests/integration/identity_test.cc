@@ -45,38 +45,7 @@ Json OwnTenant(Json actions, std::string sid = "own-tenant") {
                          {"resources", Json::array({"agentd:${principal.tenant}:*"})}}})}};
 }
 
-class IdentityTest : public AgentdTest {
- protected:
-  // The bootstrap tenant, the admin's.
-  std::string OperatorTenant() {
-    Reply r = Call("GET", Url("/v1/principals"));
-    EXPECT_EQ(r.status, 200) << r.raw;
-    return r.body["data"][0].value("tenant_id", "");
-  }
-  std::string NewTenant(const std::string& name) {
-    Reply r = Call("POST", Url("/v1/tenants"), {{"name", name}});
-    EXPECT_EQ(r.status, 201) << r.raw;
-    return r.body.value("id", "");
-  }
-  std::string NewPrincipal(const std::string& tenant, const std::string& name, Json policies,
-                           Json extra = Json::object()) {
-    Json body = {{"tenant_id", tenant}, {"name", name}, {"kind", "user"}, {"policies", policies}};
-    for (auto& [k, v] : extra.items()) body[k] = v;
-    Reply r = Call("POST", Url("/v1/principals"), body);
-    EXPECT_EQ(r.status, 201) << r.raw;
-    return r.body.value("id", "");
-  }
-  std::string NewKey(const std::string& principal, Json body = Json::object()) {
-    Reply r = Call("POST", Url("/v1/principals/" + principal + "/api-keys"), body);
-    EXPECT_EQ(r.status, 201) << r.raw;
-    EXPECT_EQ(r.headers["cache-control"], "no-store");
-    return r.body.value("key", "");
-  }
-  Json AgentBody() {
-    return {{"name", "a"}, {"instructions", "x"}, {"model", ModelSpec()},
-            {"tools", Json::array({HttpTool("echo", "/echo", true)})}};
-  }
-};
+using IdentityTest = AgentdTest;
 
 TEST_F(IdentityTest, TheFirstStartWritesAPrivateAdminKeyAndEveryRequestNeedsAKey) {
   struct stat st {};

@@ -59,30 +59,6 @@ struct World {
 
 class TenantWallTest : public AgentdTest {
  protected:
-  std::string NewTenant(const std::string& name) {
-    Reply r = Call("POST", Url("/v1/tenants"), {{"name", name}});
-    EXPECT_EQ(r.status, 201) << r.raw;
-    return r.body.value("id", "");
-  }
-  std::string NewPrincipal(const std::string& tenant, const std::string& name, Json policies,
-                           Json extra = Json::object()) {
-    Json body = {{"tenant_id", tenant}, {"name", name}, {"kind", "user"}, {"policies", policies}};
-    for (auto& [k, v] : extra.items()) body[k] = v;
-    Reply r = Call("POST", Url("/v1/principals"), body);
-    EXPECT_EQ(r.status, 201) << r.raw;
-    return r.body.value("id", "");
-  }
-  std::string NewKey(const std::string& principal, const std::string& as = "") {
-    Reply r = Call("POST", Url("/v1/principals/" + principal + "/api-keys"), Json::object(),
-                   as.empty() ? Headers{} : As(as));
-    EXPECT_EQ(r.status, 201) << r.raw;
-    return r.body.value("key", "");
-  }
-  Json AgentBody() {
-    return {{"name", "a"}, {"instructions", "x"}, {"model", ModelSpec()},
-            {"tools", Json::array({HttpTool("echo", "/echo", true)})}};
-  }
-
   // Tenants A (acme) and B (globex); in A an agent, a session with a completed turn, a
   // group, a role, a spare API key, a secret; all made by A's own administrator.
   World MakeWorld() {
