@@ -15,10 +15,12 @@ for p in $PKGS; do
     missing="$missing $p"
   fi
 done
-# Node.js and npm run the end-to-end tests' real MCP servers (scripts/npm-deps.sh). A
-# Node.js from elsewhere (nodesource) is fine; Debian's packages only when there is none.
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  missing="$missing nodejs npm"
+# npm fetches the end-to-end tests' real MCP servers and the Node.js they run on
+# (scripts/npm-deps.sh, pinned in tests/e2e/node/package-lock.json). The tests use that
+# Node.js, not the host's: Debian 12's is 18, and the MCP packages need 20.18 or later. Any
+# npm does (Debian's brings its own Node.js 18 to run on); Debian's only when there is none.
+if ! command -v npm >/dev/null 2>&1; then
+  missing="$missing npm"
 fi
 [ -z "$missing" ] && exit 0
 echo "deps: installing:$missing"

@@ -1,7 +1,9 @@
 #!/bin/sh
-# Installs the npm packages of the end-to-end tests (tests/e2e/node: the MCP reference servers
-# and the MCP conformance suite) exactly as package-lock.json pins them, when node_modules is
-# missing or was installed from another lock file. Needs node and npm, and the npm registry.
+# Installs the npm packages of the end-to-end tests (tests/e2e/node: the MCP reference servers,
+# the MCP conformance suite, and the Node.js build they run on, node_modules/.bin/node)
+# exactly as package-lock.json pins them, when node_modules is missing or was installed from
+# another lock file. Needs npm (any version the lock file's format allows) and the npm
+# registry.
 set -eu
 DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e/node"
 STAMP="$DIR/node_modules/.agentd-lock-sha256"
@@ -10,9 +12,13 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
 if ! command -v npm >/dev/null 2>&1; then
-  echo "npm-deps: npm is not installed (Node.js 20 or later and npm are needed for the e2e tests)" >&2
+  echo "npm-deps: npm is not installed (scripts/deps.sh installs it)" >&2
   exit 1
 fi
 echo "npm-deps: npm ci in $DIR"
 (cd "$DIR" && npm ci --no-audit --no-fund)
+if ! "$DIR/node_modules/.bin/node" --version >/dev/null; then
+  echo "npm-deps: the pinned Node.js (node-linux-*) did not install for this machine ($(uname -m))" >&2
+  exit 1
+fi
 echo "$WANT" > "$STAMP"

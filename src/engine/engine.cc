@@ -1922,13 +1922,22 @@ tools::ToolOutcome Engine::RunBuiltin(const std::shared_ptr<Actor>& a, const std
                                       const Json& args, const std::string& manifest,
                                       const std::map<std::string, std::string>& env) {
   if (Status st = EnsureSandbox(a, manifest); !st.ok()) return NotSent(st.message());
+  bool was_dirty;
   {
     std::lock_guard lock(a->mu);
-    a->sandbox->dirty = true;
+    was_dirty = a->sandbox->dirty;
+    a->sandbox->dirty = true;  // before the call: a crash during it keeps the workspace
   }
   Actor* raw = a.get();
-  return tools::CallBuiltinTool(name, args, *a->sandbox->box,
-                                [this, raw] { return ShouldAbort(*raw); }, env);
+  tools::ToolOutcome outcome = tools::CallBuiltinTool(
+      name, args, *a->sandbox->box, [this, raw] { return ShouldAbort(*raw); }, env);
+  if (outcome.not_sent && !was_dirty) {
+    // The call never reached the workspace (the sandbox did not start): nothing changed,
+    // so the root is discarded as usual when the sandbox goes, its mount included.
+    std::lock_guard lock(a->mu);
+    a->sandbox->dirty = false;
+  }
+  return outcome;
 }
 
 Status Engine::EnsureSandbox(const std::shared_ptr<Actor>& a, const std::string& manifest) {

@@ -9,7 +9,14 @@
 #include <sys/statfs.h>
 #include <unistd.h>
 
+#include <sys/file.h>
+
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include <sodium.h>
 
 namespace agentd::sandbox::host {
 
@@ -89,6 +96,134 @@ std::string DefaultInitPath() {
   return (std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() /
           "agentd-sandbox-init")
       .string();
+}
+
+std::string FirstUntraversable(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(path, ec);
+  for (; !p.empty(); p = p.parent_path()) {
+    struct stat st;
+    if (stat(p.c_str(), &st) == 0 && (st.st_mode & S_IXOTH) == 0) return p.string();
+    if (p == p.root_path()) break;
+  }
+  return "";
+}
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// SHA-256 over a tree: every entry's path below `root`, its kind and mode, and its
+// content (a file's bytes, a symlink's target), in name order.
+Result<std::string> TreeHash(const fs::path& root) {
+  crypto_hash_sha256_state h;
+  crypto_hash_sha256_init(&h);
+  auto add = [&h](const std::string& s) {
+    crypto_hash_sha256_update(&h, reinterpret_cast<const unsigned char*>(s.data()), s.size() + 1);
+  };
+  std::vector<fs::path> entries = {root};
+  std::error_code ec;
+  if (fs::is_directory(fs::symlink_status(root, ec))) {
+    for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::end(it);
+         it.increment(ec)) {
+      entries.push_back(it->path());
+    }
+  }
+  if (ec) return Internal("reading " + root.string() + ": " + ec.message());
+  std::sort(entries.begin(), entries.end());
+  for (const auto& e : entries) {
+    struct stat st;
+    if (lstat(e.c_str(), &st) != 0) return Internal(Errno(e.string()));
+    add(e.lexically_relative(root).string());
+    add(std::to_string(st.st_mode));
+    if (S_ISLNK(st.st_mode)) {
+      add(fs::read_symlink(e, ec).string());
+    } else if (S_ISREG(st.st_mode)) {
+      std::ifstream in(e, std::ios::binary);
+      char buf[65536];
+      while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
+        crypto_hash_sha256_update(&h, reinterpret_cast<const unsigned char*>(buf),
+                                  static_cast<unsigned long long>(in.gcount()));
+      }
+      if (in.bad()) return Internal("reading " + e.string());
+    }
+  }
+  unsigned char digest[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256_final(&h, digest);
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (size_t i = 0; i < 8; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+}  // namespace
+
+Result<std::string> PublishReachable(const std::string& src, const std::string& dir,
+                                     const std::string& prefix, int* lock_fd) {
+  *lock_fd = -1;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Internal("cannot create " + dir + ": " + ec.message());
+  chmod(dir.c_str(), 0711);
+  if (std::string blocked = FirstUntraversable(dir); !blocked.empty()) {
+    return FailedPrecondition("sandbox users cannot pass through " + blocked +
+                              " (its mode lacks o+x)");
+  }
+  // One agentd at a time copies, takes its lock and prunes.
+  int guard = open((dir + "/.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (guard < 0 || flock(guard, LOCK_EX) != 0) {
+    if (guard >= 0) close(guard);
+    return Internal(Errno(dir + "/.lock"));
+  }
+  struct Unlock {
+    int fd;
+    ~Unlock() { close(fd); }
+  } unlock{guard};
+  const std::string tmp = dir + "/." + prefix + "-" + std::to_string(getpid());
+  fs::remove_all(tmp, ec);
+  fs::copy(src, tmp, fs::copy_options::recursive | fs::copy_options::copy_symlinks, ec);
+  if (ec) {
+    fs::remove_all(tmp, ec);
+    return Internal("cannot copy " + src + " to " + dir + ": " + ec.message());
+  }
+  auto hash = TreeHash(tmp);
+  if (!hash.ok()) {
+    fs::remove_all(tmp, ec);
+    return hash.status();
+  }
+  const std::string name = prefix + "-" + *hash;
+  const std::string copy = dir + "/" + name;
+  if (fs::exists(fs::symlink_status(copy, ec))) {
+    fs::remove_all(tmp, ec);
+  } else if (rename(tmp.c_str(), copy.c_str()) != 0) {
+    Status st = Internal(Errno("rename " + tmp + " to " + copy));
+    fs::remove_all(tmp, ec);
+    return st;
+  }
+  int held = open(copy.c_str(), O_RDONLY | O_CLOEXEC);
+  if (held < 0 || flock(held, LOCK_SH) != 0) {
+    if (held >= 0) close(held);
+    return Internal(Errno(copy));
+  }
+  *lock_fd = held;
+  // Copies of this prefix no running agentd holds (a build replaced since), and copies a
+  // killed agentd left half made.
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string n = e.path().filename().string();
+    bool ours = n.rfind(prefix + "-", 0) == 0 || n.rfind("." + prefix + "-", 0) == 0;
+    if (!ours || n == name) continue;
+    int fd = open(e.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+      std::error_code rm;
+      fs::remove_all(e.path(), rm);
+    }
+    close(fd);
+  }
+  return copy;
 }
 
 Status MountWorkspaceFs(const std::string& root, int64_t disk_mb, int64_t owner) {

@@ -33,6 +33,24 @@ std::string FindOnPath(const std::string& name);
 // agentd-sandbox-init beside the running executable.
 std::string DefaultInitPath();
 
+// When sandboxes run as other uids, whatever bwrap binds by path must be reachable by them:
+// every folder above it must let others pass (mode o+x; listing is not needed). Returns the
+// first folder on `path` (or `path` itself) that does not, or "" when all do.
+std::string FirstUntraversable(const std::string& path);
+
+// Where agentd (as root) puts copies of its own files that sandbox users must reach when
+// the folders above the originals do not let them pass, as in a checkout in root's 0700
+// home: one copy per content, shared by every agentd of the host.
+inline constexpr const char* kReachableDir = "/run/agentd";
+
+// Copies `src` (a file, or a folder with everything in it) to <dir>/<prefix>-<hash of its
+// content>, unless that copy exists, and returns the copy's path. *lock_fd receives a
+// descriptor holding a shared lock on the copy for as long as it stays open, so that no
+// agentd removes a copy another one uses; copies of `prefix` that no agentd holds any more
+// are removed. `dir` is created (mode 0711) when missing.
+Result<std::string> PublishReachable(const std::string& src, const std::string& dir,
+                                     const std::string& prefix, int* lock_fd);
+
 // Mounts the size-capped tmpfs a sandbox's workspace lives on at `root` (mode 0700; owned
 // by `owner` when it is not -1), or, when `root` already is one (taken over from an earlier
 // run), keeps its files and applies this run's size. Needs root.

@@ -4,9 +4,13 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <thread>
+#include <vector>
 
 #include "tests/integration/fixture.h"
 
@@ -88,6 +92,109 @@ TEST_F(WorkspaceTest, FilesLiveAcrossTurnsAndRestartsAndComeBackFromTheStore) {
   int snapshots = 0;
   for (const auto& e : Events(sid)) snapshots += e["type"] == "workspace.snapshot";
   EXPECT_EQ(snapshots, 2);
+}
+
+// The folders in which agentd `pid` makes its sandboxes' groups, one per hierarchy; read
+// while it runs.
+std::vector<std::string> SandboxGroupFolders(pid_t pid) {
+  std::map<std::string, std::string> mounts;  // controller ("" for cgroup2) -> mount point
+  std::ifstream mi("/proc/self/mountinfo");
+  for (std::string line; std::getline(mi, line);) {
+    std::istringstream f(line);
+    std::vector<std::string> w;
+    for (std::string x; f >> x;) w.push_back(x);
+    auto dash = std::find(w.begin(), w.end(), "-");
+    if (dash == w.end() || dash + 3 >= w.end() || w.size() < 5) continue;
+    if (*(dash + 1) == "cgroup2") mounts.emplace("", w[4]);
+    if (*(dash + 1) != "cgroup") continue;
+    std::istringstream opts(*(dash + 3));
+    for (std::string o; std::getline(opts, o, ',');) mounts.emplace(o, w[4]);
+  }
+  std::vector<std::string> out;
+  std::ifstream cg("/proc/" + std::to_string(pid) + "/cgroup");
+  for (std::string line; std::getline(cg, line);) {
+    auto a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    std::string controllers = line.substr(a + 1, b - a - 1);
+    std::string first = controllers.substr(0, controllers.find(','));
+    if (auto m = mounts.find(first); m != mounts.end()) {
+      out.push_back(m->second + line.substr(b + 1) + "/agentd-sandboxes");
+    }
+  }
+  return out;
+}
+
+// Live processes whose real uid is in [first, first + count), as "pid (name) state ...". A
+// zombie is left out: it holds nothing but its pid, and is the host's init's to reap once
+// its parent has gone.
+std::vector<std::string> ProcessesOfUids(uid_t first, uid_t count) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    std::ifstream status(e.path() / "status");
+    std::string state;
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("State:", 0) == 0) state = line;
+      if (line.rfind("Uid:", 0) != 0) continue;
+      uid_t uid = static_cast<uid_t>(std::stoul(line.substr(4)));
+      if (uid >= first && uid - first < count && state.find("zombie") == std::string::npos) {
+        std::ifstream st(e.path() / "stat");
+        out.emplace_back(std::istreambuf_iterator<char>(st), std::istreambuf_iterator<char>());
+      }
+    }
+  }
+  return out;
+}
+
+// A sandbox that cannot start (here bwrap cannot find a read-only folder of the config,
+// removed after agentd started) fails the call with bwrap's reason, and once agentd stops
+// nothing of it is left on the host: no mount, no process of a sandbox uid, no group, no
+// workspace folder.
+TEST_F(WorkspaceTest, ASandboxThatFailsToStartLeavesNothingBehind) {
+  if (geteuid() != 0) GTEST_SKIP() << "sandbox uids, groups and mounts need agentd as root";
+  const uid_t kUidBase = 1600000000;  // apart from the other tests' sandboxes
+  std::string ro = dir_ + "/ro";
+  fs::create_directories(ro);
+  std::string cfg = dir_ + "/agentd.yaml";
+  std::ofstream(cfg) << "sandbox:\n  uid_base: " << kUidBase << "\n  read_only_paths:\n    - "
+                     << ro << "\n";
+  agentd_.proc->Signal(SIGTERM);
+  agentd_.proc->Wait();
+  agentd_.proc.reset();
+  StartDaemon({"--config", cfg});
+  fs::remove(ro);
+
+  std::string sid = CreateSession(CreateSandboxAgent());
+  Json t = Turn(sid, R"(call exec {"command": "echo never"})");
+  ASSERT_EQ(t["status"], "completed") << t.dump();
+  std::string output;
+  for (const auto& item : t["output"]) {
+    if (item["type"] == "function_call_output") output = item["output"];
+  }
+  EXPECT_NE(output.find("the sandbox failed"), std::string::npos) << output;
+  EXPECT_NE(output.find(ro), std::string::npos) << output;  // bwrap's own reason
+  EXPECT_EQ(output.find("never\n"), std::string::npos) << output;
+  // The call never reached the workspace: nothing changed, so there is nothing to snapshot.
+  for (const auto& e : Events(sid)) EXPECT_NE(e["type"], "workspace.snapshot") << e.dump();
+  std::vector<std::string> groups = SandboxGroupFolders(agentd_.proc->pid());
+  EXPECT_FALSE(groups.empty());
+  const std::string ours = std::to_string(agentd_.proc->pid()) + "-";
+
+  agentd_.proc->Signal(SIGTERM);
+  EXPECT_EQ(agentd_.proc->Wait(), 0) << agentd_.proc->Output();
+  agentd_.proc.reset();
+  std::ifstream mounts("/proc/self/mountinfo");
+  for (std::string line; std::getline(mounts, line);) {
+    EXPECT_EQ(line.find(dir_ + "/"), std::string::npos) << "left mounted: " << line;
+  }
+  EXPECT_FALSE(fs::exists(WorkspaceRoot(sid)));
+  EXPECT_EQ(ProcessesOfUids(kUidBase, 65536), std::vector<std::string>{});
+  for (const auto& folder : groups) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(folder, ec)) {
+      EXPECT_NE(e.path().filename().string().rfind(ours, 0), 0u) << "left: " << e.path();
+    }
+  }
 }
 
 TEST_F(WorkspaceTest, RefusalsReachTheModelAndTheSessionStaysUsable) {
@@ -329,7 +436,7 @@ TEST_F(McpTest, TheReferenceFilesystemServerWorksOnTheSessionsWorkspace) {
   std::string server = std::string(AGENTD_NODE_MODULES) +
                        "/@modelcontextprotocol/server-filesystem/dist/index.js";
   std::string sid = CreateSession(McpAgent(Json::array(
-      {{{"type", "mcp"}, {"name", "fs"}, {"command", {"node", server, "/workspace"}}}})));
+      {{{"type", "mcp"}, {"name", "fs"}, {"command", {AGENTD_NODE, server, "/workspace"}}}})));
   Json t = Turn(sid, R"(call fs__write_file {"path": "/workspace/from-mcp.txt", "content": "written over MCP"})");
   ASSERT_EQ(t["status"], "completed") << t.dump();
   EXPECT_EQ(Output(t).find("error:"), std::string::npos) << Output(t);

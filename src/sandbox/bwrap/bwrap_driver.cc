@@ -89,13 +89,23 @@ struct StartFds {
 }  // namespace
 
 struct BwrapDriver::Impl {
+  // Shared locks on the copies of agentd's files made for sandbox users to reach
+  // (host::PublishReachable); released last, after the spares that use them.
+  struct HeldCopies {
+    std::vector<int> fds;
+    ~HeldCopies() {
+      for (int fd : fds) close(fd);
+    }
+  } held_copies;
   BwrapOptions options;
   Capabilities caps;
   std::string seccomp_bpf;
   Cgroups cgroups;
-  // Set when spares are warm (agentd as root): whole sandboxes started ahead, given their
-  // workspace by the mounter when taken. Otherwise spares are launchers only.
+  // Set when agentd is root and the kernel can move mounts. It gives a warm spare its
+  // workspace when taken, and hands a sandbox whatever its uid cannot reach by path (a
+  // workspace or a read-only folder under a folder closed to others, like root's home).
   std::unique_ptr<NamespaceMounter> mounter;
+  bool warm_spares = false;  // spares are whole sandboxes started ahead (needs the mounter)
   bool root = false;
   std::string etc_dir;
   std::vector<std::string> layout;  // bwrap arguments shared by every sandbox
@@ -121,10 +131,18 @@ struct BwrapDriver::Impl {
     uids_in_use.erase(uid);
   }
 
-  // bwrap's argv for a sandbox with `read_only_paths`. The workspace comes in as descriptor
-  // 5, or, for a warm spare, is an empty folder that the workspace is mounted on later
-  // (the supervisor then waits for it: --attach).
-  std::vector<std::string> Args(const std::vector<std::string>& read_only_paths, bool warm_spare,
+  // True when the sandbox's uid cannot reach `path` by path (a folder above it is closed
+  // to others) and the mounter hands it over instead.
+  bool HandedOver(const std::string& path) const {
+    return mounter != nullptr && !FirstUntraversable(path).empty();
+  }
+
+  // bwrap's argv for a sandbox with `read_only_paths`. With `attach` (a warm spare, or a
+  // sandbox whose workspace its uid cannot reach), /workspace is an empty folder that the
+  // workspace is mounted on after the start, and the supervisor waits for that (--attach);
+  // otherwise the workspace comes in as descriptor 5. Read-only folders the uid cannot
+  // reach are empty folders too, mounted on by StartWarm.
+  std::vector<std::string> Args(const std::vector<std::string>& read_only_paths, bool attach,
                                 bool egress_proxy) const {
     std::vector<std::string> a = {
         options.bwrap_path, "--unshare-user", "--unshare-pid", "--unshare-net",
@@ -136,22 +154,69 @@ struct BwrapDriver::Impl {
         "--setenv", "TMPDIR", "/tmp"};
     a.insert(a.end(), layout.begin(), layout.end());
     for (const auto& p : read_only_paths) {
-      a.insert(a.end(), {"--ro-bind", p, p});
+      if (attach && HandedOver(p)) {
+        a.insert(a.end(), {"--dir", p});
+      } else {
+        a.insert(a.end(), {"--ro-bind", p, p});
+      }
     }
-    if (warm_spare) {
+    if (attach) {
       a.insert(a.end(), {"--dir", kInsidePath});
     } else {
       a.insert(a.end(), {"--bind-fd", "5", kInsidePath});
     }
     a.insert(a.end(), {"--chdir", kInsidePath, "--remount-ro", "/", "--seccomp", "4", "--",
                        kInitInside, "3"});
-    if (warm_spare) {
+    if (attach) {
       a.push_back("--attach");
     } else if (egress_proxy) {
       a.insert(a.end(), {"--proxy", std::to_string(kEgressProxyPort)});
     }
     a.insert(a.end(), {kInsidePath, "/tmp"});
     return a;
+  }
+
+  // Waits for a supervisor started with --attach to say it is ready. Returns the descriptor
+  // of the sandbox's mount namespace that it sends, or -1 when it ends (bwrap failed) or
+  // says nothing within kStartTimeout.
+  static int AwaitAttachable(int supervisor) {
+    std::string text;
+    std::vector<int> fds;
+    pollfd p{supervisor, POLLIN, 0};
+    bool ready = poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kStartTimeout).count())) == 1 &&
+                 ReceiveMessage(supervisor, &text, &fds);
+    if (ready) {
+      Json m = Json::parse(text, nullptr, false);
+      ready = m.is_object() && m.value("op", "") == "ready" && m.value("attach", false) &&
+              fds.size() == 1;
+    }
+    if (!ready) {
+      for (int fd : fds) close(fd);
+      return -1;
+    }
+    return fds[0];
+  }
+
+  // Mounts a copy of the host's `path` (what is mounted below it included) on `target` in
+  // the sandbox whose mount namespace is `ns`: read-only, without set-uid programs or
+  // devices, when `read_only`. The sandbox's uid needs no access to the folders above it.
+  Status HandOver(int ns, const std::string& path, const std::string& target,
+                  bool read_only) const {
+    unsigned flags = kOpenTreeClone | O_CLOEXEC | (read_only ? AT_RECURSIVE : 0);
+    int tree = static_cast<int>(syscall(SYS_open_tree, AT_FDCWD, path.c_str(), flags));
+    if (tree < 0) return Internal(Errno("open_tree " + path));
+    Status st;
+    if (read_only) {
+      mount_attr attr{};
+      attr.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+      if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr,
+                  sizeof(attr)) != 0) {
+        st = Internal(Errno("making " + path + " read-only"));
+      }
+    }
+    if (st.ok()) st = mounter->MoveMountBlocking(ns, tree, target);
+    close(tree);
+    return st;
   }
 
   // Opens what a start of bwrap needs, with `workspace` (an O_PATH descriptor, taken) as its
@@ -197,19 +262,8 @@ struct BwrapDriver::Impl {
     }
     f.CloseChild();
     StartedSandbox s{pid, f.supervisor, f.bwrap_stderr, -1};
-    std::string text;
-    std::vector<int> fds;
-    pollfd p{f.supervisor, POLLIN, 0};
-    bool ready = pid > 0 &&
-                 poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kStartTimeout).count())) == 1 &&
-                 ReceiveMessage(f.supervisor, &text, &fds);
-    if (ready) {
-      Json m = Json::parse(text, nullptr, false);
-      ready = m.is_object() && m.value("op", "") == "ready" && m.value("attach", false) &&
-              fds.size() == 1;
-    }
-    if (!ready) {
-      for (int fd : fds) close(fd);
+    s.mount_ns = pid > 0 ? AwaitAttachable(f.supervisor) : -1;
+    if (s.mount_ns < 0) {
       if (pid > 0) {
         kill(pid, SIGKILL);
         waitpid(pid, nullptr, 0);
@@ -217,7 +271,6 @@ struct BwrapDriver::Impl {
       ReturnUid(*uid);
       return false;
     }
-    s.mount_ns = fds[0];
     f.supervisor = f.bwrap_stderr = -1;  // the spare's now
     spare->BecomeSandbox(s, *uid, [this](uid_t u) { ReturnUid(u); });
     return true;
@@ -267,9 +320,18 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
 
   // `spare`, when there is one, was taken for this sandbox (and a warm one's uid is uid_).
   Status Prepare(std::unique_ptr<Spare> spare) {
+    const bool fresh = d_->root && !(IsTmpfs(spec_.root) && IsMountPoint(spec_.root));
     if (d_->root) {
       RETURN_IF_ERROR(MountWorkspaceFs(spec_.root, spec_.limits.disk_mb, uid_));
     }
+    Status st = PrepareGroups(std::move(spare));
+    // A sandbox that cannot be made leaves no mount of its own behind; one taken over from
+    // an earlier run keeps its files.
+    if (!st.ok() && fresh) umount2(spec_.root.c_str(), MNT_DETACH);
+    return st;
+  }
+
+  Status PrepareGroups(std::unique_ptr<Spare> spare) {
     if (mkdir(workspace_.c_str(), 0755) != 0 && errno != EEXIST) {
       return Internal(Errno("mkdir " + workspace_));
     }
@@ -379,17 +441,23 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       spdlog::warn("sandbox {}: the spare could not take the workspace, starting one directly: {}",
                    spec_.id, warm.ToString());
     }
+    // A workspace or read-only folder the sandbox's uid cannot reach by path is mounted in
+    // after bwrap has started, as for a warm spare.
+    const bool attach = NeedsHandOver();
     std::vector<std::string> args =
-        d_->Args(spec_.read_only_paths, false, static_cast<bool>(spec_.on_egress_connection));
+        d_->Args(spec_.read_only_paths, attach, static_cast<bool>(spec_.on_egress_connection));
     std::vector<char*> argv;
     for (auto& s : args) argv.push_back(s.data());
     argv.push_back(nullptr);
     std::vector<std::string> procs = cgroup_->procs_files();
 
-    // Descriptors bwrap binds (fds 5, 6, 7 in the child).
+    // Descriptors bwrap binds (fds 5, 6, 7 in the child); an attached workspace has a
+    // stand-in that bwrap does not use.
     StartFds f;
     Status opened = d_->OpenStart(
-        open(workspace_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), &f);
+        attach ? open(d_->etc_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC)
+               : open(workspace_.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC),
+        &f);
     if (!opened.ok()) return Internal(opened.message() + " (" + workspace_ + ")");
     const long uid = d_->root ? static_cast<long>(uid_) : -1;
     // The spare is in the sandbox's groups already; one that has ended since it was taken
@@ -420,20 +488,46 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       StopLocked(lock);
       return Unavailable(why);
     }
-    return Status::OK();
+    if (!attach) return Status::OK();
+    int ns = std::exchange(attach_ns_, -1);
+    lock.unlock();
+    Status mounted = ns < 0 ? Internal("the supervisor sent no mount namespace") : HandOverAll(ns);
+    if (ns >= 0) close(ns);
+    lock.lock();
+    return AttachLocked(lock, mounted);
+  }
+
+  // True when the sandbox's uid cannot reach its workspace, or one of its read-only
+  // folders, by path: a folder above is closed to others, as root's home is.
+  bool NeedsHandOver() const {
+    if (!d_->mounter) return false;
+    if (!FirstUntraversable(fs::path(spec_.root).parent_path().string()).empty()) return true;
+    return std::any_of(spec_.read_only_paths.begin(), spec_.read_only_paths.end(),
+                       [this](const std::string& p) { return d_->HandedOver(p); });
+  }
+
+  // Mounts in the sandbox (mount namespace `ns`) what Args left as empty folders: the
+  // read-only folders its uid cannot reach, then the workspace.
+  Status HandOverAll(int ns) {
+    for (const auto& p : spec_.read_only_paths) {
+      if (d_->HandedOver(p)) RETURN_IF_ERROR(d_->HandOver(ns, p, p, /*read_only=*/true));
+    }
+    return d_->HandOver(ns, workspace_, kInsidePath, /*read_only=*/false);
   }
 
   // Takes over a warm spare's sandbox: mounts the workspace in it, then tells its supervisor
   // to go on (enter the workspace, open the egress proxy, restrict itself with Landlock).
   Status StartWarm(StartedSandbox s) {
-    int tree = static_cast<int>(syscall(SYS_open_tree, AT_FDCWD, workspace_.c_str(),
-                                        kOpenTreeClone | O_CLOEXEC));
-    Status mounted = tree < 0 ? Internal(Errno("open_tree " + workspace_))
-                              : d_->mounter->MoveMountBlocking(s.mount_ns, tree, kInsidePath);
-    if (tree >= 0) close(tree);
+    Status mounted = HandOverAll(s.mount_ns);
     close(s.mount_ns);
     std::unique_lock<std::mutex> lock(mu_);
     TrackLocked(s.bwrap, s.supervisor, s.bwrap_stderr, /*ready=*/true);
+    return AttachLocked(lock, mounted);
+  }
+
+  // Tells a supervisor waiting with --attach to go on, once `mounted` says its workspace
+  // is in place; stops the sandbox when it is not, or when the supervisor fails.
+  Status AttachLocked(std::unique_lock<std::mutex>& lock, const Status& mounted) {
     Json attach = {{"op", "attach"}};
     if (spec_.on_egress_connection) attach["proxy"] = kEgressProxyPort;
     auto id = mounted.ok() ? RoundTripLocked(lock, std::move(attach), "take its workspace")
@@ -500,6 +594,11 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
       if (op == "ready") {
         ready_ = true;
         d_->landlock_abi = m.value("landlock", 0);
+        // Started with --attach: its mount namespace, for the workspace to be mounted in.
+        if (m.value("attach", false) && fds.size() == 1 && attach_ns_ < 0) {
+          attach_ns_ = fds[0];
+          fds.clear();
+        }
       } else if (op == "fatal") {
         start_error_ = m.value("message", "the supervisor failed");
       } else if (op == "spawned" || op == "error" || op == "exit" || op == "attached") {
@@ -680,6 +779,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
     if (sock >= 0) close(sock);
     lock.lock();
     CloseFd(err_fd_);
+    CloseFd(attach_ns_);
   }
 
   BwrapDriver::Impl* const d_;
@@ -701,6 +801,7 @@ class BwrapSandbox : public Sandbox, public std::enable_shared_from_this<BwrapSa
   int64_t next_id_ = 1;
   std::map<int64_t, Pending> pending_;
   std::unique_ptr<Spare> spare_;  // taken at Create, used by the first start
+  int attach_ns_ = -1;  // a supervisor's mount namespace, from its "ready" (--attach)
 };
 
 BwrapProcess::BwrapProcess(std::shared_ptr<BwrapSandbox> box, int64_t id, int in, int out, int err)
@@ -732,20 +833,6 @@ void BwrapProcess::Kill() {
   if (!box_->Exited(id_, nullptr)) box_->KillId(id_);
 }
 
-
-// When sandboxes run as other uids, bwrap (running as that uid) resolves the folders it
-// binds by path, so every folder above them must let others pass (mode o+x; listing is
-// not needed). Returns the first one that does not.
-std::string FirstUntraversable(const std::string& path) {
-  std::error_code ec;
-  fs::path p = fs::absolute(path, ec);
-  for (; !p.empty(); p = p.parent_path()) {
-    struct stat st;
-    if (stat(p.c_str(), &st) == 0 && (st.st_mode & S_IXOTH) == 0) return p.string();
-    if (p == p.root_path()) break;
-  }
-  return "";
-}
 
 }  // namespace
 
@@ -805,12 +892,19 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   if (!st.ok()) return unavailable(st.message());
   chmod(d.options.state_dir.c_str(), 0711);
   chmod(d.etc_dir.c_str(), 0755);
+  // As root, bwrap runs as the sandbox's uid and resolves what it binds by path: agentd's
+  // own files, when the folders above them are closed to others (a checkout or data
+  // directory in root's 0700 home), are used from copies in kReachableDir.
   if (d.root) {
-    std::string blocked = FirstUntraversable(d.etc_dir);
-    if (!blocked.empty()) {
-      return unavailable("sandbox users cannot pass through " + blocked +
-                         " (its mode lacks o+x, which lets them reach their own workspace "
-                         "without listing anything)");
+    const std::pair<std::string*, const char*> own_files[] = {
+        {&d.etc_dir, "etc"}, {&d.options.init_path, "sandbox-init"}};
+    for (auto [path, prefix] : own_files) {
+      if (FirstUntraversable(*path).empty()) continue;
+      int held = -1;
+      auto copy = PublishReachable(*path, kReachableDir, prefix, &held);
+      if (!copy.ok()) return unavailable(copy.status().message());
+      d.held_copies.fds.push_back(held);
+      *path = *copy;
     }
   }
 
@@ -843,6 +937,11 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
     d.caps.not_enforced["disk"] = "agentd is not root: cannot mount a size-capped workspace";
     d.caps.not_enforced["uid"] = "agentd is not root: sandboxes run as agentd's own user";
   }
+
+  // As root, what a sandbox's uid cannot reach by path is mounted into it (HandOver).
+  errno = 0;
+  bool can_move_mounts = syscall(SYS_open_tree, -1, "", 0) < 0 && errno != ENOSYS;
+  if (d.root && can_move_mounts) d.mounter = std::make_unique<NamespaceMounter>();
 
   // Probe: one sandbox, one command.
   d.caps.available = true;
@@ -878,10 +977,8 @@ std::unique_ptr<BwrapDriver> BwrapDriver::Open(const BwrapOptions& options) {
   // As root, spares are whole sandboxes waiting for a workspace; otherwise launchers only
   // (moving a mount into a sandbox needs CAP_SYS_ADMIN over it).
   SparePool::WarmUp warm_up;
-  errno = 0;
-  bool can_move_mounts = syscall(SYS_open_tree, -1, "", 0) < 0 && errno != ENOSYS;
-  if (d.root && d.options.spares > 0 && d.options.warm_spares && can_move_mounts) {
-    d.mounter = std::make_unique<NamespaceMounter>();
+  if (d.mounter && d.options.spares > 0 && d.options.warm_spares) {
+    d.warm_spares = true;
     warm_up = [&d](Spare* spare) { return d.WarmUp(spare); };
   }
   d.pool = std::make_unique<SparePool>(&d.cgroups, d.options.init_path, d.options.spares,
@@ -895,7 +992,7 @@ Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
   // Warm spares were started with the daemon's read-only folders: a sandbox that asks for
   // others starts without one.
   std::unique_ptr<Spare> spare;
-  if (d.pool && (!d.mounter || spec.read_only_paths == d.options.read_only_paths)) {
+  if (d.pool && (!d.warm_spares || spec.read_only_paths == d.options.read_only_paths)) {
     spare = d.pool->Take();
   }
   uid_t uid = geteuid();
@@ -906,7 +1003,7 @@ Result<std::unique_ptr<Sandbox>> BwrapDriver::Create(const SandboxSpec& spec) {
     if (!taken.ok()) return taken.status();
     uid = *taken;
   }
-  if (d.root) {
+  if (d.root && !d.mounter) {
     std::string blocked = FirstUntraversable(fs::path(spec.root).parent_path().string());
     if (!blocked.empty()) {
       d.ReturnUid(uid);

@@ -77,7 +77,7 @@ Status NamespaceMounter::MoveInThread(int ns, int tree, const std::string& targe
   if (setns(ns, CLONE_NEWNS) != 0) return Internal(host::Errno("entering the sandbox's mount namespace"));
   Status st;
   if (syscall(SYS_move_mount, tree, "", AT_FDCWD, target.c_str(), kMoveMountEmptyPath) != 0) {
-    st = Internal(host::Errno("mounting the workspace on " + target + " in the sandbox"));
+    st = Internal(host::Errno("mounting on " + target + " in the sandbox"));
   }
   if (setns(home_, CLONE_NEWNS) != 0) {
     // Stranded in a sandbox's namespace: refuse every later move rather than make it here.

@@ -1033,9 +1033,7 @@ std::unique_ptr<GvisorDriver> GvisorDriver::Open(const GvisorOptions& options) {
   d.caps.available = true;
   d.platform = d.options.platform.empty() ? "ptrace" : d.options.platform;
   std::string probe_root = d.options.state_dir + "/probe";
-  auto probe = [&](bool checkpoint) -> Status {
-    driver->Discard(probe_root).IgnoreError();
-    fs::create_directories(probe_root, ec);
+  auto probe_in_root = [&](bool checkpoint) -> Status {
     SandboxSpec spec;
     spec.id = "gvisor-probe-" + std::to_string(getpid());
     spec.root = probe_root;
@@ -1068,6 +1066,13 @@ std::unique_ptr<GvisorDriver> GvisorDriver::Open(const GvisorOptions& options) {
         fs::remove_all(image, ec);
       }
     }
+    return result;
+  };
+  // Whatever the probe's sandbox left (its workspace mount above all) goes, however it ended.
+  auto probe = [&](bool checkpoint) {
+    driver->Discard(probe_root).IgnoreError();
+    fs::create_directories(probe_root, ec);
+    Status result = probe_in_root(checkpoint);
     driver->Discard(probe_root).IgnoreError();
     return result;
   };

@@ -32,7 +32,8 @@ std::string Package(const std::string& name) {
 class ReferenceServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(fs::exists(kNode)) << "node (Node.js 20 or later) is not installed";
+    ASSERT_TRUE(fs::exists(kNode))
+        << kNode << " is missing: run scripts/npm-deps.sh (npm ci in tests/e2e/node)";
     for (const char* p : {"server-everything", "server-filesystem"}) {
       ASSERT_TRUE(fs::exists(Package(p)))
           << Package(p) << " is missing: run scripts/npm-deps.sh (npm ci in tests/e2e/node)";

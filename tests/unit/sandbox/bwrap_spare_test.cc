@@ -1,10 +1,15 @@
 // The bwrap driver's spare launchers (src/sandbox/bwrap/spare_pool.h): a sandbox started
 // from a spare is the same sandbox as one started directly (limits, uid, namespaces, fds,
 // signals), the pool refills and replaces spares that die, and nothing of it outlives the
-// driver. Needs what the conformance suite needs (bwrap; root for uids and cgroups).
+// driver. Also, as root, the driver's reach: what sits under folders closed to others
+// reaches the sandbox, started directly or from a spare, and a sandbox that fails to start
+// leaves nothing behind. Needs what the conformance suite needs (bwrap; root for uids and
+// cgroups).
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +22,7 @@
 #include <thread>
 
 #include "sandbox/bwrap/bwrap_driver.h"
+#include "sandbox/host_util.h"
 #include "sandbox_test_util.h"
 
 namespace agentd::sandbox {
@@ -439,6 +445,116 @@ TEST_F(BwrapSpares, LeavesNoSpareProcessOrGroupBehind) {
   for (pid_t p : spares) EXPECT_TRUE(Reaped(p)) << "spare " << p;
   EXPECT_TRUE(OurGroups().empty()) << OurGroups().front();
   SetUp();  // for the fixture's own TearDown
+}
+
+// As root, bwrap runs as the sandbox's uid and binds by path. What sits under a folder closed
+// to others (a checkout or data directory in root's 0700 home) reaches the sandbox anyway:
+// agentd's own files from copies in host::kReachableDir, the workspace and the read-only
+// folders mounted in after the start, whether the sandbox starts directly or from a warm
+// spare. Copies of agentd's files that no agentd holds any more are removed.
+TEST_F(BwrapSpares, WhatFoldersClosedToOthersHoldReachesTheSandbox) {
+  if (geteuid() != 0) GTEST_SKIP() << "sandboxes run as other uids only when agentd is root";
+  const std::string closed = dir_ + "/closed";
+  fs::create_directories(closed + "/bin");
+  fs::create_directories(closed + "/ro/sub");
+  ASSERT_EQ(chmod(closed.c_str(), 0700), 0);
+  fs::copy_file(AGENTD_SANDBOX_INIT, closed + "/bin/agentd-sandbox-init");
+  std::ofstream(closed + "/ro/sub/note.txt") << "read-only note\n";
+  fs::create_directories(host::kReachableDir);
+  const std::string pid = std::to_string(getpid());
+  const std::string held = std::string(host::kReachableDir) + "/sandbox-init-held-" + pid;
+  const std::string stale = std::string(host::kReachableDir) + "/sandbox-init-stale-" + pid;
+  std::ofstream(held) << "another build's init";
+  std::ofstream(stale) << "a build no agentd runs";
+  int hold = open(held.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_EQ(flock(hold, LOCK_SH), 0);
+
+  for (bool warm : {false, true}) {
+    SCOPED_TRACE(warm ? "from a warm spare" : "started directly");
+    BwrapOptions o;
+    o.init_path = closed + "/bin/agentd-sandbox-init";
+    o.state_dir = closed + "/state" + std::to_string(drivers_.size());
+    o.spares = warm ? 1 : 0;
+    o.warm_spares = warm;
+    o.read_only_paths = {closed + "/ro"};
+    drivers_.push_back(BwrapDriver::Open(o));
+    BwrapDriver* d = drivers_.back().get();
+    ASSERT_TRUE(d->capabilities().available) << d->capabilities().unavailable_reason;
+    if (warm) {
+      ASSERT_TRUE(d->WaitForSparesBlocking(seconds(20)));
+    }
+    std::vector<pid_t> spares = d->SparePidsForTest();
+
+    std::string root = closed + "/box" + std::to_string(roots_.size());
+    fs::create_directories(root);
+    roots_.emplace_back(root, d);
+    SandboxSpec spec;
+    spec.id = "reach-test-" + pid + "-" + std::to_string(roots_.size());
+    spec.root = root;
+    spec.read_only_paths = o.read_only_paths;
+    Sandbox* b = CreateWithProbe(*d, spec, &boxes_);
+    ASSERT_NE(b, nullptr);
+    ExecResult r = Run(b, "cat " + closed + "/ro/sub/note.txt && echo kept > /workspace/w && "
+                          "id -u && if touch " + closed + "/ro/x 2>/dev/null; then echo WRITABLE; fi");
+    EXPECT_EQ(r.exit_code, 0) << r.stderr_data;
+    EXPECT_EQ(r.stdout_data, "read-only note\n1000\n") << r.stderr_data;
+    EXPECT_EQ(ReadText(b->workspace() + "/w"), "kept\n");  // the host's workspace
+    if (warm) {
+      ASSERT_EQ(spares.size(), 1u);
+      EXPECT_EQ(BwrapOf(spec.id), spares[0]) << "the sandbox did not start from the spare";
+    }
+  }
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(held));
+  close(hold);
+  fs::remove(held);
+}
+
+// A sandbox whose start fails (bwrap cannot find a read-only folder, removed after the
+// driver opened) reports bwrap's reason, and leaves no process, no group and no uid behind.
+TEST_F(BwrapSpares, ASandboxThatFailsToStartLeavesNothingBehind) {
+  if (geteuid() != 0) GTEST_SKIP() << "sandbox uids and groups need root";
+  const std::string ro = dir_ + "/ro";
+  fs::create_directories(ro);
+  for (int spares : {0, 1}) {
+    SCOPED_TRACE(spares == 0 ? "started directly" : "from a launcher spare");
+    BwrapOptions o;
+    o.uid_base = 1700000000;  // apart from the other tests' sandboxes
+    o.uid_slots = 1;          // a uid not given back would refuse the next sandbox
+    o.init_path = AGENTD_SANDBOX_INIT;
+    o.state_dir = dir_ + "/state" + std::to_string(drivers_.size());
+    o.spares = spares;
+    o.warm_spares = false;  // a warm one would have bound the folder before it went
+    o.read_only_paths = {ro};
+    fs::create_directories(ro);
+    drivers_.push_back(BwrapDriver::Open(o));
+    BwrapDriver* d = drivers_.back().get();
+    ASSERT_TRUE(d->capabilities().available) << d->capabilities().unavailable_reason;
+    ASSERT_TRUE(d->WaitForSparesBlocking(seconds(20)));
+    fs::remove(ro);
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      std::string root = dir_ + "/box" + std::to_string(roots_.size());
+      fs::create_directories(root);
+      roots_.emplace_back(root, d);
+      SandboxSpec spec;
+      spec.id = "fail-test-" + std::to_string(getpid()) + "-" + std::to_string(roots_.size());
+      spec.root = root;
+      spec.read_only_paths = o.read_only_paths;
+      auto box = d->Create(spec);
+      ASSERT_TRUE(box.ok()) << box.status().ToString();
+      ExecRequest req;
+      req.command = "echo never";
+      auto r = (*box)->Exec(req);
+      ASSERT_FALSE(r.ok());
+      EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status().ToString();
+      EXPECT_NE(r.status().message().find(ro), std::string::npos) << r.status().ToString();
+      EXPECT_EQ(BwrapOf(spec.id), -1);
+      box->reset();
+      for (const auto& g : OurGroups()) {
+        EXPECT_EQ(g.find(spec.id), std::string::npos) << "left: " << g;
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -415,5 +415,36 @@ TEST_P(SandboxConformance, ReportsWhatItEnforces) {
 INSTANTIATE_TEST_SUITE_P(Drivers, SandboxConformance, ::testing::Values("bwrap", "bwrap_spare", "gvisor"),
                          [](const auto& info) { return info.param; });
 
+// A driver whose probe sandbox cannot start (its runtime here is /bin/false) says why, and
+// leaves nothing of the probe mounted.
+TEST(SandboxProbe, AProbeThatFailsLeavesNoMountBehind) {
+  if (geteuid() != 0) GTEST_SKIP() << "the probe mounts a workspace only as root";
+  char tmpl[] = "/tmp/agentd-probe-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  BwrapOptions b;
+  b.bwrap_path = "/bin/false";
+  b.init_path = AGENTD_SANDBOX_INIT;
+  b.state_dir = dir + "/bwrap";
+  b.spares = 0;
+  GvisorOptions g;
+  g.runsc_path = "/bin/false";
+  g.init_path = AGENTD_SANDBOX_INIT;
+  g.state_dir = dir + "/gvisor";
+  std::unique_ptr<SandboxDriver> drivers[] = {BwrapDriver::Open(b), GvisorDriver::Open(g)};
+  for (const auto& d : drivers) {
+    EXPECT_FALSE(d->capabilities().available);
+    EXPECT_NE(d->capabilities().unavailable_reason.find("probe"), std::string::npos)
+        << d->capabilities().unavailable_reason;
+  }
+  std::ifstream mounts("/proc/self/mountinfo");
+  for (std::string line; std::getline(mounts, line);) {
+    EXPECT_EQ(line.find(dir + "/"), std::string::npos) << "left mounted: " << line;
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  EXPECT_FALSE(ec) << ec.message();
+}
+
 }  // namespace
 }  // namespace agentd::sandbox
