@@ -65,8 +65,10 @@ make_root() {
 
 # Runs a shell command as root inside the container, in /root/agentd.
 in_container() {
-  bwrap --bind "$ROOT" / --dev /dev --tmpfs /dev/shm --proc /proc --tmpfs /run --tmpfs /tmp \
-    --bind /sys /sys --unshare-pid --unshare-uts --unshare-ipc --die-with-parent \
+  # The host's /proc, not a new one: the sandboxes inside mount a proc of their own, which
+  # the kernel allows only where a proc is fully visible (bwrap's --proc covers parts of it).
+  bwrap --bind "$ROOT" / --dev /dev --tmpfs /dev/shm --bind /proc /proc --tmpfs /run --tmpfs /tmp \
+    --bind /sys /sys --unshare-uts --unshare-ipc --die-with-parent \
     --clearenv --setenv HOME /root --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --setenv LANG C.UTF-8 --setenv NODE_EXTRA_CA_CERTS /etc/ssl/certs/ca-certificates.crt \
     --chdir /root/agentd /bin/sh -c "$1"
@@ -96,8 +98,9 @@ build/bin/agentctl turn "$SESSION" "say hello" --no-stream | tee /tmp/turn1
 grep -q hello /tmp/turn1
 build/bin/agentctl turn "$SESSION" "call exec {\"command\": \"echo from-the-sandbox; id -u\"}" --no-stream | tee /tmp/turn2
 grep -q from-the-sandbox /tmp/turn2
-pkill -TERM -x agentd
-pkill -TERM -x fake_model
+# The host'"'"'s processes are visible here: stop only this check'"'"'s.
+pkill -TERM -f -- "--listen 127.0.0.1:18080"
+pkill -TERM -f -- "--listen 127.0.0.1:19100"
 wait
 '
 

@@ -17,6 +17,15 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 echo "npm-deps: npm ci in $DIR"
 (cd "$DIR" && npm ci --no-audit --no-fund)
+# Older npm (Debian 12's 9.2) installs the Node.js package but links no bin named "node":
+# the link the tests use is made here.
+case "$(uname -m)" in
+  x86_64) ARCH=x64 ;;
+  aarch64) ARCH=arm64 ;;
+  *) ARCH="$(uname -m)" ;;
+esac
+mkdir -p "$DIR/node_modules/.bin"
+ln -sfn "../node-linux-$ARCH/bin/node" "$DIR/node_modules/.bin/node"
 if ! "$DIR/node_modules/.bin/node" --version >/dev/null; then
   echo "npm-deps: the pinned Node.js (node-linux-*) did not install for this machine ($(uname -m))" >&2
   exit 1
